@@ -1,0 +1,64 @@
+//! The mock Hub of the test suite as a standalone server, for scripts (benchmarks, manual
+//! runs of modelfs or huggingface_hub against a known origin):
+//!
+//!     cargo run --release --example mock_hub -- --dir DIR --port 8080 [--cdn-port 0] [--lfs-threshold BYTES]
+//!
+//! Every `DIR/<org>/<repo>/` becomes a repo with one commit on `main`. Prints one line,
+//! `endpoint http://127.0.0.1:PORT`, once it answers, and serves until SIGINT or SIGTERM.
+
+#[path = "../tests/support/mock_hub.rs"]
+mod mock_hub;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Parser;
+use mock_hub::{MockConfig, MockHub, DEFAULT_LFS_THRESHOLD};
+
+#[derive(Parser)]
+#[command(about = "Serve DIR/<org>/<repo>/** as a mock HuggingFace Hub")]
+struct Args {
+    /// Directory of `<org>/<repo>/` folders.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Port of the Hub origin on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Port of the CDN origin, addressed as localhost (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    cdn_port: u16,
+    /// Files of at least this many bytes are stored in LFS (served through the CDN).
+    #[arg(long, default_value_t = DEFAULT_LFS_THRESHOLD)]
+    lfs_threshold: u64,
+    /// Page size of tree listings.
+    #[arg(long, default_value_t = 1000)]
+    page_size: usize,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let config = MockConfig { page_size: args.page_size, ..MockConfig::default() };
+    let hub = MockHub::start_on(config, args.port, args.cdn_port)?;
+    let ids = hub.load_dir_with_threshold(&args.dir, args.lfs_threshold)?;
+    eprintln!(
+        "mock_hub: serving {} repo(s): {}; CDN at {}",
+        ids.len(),
+        ids.join(", "),
+        hub.cdn_origin()
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "endpoint {}", hub.endpoint())?;
+    stdout.flush()?;
+    drop(stdout);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })?;
+    hub.stop();
+    Ok(())
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: formatting, lints, then every unit, property
+# and real-FUSE integration test (the integration tests mount, so run as root with /dev/fuse).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,944 @@
+//! The filesystem core: the `/models` namespace, inodes, open handles, reads and xattrs,
+//! with no kernel in sight. [`crate::fuse`] adapts it to fuser; tests drive it directly with
+//! the in-memory store and Hub.
+//!
+//! Namespace (SPEC §2): `/` lists orgs; `/<org>` is any valid org name (no network) and lists
+//! the repos the store knows; `/<org>/<repo>[@<rev>]` resolves the revision (at most once per
+//! `revalidate` interval for branches, never again for commits) and lists its views; a view
+//! (`all`, or a quant, looked up case-insensitively) is a directory tree over the repo's files.
+//!
+//! Everything below a repo node belongs to one [`Snapshot`] (one commit). Inode numbers of
+//! views include the commit, so when a branch moves, new lookups get new inodes while open
+//! handles and cached inodes keep reading the old commit: bytes of two commits never mix.
+
+mod inode;
+mod snapshot;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use inode::{Node, ROOT_INO};
+pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
+
+use crate::fetch::{ChunkFetcher, FetchError, FileRef};
+use crate::hub::{HubError, RangeFetcher, RemoteFile, RepoSource};
+use crate::manifest::{FileEntry, Manifest, RepoId};
+use crate::names;
+use crate::store::{chunk_len, ChunkStore, FileState, RefRecord, StoreError};
+use inode::InodeTable;
+
+/// The revision a repo directory without `@rev` shows.
+pub const DEFAULT_REVISION: &str = "main";
+
+/// How long the kernel may cache what cannot change: anything pinned to a commit, org
+/// directories (any valid name is one) and repo directories (their inode never changes;
+/// what they list is not cached by the kernel).
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long the kernel may cache a name below a branch before asking again. Short, so that
+/// once the branch is re-resolved to a new commit, paths show it within a second; the cost is
+/// an in-memory lookup per second per path in use.
+pub const BRANCH_TTL: Duration = Duration::from_secs(1);
+
+/// Block size reported in `st_blksize`: stdio and `cp` size their buffers by it, and 1 MiB
+/// matches the largest FUSE read the kernel sends.
+const BLKSIZE: u32 = 1 << 20;
+
+/// Every extended attribute lives under this prefix (SPEC §5).
+pub const XATTR_PREFIX: &str = "user.modelfs.";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("permission denied: {0}")]
+    Denied(String),
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("read-only filesystem")]
+    ReadOnly,
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("bad file handle")]
+    BadHandle,
+}
+
+impl From<HubError> for FsError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::NotFound(_) | HubError::Offline => FsError::NotFound,
+            HubError::Denied(m) => FsError::Denied(m),
+            HubError::Unavailable(_) | HubError::Protocol(_) => FsError::Io(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for FsError {
+    fn from(e: StoreError) -> Self {
+        FsError::Io(e.to_string())
+    }
+}
+
+impl From<FetchError> for FsError {
+    fn from(e: FetchError) -> Self {
+        match e {
+            FetchError::Hub(HubError::Denied(m)) => FsError::Denied(m),
+            // The manifest says the file exists; failing to get its bytes is an I/O error.
+            other => FsError::Io(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Serve from the store only; never contact the Hub.
+    pub offline: bool,
+    /// How long a resolved branch is trusted before asking the Hub again.
+    pub revalidate: Duration,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self { offline: false, revalidate: Duration::from_secs(600), uid: 0, gid: 0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// Attributes as the kernel needs them; the adapter converts to fuser's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub blksize: u32,
+    pub mtime: SystemTime,
+}
+
+/// A looked-up node with how long the kernel may cache it.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub attr: Attr,
+    pub ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub entry: Entry,
+}
+
+/// A resolved repo revision and when the Hub last confirmed it.
+struct Resolved {
+    snap: Arc<Snapshot>,
+    checked: Instant,
+}
+
+/// One resolution slot per (repo, revision). The async mutex makes concurrent lookups of one
+/// repo share one resolution instead of each asking the Hub.
+type Slot = Arc<tokio::sync::Mutex<Option<Resolved>>>;
+
+struct Handle {
+    file: FileRef,
+}
+
+pub struct ModelFs {
+    config: FsConfig,
+    store: Arc<dyn ChunkStore>,
+    source: Arc<dyn RepoSource>,
+    chunks: Arc<ChunkFetcher>,
+    inodes: InodeTable,
+    slots: Mutex<HashMap<(RepoId, String), Slot>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// mtime of everything: the Hub gives no per-file times that matter to readers, and a
+    /// constant keeps `make`-style tools quiet.
+    mounted_at: SystemTime,
+}
+
+impl ModelFs {
+    pub fn new(
+        config: FsConfig,
+        store: Arc<dyn ChunkStore>,
+        source: Arc<dyn RepoSource>,
+        origin: Arc<dyn RangeFetcher>,
+        read_timeout: Duration,
+    ) -> Self {
+        let chunks = ChunkFetcher::new(store.clone(), origin, read_timeout);
+        Self {
+            config,
+            store,
+            source,
+            chunks,
+            inodes: InodeTable::new(),
+            slots: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            mounted_at: SystemTime::now(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ChunkStore> {
+        &self.store
+    }
+
+    // ---------------------------------------------------------------- namespace
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
+        let node = self.node(parent)?;
+        match &*node {
+            Node::Root => {
+                if !names::valid_org(name) {
+                    return Err(FsError::NotFound);
+                }
+                let (ino, node) = self
+                    .inodes
+                    .intern(inode::org_key(name), || Node::Org { org: name.to_string() });
+                Ok(self.entry(ino, &node))
+            }
+            Node::Org { org } => {
+                let (repo_name, rev) =
+                    names::parse_repo_component(name).ok_or(FsError::NotFound)?;
+                let repo = RepoId::new(org.as_str(), repo_name);
+                // Resolving here makes a repo that does not exist ENOENT at lookup, and warms
+                // the snapshot the next call (readdir of the repo) needs.
+                self.snapshot(&repo, rev).await?;
+                let key = inode::repo_key(&repo, rev);
+                let (ino, node) =
+                    self.inodes.intern(key, || Node::Repo { repo, rev: rev.map(str::to_string) });
+                Ok(self.entry(ino, &node))
+            }
+            Node::Repo { repo, rev } => {
+                let snap = self.snapshot(repo, rev.as_deref()).await?;
+                let view = snap.find_view(name).ok_or(FsError::NotFound)?;
+                let (ino, node) = self.view_node(parent, &snap, view, name);
+                Ok(self.entry(ino, &node))
+            }
+            Node::Dir { repo_ino, snap, view, dir } => {
+                let tree = snap.view(*view).ok_or(FsError::NotFound)?;
+                let child = tree.lookup(*dir, name).ok_or(FsError::NotFound)?;
+                let (ino, node) = self.child_node(parent, *repo_ino, snap, *view, name, child);
+                Ok(self.entry(ino, &node))
+            }
+            Node::File { .. } => Err(FsError::NotDir),
+        }
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
+        let node = self.node(ino)?;
+        Ok(self.entry(ino, &node))
+    }
+
+    /// The whole listing of a directory, `.` and `..` first. The adapter pages through it.
+    pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
+        let node = self.node(ino)?;
+        let mut out = vec![
+            DirEntry { name: ".".into(), entry: self.entry(ino, &node) },
+            // The kernel answers `..` itself; the attributes here only need to be a directory's.
+            DirEntry { name: "..".into(), entry: self.entry(ino, &node) },
+        ];
+        match &*node {
+            Node::Root => {
+                let orgs: BTreeSet<String> =
+                    self.store.repos()?.into_iter().map(|r| r.org).collect();
+                for org in orgs {
+                    let (ino, node) =
+                        self.inodes.intern(inode::org_key(&org), || Node::Org { org: org.clone() });
+                    out.push(DirEntry { entry: self.entry(ino, &node), name: org });
+                }
+            }
+            Node::Org { org } => {
+                for repo in self.store.repos()?.into_iter().filter(|r| &r.org == org) {
+                    let name = repo.name.clone();
+                    let (ino, node) = self
+                        .inodes
+                        .intern(inode::repo_key(&repo, None), || Node::Repo { repo, rev: None });
+                    out.push(DirEntry { entry: self.entry(ino, &node), name });
+                }
+            }
+            Node::Repo { repo, rev } => {
+                let snap = self.snapshot(repo, rev.as_deref()).await?;
+                for (view, name) in snap.view_names() {
+                    let (ino, node) = self.view_node(ino, &snap, view, name);
+                    out.push(DirEntry { entry: self.entry(ino, &node), name: name.to_string() });
+                }
+            }
+            Node::Dir { repo_ino, snap, view, dir } => {
+                let tree = snap.view(*view).ok_or(FsError::NotFound)?;
+                for (name, child) in &tree.dirs[*dir].children {
+                    let (ino, node) = self.child_node(ino, *repo_ino, snap, *view, name, *child);
+                    out.push(DirEntry { entry: self.entry(ino, &node), name: name.clone() });
+                }
+            }
+            Node::File { .. } => return Err(FsError::NotDir),
+        }
+        Ok(out)
+    }
+
+    fn view_node(
+        &self,
+        repo_ino: u64,
+        snap: &Arc<Snapshot>,
+        view: ViewKind,
+        spelled: &str,
+    ) -> (u64, Arc<Node>) {
+        let key = inode::view_key(repo_ino, &snap.manifest.commit, spelled);
+        self.inodes.intern(key, || Node::Dir { repo_ino, snap: snap.clone(), view, dir: 0 })
+    }
+
+    fn child_node(
+        &self,
+        parent: u64,
+        repo_ino: u64,
+        snap: &Arc<Snapshot>,
+        view: ViewKind,
+        name: &str,
+        child: Child,
+    ) -> (u64, Arc<Node>) {
+        self.inodes.intern(inode::child_key(parent, name), || match child {
+            Child::Dir(dir) => Node::Dir { repo_ino, snap: snap.clone(), view, dir },
+            Child::File(file) => Node::File { repo_ino, snap: snap.clone(), file },
+        })
+    }
+
+    fn node(&self, ino: u64) -> Result<Arc<Node>, FsError> {
+        self.inodes.get(ino).ok_or(FsError::NotFound)
+    }
+
+    fn entry(&self, ino: u64, node: &Node) -> Entry {
+        Entry { attr: self.attr(ino, node), ttl: self.ttl(node) }
+    }
+
+    fn ttl(&self, node: &Node) -> Duration {
+        match node {
+            Node::Root | Node::Org { .. } | Node::Repo { .. } => IMMUTABLE_TTL,
+            Node::Dir { repo_ino, .. } | Node::File { repo_ino, .. } => {
+                match self.inodes.get(*repo_ino).as_deref() {
+                    Some(Node::Repo { rev: Some(rev), .. }) if names::is_commit(rev) => {
+                        IMMUTABLE_TTL
+                    }
+                    _ => BRANCH_TTL,
+                }
+            }
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> Attr {
+        let (kind, size, perm, nlink) = match node {
+            Node::File { snap, file, .. } => {
+                (Kind::File, snap.file(*file).map_or(0, |f| f.size), 0o444, 1)
+            }
+            _ => (Kind::Dir, 0, 0o555, 2),
+        };
+        Attr {
+            ino,
+            kind,
+            size,
+            blocks: size.div_ceil(512),
+            perm,
+            nlink,
+            uid: self.config.uid,
+            gid: self.config.gid,
+            blksize: BLKSIZE,
+            mtime: self.mounted_at,
+        }
+    }
+
+    // ---------------------------------------------------------------- revisions
+
+    /// The snapshot a repo directory shows now: from memory if confirmed within
+    /// `revalidate` (commits: forever), else from the store's record of the ref if the Hub
+    /// confirmed it within `revalidate` (so a restart does not re-ask), else from the Hub.
+    /// When the Hub is unreachable, the last known commit is served however old it is.
+    pub async fn snapshot(
+        &self,
+        repo: &RepoId,
+        rev: Option<&str>,
+    ) -> Result<Arc<Snapshot>, FsError> {
+        let rev = rev.unwrap_or(DEFAULT_REVISION);
+        let slot = {
+            let mut slots = lock(&self.slots);
+            slots.entry((repo.clone(), rev.to_string())).or_default().clone()
+        };
+        let mut resolved = slot.lock().await;
+        if let Some(r) = resolved.as_ref() {
+            if names::is_commit(rev) || r.checked.elapsed() < self.config.revalidate {
+                return Ok(r.snap.clone());
+            }
+        }
+        let previous = resolved.as_ref().map(|r| r.snap.clone());
+        let snap = self.resolve(repo, rev, previous).await?;
+        *resolved = Some(Resolved { snap: snap.clone(), checked: Instant::now() });
+        Ok(snap)
+    }
+
+    async fn resolve(
+        &self,
+        repo: &RepoId,
+        rev: &str,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Arc<Snapshot>, FsError> {
+        let now = unix_now();
+        let stored_ref = if names::is_commit(rev) {
+            Some(RefRecord { commit: rev.to_string(), resolved_at: now })
+        } else {
+            self.store.get_ref(repo, rev)?
+        };
+        let fresh =
+            |r: &RefRecord| now.saturating_sub(r.resolved_at) < self.config.revalidate.as_secs();
+        if let Some(r) = stored_ref.as_ref().filter(|r| self.config.offline || fresh(r)) {
+            if let Some(m) = self.store.manifest(repo, &r.commit)? {
+                return Ok(reuse_or_new(previous, m));
+            }
+        }
+        if self.config.offline {
+            return Err(FsError::NotFound);
+        }
+        match self.fetch_manifest(repo, rev).await {
+            Ok(m) => {
+                if !names::is_commit(rev) {
+                    self.store.put_ref(
+                        repo,
+                        rev,
+                        &RefRecord { commit: m.commit.clone(), resolved_at: now },
+                    )?;
+                }
+                Ok(reuse_or_new(previous, m))
+            }
+            Err(e @ (HubError::Unavailable(_) | HubError::Protocol(_))) => {
+                // Offline-first: a Hub outage must not take away what is already here.
+                if let Some(prev) = previous {
+                    tracing::warn!(repo = %repo, rev, error = %e, "Hub unavailable; serving the last known commit");
+                    return Ok(prev);
+                }
+                if let Some(r) = stored_ref {
+                    if let Some(m) = self.store.manifest(repo, &r.commit)? {
+                        tracing::warn!(repo = %repo, rev, error = %e, "Hub unavailable; serving the stored commit");
+                        return Ok(Arc::new(Snapshot::new(m)));
+                    }
+                }
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resolve `rev` on the Hub and get the manifest of its commit: from the store if it is
+    /// there (a commit's contents never change), else from the tree listing.
+    async fn fetch_manifest(&self, repo: &RepoId, rev: &str) -> Result<Manifest, HubError> {
+        let info = self.source.resolve(repo, rev).await?;
+        if let Some(m) = self
+            .store
+            .manifest(repo, &info.commit)
+            .map_err(|e| HubError::Unavailable(e.to_string()))?
+        {
+            return Ok(m);
+        }
+        let files = self.source.list_files(repo, &info.commit).await?;
+        let files = files
+            .into_iter()
+            .map(|t| FileEntry { path: t.path, size: t.size, hash: t.hash })
+            .collect();
+        let manifest = Manifest::build(repo.clone(), info.commit, info.pipeline_tag, files);
+        if let Err(e) = self.store.put_manifest(&manifest) {
+            // Still servable from memory; it will be listed again after a restart.
+            tracing::warn!(repo = %repo, error = %e, "manifest not stored");
+        }
+        Ok(manifest)
+    }
+
+    // ---------------------------------------------------------------- files
+
+    /// Open a file for reading. Returns the handle number.
+    pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
+        let node = self.node(ino)?;
+        let Node::File { snap, file, .. } = &*node else {
+            return Err(FsError::IsDir);
+        };
+        if write {
+            return Err(FsError::ReadOnly);
+        }
+        let entry = snap.file(*file).ok_or(FsError::NotFound)?;
+        let file = FileRef {
+            remote: RemoteFile {
+                repo: snap.manifest.repo.clone(),
+                commit: snap.manifest.commit.clone(),
+                path: entry.path.clone(),
+                size: entry.size,
+            },
+            hash: entry.hash,
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { file });
+        Ok(fh)
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    fn handle_file(&self, fh: u64) -> Result<FileRef, FsError> {
+        lock(&self.handles).get(&fh).map(|h| h.file.clone()).ok_or(FsError::BadHandle)
+    }
+
+    /// Answer a read from the store alone, without waiting for anything: `Ok(None)` when a
+    /// chunk it needs is not stored. This is the warm path, run on the FUSE thread.
+    pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Result<Option<Vec<u8>>, FsError> {
+        let file = self.handle_file(fh)?;
+        let mut out = Vec::new();
+        for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
+            if !self.store.read_chunk(&file.content(), piece.index, piece.range, &mut out)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Read `size` bytes at `offset` (fewer only at the end of the file), fetching the chunks
+    /// that are not stored.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file = self.handle_file(fh)?;
+        let content = file.content();
+        let mut out = Vec::new();
+        for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
+            if !self.store.read_chunk(&content, piece.index, piece.range.clone(), &mut out)? {
+                let chunk = self.chunks.chunk(&file, piece.index).await?;
+                let bytes =
+                    chunk.get(piece.range).ok_or_else(|| FsError::Io("short chunk".into()))?;
+                out.extend_from_slice(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- xattrs
+
+    /// Every extended attribute of a node that has a value, full names, in listing order.
+    pub async fn xattrs(&self, ino: u64) -> Result<Vec<(String, String)>, FsError> {
+        let node = self.node(ino)?;
+        let mut out: Vec<(&str, String)> = Vec::new();
+        match &*node {
+            Node::Root | Node::Org { .. } => {}
+            Node::File { snap, file, .. } => {
+                let entry = snap.file(*file).ok_or(FsError::NotFound)?;
+                let (status, cached) = self.file_status(entry)?;
+                out.push(("status", status.to_string()));
+                out.push(("cached_bytes", cached.to_string()));
+                out.push(("size", entry.size.to_string()));
+                if let Some(sha) = entry.hash.lfs_sha256_hex() {
+                    out.push(("sha256", sha));
+                }
+                out.push(("revision", snap.manifest.commit.clone()));
+            }
+            Node::Dir { snap, view, dir: 0, .. } => {
+                let files = snap.view(*view).map(|t| t.files.as_slice()).unwrap_or_default();
+                out.push(("revision", snap.manifest.commit.clone()));
+                self.push_progress(snap, files, &mut out)?;
+            }
+            Node::Dir { .. } => {}
+            Node::Repo { repo, rev } => {
+                let snap = self.snapshot(repo, rev.as_deref()).await?;
+                out.push(("revision", snap.manifest.commit.clone()));
+                self.push_progress(&snap, &snap.all.files, &mut out)?;
+                out.push(("quants", snap.quants.join(",")));
+                if let Some(tag) = &snap.manifest.pipeline_tag {
+                    out.push(("pipeline_tag", tag.clone()));
+                }
+            }
+        }
+        Ok(out.into_iter().map(|(k, v)| (format!("{XATTR_PREFIX}{k}"), v)).collect())
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> Result<String, FsError> {
+        // Only our namespace can have values: skip the work (and any network) for the
+        // security.* and system.* probes that `ls` and `cp -a` make on every file.
+        if !name.starts_with(XATTR_PREFIX) {
+            self.node(ino)?;
+            return Err(FsError::NoAttr);
+        }
+        self.xattrs(ino)
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .ok_or(FsError::NoAttr)
+    }
+
+    /// `(status, cached_bytes)` of one file, as the `status` xattr names it.
+    fn file_status(&self, entry: &FileEntry) -> Result<(&'static str, u64), FsError> {
+        if entry.size == 0 {
+            // Nothing to fetch, nothing that can be wrong.
+            return Ok(("verified", 0));
+        }
+        Ok(match self.store.file_record(&entry.hash.content_id())? {
+            None => ("missing", 0),
+            Some(r) if r.state == FileState::Failed => ("failed", r.cached_bytes),
+            Some(r) if r.cached_bytes == 0 => ("missing", 0),
+            Some(r) => (r.state.as_str(), r.cached_bytes.min(entry.size)),
+        })
+    }
+
+    fn push_progress(
+        &self,
+        snap: &Snapshot,
+        files: &[usize],
+        out: &mut Vec<(&str, String)>,
+    ) -> Result<(), FsError> {
+        let (mut cached, mut total, mut failed) = (0u64, 0u64, false);
+        for entry in files.iter().filter_map(|&i| snap.file(i)) {
+            let (status, bytes) = self.file_status(entry)?;
+            failed |= status == "failed";
+            cached += if entry.size == 0 { 0 } else { bytes };
+            total += entry.size;
+        }
+        let status = if failed {
+            "failed"
+        } else if cached >= total {
+            "downloaded"
+        } else if cached == 0 {
+            "available"
+        } else {
+            "downloading"
+        };
+        out.push(("status", status.to_string()));
+        out.push(("progress", format!("{cached}/{total}")));
+        Ok(())
+    }
+}
+
+/// Reuse the snapshot already in use when the commit did not change, so its inodes (and the
+/// kernel's caches of them) stay valid.
+fn reuse_or_new(previous: Option<Arc<Snapshot>>, manifest: Manifest) -> Arc<Snapshot> {
+    match previous {
+        Some(prev) if prev.manifest.commit == manifest.commit => prev,
+        _ => Arc::new(Snapshot::new(manifest)),
+    }
+}
+
+/// The part of one chunk a read needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub index: u64,
+    /// Relative to the chunk's start.
+    pub range: std::ops::Range<usize>,
+}
+
+/// Split the read `[offset, offset+size)` of a file of `file_size` bytes into per-chunk
+/// pieces, clipped at the end of the file. Empty at or past the end.
+pub fn pieces(file_size: u64, chunk_size: u64, offset: u64, size: u32) -> Vec<Piece> {
+    let end = offset.saturating_add(size as u64).min(file_size);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let index = pos / chunk_size;
+        let chunk_start = index * chunk_size;
+        let chunk_end = chunk_start + chunk_len(file_size, chunk_size, index);
+        let stop = end.min(chunk_end);
+        out.push(Piece {
+            index,
+            range: (pos - chunk_start) as usize..(stop - chunk_start) as usize,
+        });
+        pos = stop;
+    }
+    out
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fetch::{verify_file, Verdict};
+    use crate::hub::memory::MemoryHub;
+    use crate::store::memory::MemoryStore;
+    use proptest::prelude::*;
+
+    const CS: u64 = 1000;
+    const C1: &str = "1111111111111111111111111111111111111111";
+    const C2: &str = "2222222222222222222222222222222222222222";
+
+    fn data(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    struct World {
+        fs: Arc<ModelFs>,
+        hub: Arc<MemoryHub>,
+        store: Arc<MemoryStore>,
+    }
+
+    fn world(config: FsConfig) -> World {
+        let hub = Arc::new(MemoryHub::new());
+        hub.add_repo(
+            RepoId::new("org", "repo"),
+            C1,
+            "main",
+            Some("text-generation"),
+            vec![
+                ("config.json", data(1, 10), false),
+                ("onnx/model.onnx", data(2, 2500), true),
+                ("onnx/model_q4.onnx", data(3, 3000), true),
+                ("onnx/model_q4.onnx_data", data(4, 999), true),
+                ("empty.txt", vec![], false),
+            ],
+        );
+        let store = Arc::new(MemoryStore::new(CS));
+        let fs = Arc::new(ModelFs::new(
+            config,
+            store.clone(),
+            hub.clone(),
+            hub.clone(),
+            Duration::from_secs(5),
+        ));
+        World { fs, hub, store }
+    }
+
+    async fn walk(fs: &ModelFs, path: &str) -> Result<u64, FsError> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = fs.lookup(ino, part).await?.attr.ino;
+        }
+        Ok(ino)
+    }
+
+    async fn read_all(fs: &ModelFs, path: &str) -> Result<Vec<u8>, FsError> {
+        let ino = walk(fs, path).await?;
+        let fh = fs.open(ino, false)?;
+        let size = fs.getattr(ino)?.attr.size;
+        let out = fs.read(fh, 0, size as u32 + 10).await;
+        fs.release(fh);
+        out
+    }
+
+    async fn names(fs: &ModelFs, path: &str) -> Vec<String> {
+        let ino = walk(fs, path).await.unwrap();
+        fs.readdir(ino)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .filter(|n| n != "." && n != "..")
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn namespace_lists_views_and_files() {
+        let w = world(FsConfig::default());
+        assert_eq!(names(&w.fs, "org/repo").await, ["fp32", "q4", "all"]);
+        assert_eq!(names(&w.fs, "org/repo/q4").await, ["config.json", "empty.txt", "onnx"]);
+        assert_eq!(names(&w.fs, "org/repo/q4/onnx").await, ["model_q4.onnx", "model_q4.onnx_data"]);
+        assert_eq!(names(&w.fs, "org/repo/Q4/onnx").await, ["model_q4.onnx", "model_q4.onnx_data"]);
+        assert_eq!(names(&w.fs, "org/repo/all/onnx").await.len(), 3);
+        assert_eq!(names(&w.fs, "").await, ["org"]);
+        assert_eq!(names(&w.fs, "org").await, ["repo"]);
+        // Same path, same inode; different spelling of a view, different directory inode.
+        assert_eq!(walk(&w.fs, "org/repo/q4").await, walk(&w.fs, "org/repo/q4").await);
+        assert_ne!(walk(&w.fs, "org/repo/q4").await, walk(&w.fs, "org/repo/Q4").await);
+        assert_eq!(walk(&w.fs, "org/nope").await, Err(FsError::NotFound));
+        assert_eq!(walk(&w.fs, "org/repo/q8").await, Err(FsError::NotFound));
+        assert_eq!(walk(&w.fs, "org/repo/all/config.json/x").await, Err(FsError::NotDir));
+        assert_eq!(walk(&w.fs, "bad..org").await, Err(FsError::NotFound));
+    }
+
+    #[tokio::test]
+    async fn reads_are_byte_exact_and_writes_refused() {
+        let w = world(FsConfig::default());
+        assert_eq!(
+            read_all(&w.fs, "org/repo/all/onnx/model_q4.onnx").await.unwrap(),
+            data(3, 3000)
+        );
+        assert_eq!(read_all(&w.fs, "org/repo/all/empty.txt").await.unwrap(), Vec::<u8>::new());
+        let ino = walk(&w.fs, "org/repo/all/onnx/model.onnx").await.unwrap();
+        assert_eq!(w.fs.open(ino, true), Err(FsError::ReadOnly));
+        let dir = walk(&w.fs, "org/repo/all/onnx").await.unwrap();
+        assert_eq!(w.fs.open(dir, false), Err(FsError::IsDir));
+        let fh = w.fs.open(ino, false).unwrap();
+        // A read spanning a chunk boundary, then the warm path answers it alone.
+        assert_eq!(w.fs.read(fh, 990, 20).await.unwrap(), data(2, 2500)[990..1010]);
+        assert_eq!(w.fs.read_cached(fh, 990, 20).unwrap().unwrap(), data(2, 2500)[990..1010]);
+        assert_eq!(w.fs.read_cached(fh, 2100, 10).unwrap(), None, "chunk 2 was never fetched");
+        assert_eq!(w.fs.read(fh, 2500, 10).await.unwrap(), Vec::<u8>::new());
+    }
+
+    #[tokio::test]
+    async fn concurrent_readers_share_one_fetch() {
+        let w = world(FsConfig::default());
+        w.hub.set_fetch_delay(Duration::from_millis(100));
+        let ino = walk(&w.fs, "org/repo/all/onnx/model.onnx").await.unwrap();
+        let before = w.hub.fetch_count();
+        let mut tasks = Vec::new();
+        for i in 0..16u64 {
+            let fs = w.fs.clone();
+            tasks.push(tokio::spawn(async move {
+                let fh = fs.open(ino, false).unwrap();
+                fs.read(fh, 1000 + i * 10, 10).await.unwrap()
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            let start = 1000 + i * 10;
+            assert_eq!(t.await.unwrap(), data(2, 2500)[start..start + 10]);
+        }
+        assert_eq!(w.hub.fetch_count() - before, 1);
+    }
+
+    #[tokio::test]
+    async fn failed_fetch_is_an_io_error_and_is_retried_next_time() {
+        let w = world(FsConfig::default());
+        let ino = walk(&w.fs, "org/repo/all/config.json").await.unwrap();
+        let fh = w.fs.open(ino, false).unwrap();
+        w.hub.set_offline(true);
+        assert!(matches!(w.fs.read(fh, 0, 10).await, Err(FsError::Io(_))));
+        w.hub.set_offline(false);
+        assert_eq!(w.fs.read(fh, 0, 10).await.unwrap(), data(1, 10));
+    }
+
+    #[tokio::test]
+    async fn branch_moves_but_open_handles_keep_their_commit() {
+        let w = world(FsConfig { revalidate: Duration::ZERO, ..FsConfig::default() });
+        let ino = walk(&w.fs, "org/repo/all/config.json").await.unwrap();
+        let fh = w.fs.open(ino, false).unwrap();
+        w.hub.add_repo(
+            RepoId::new("org", "repo"),
+            C2,
+            "main",
+            None,
+            vec![("config.json", data(9, 10), false)],
+        );
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(9, 10));
+        assert_eq!(w.fs.read(fh, 0, 10).await.unwrap(), data(1, 10));
+        assert_eq!(
+            read_all(&w.fs, &format!("org/repo@{C1}/all/config.json")).await.unwrap(),
+            data(1, 10)
+        );
+        let repo = walk(&w.fs, "org/repo").await.unwrap();
+        assert_eq!(w.fs.getxattr(repo, "user.modelfs.revision").await.unwrap(), C2);
+    }
+
+    #[tokio::test]
+    async fn hub_outage_serves_the_last_known_commit_and_offline_serves_the_store() {
+        let w = world(FsConfig { revalidate: Duration::ZERO, ..FsConfig::default() });
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        w.hub.set_offline(true);
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        assert!(matches!(
+            read_all(&w.fs, "org/repo/all/onnx/model.onnx").await,
+            Err(FsError::Io(_))
+        ));
+        // Never seen and the Hub unreachable: an I/O error, not a claim that it does not exist.
+        assert!(matches!(walk(&w.fs, "org/other").await, Err(FsError::Io(_))));
+
+        // A new mount over the same store, with no Hub at all.
+        let offline = ModelFs::new(
+            FsConfig { offline: true, ..FsConfig::default() },
+            w.store.clone(),
+            Arc::new(crate::hub::OfflineHub),
+            Arc::new(crate::hub::OfflineHub),
+            Duration::from_secs(1),
+        );
+        assert_eq!(read_all(&offline, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        assert!(matches!(
+            read_all(&offline, "org/repo/all/onnx/model.onnx").await,
+            Err(FsError::Io(_))
+        ));
+        assert_eq!(walk(&offline, "org/other").await, Err(FsError::NotFound));
+    }
+
+    #[tokio::test]
+    async fn xattrs_follow_the_download() {
+        let w = world(FsConfig::default());
+        let file = walk(&w.fs, "org/repo/q4/onnx/model_q4.onnx").await.unwrap();
+        let view = walk(&w.fs, "org/repo/q4").await.unwrap();
+        let repo = walk(&w.fs, "org/repo").await.unwrap();
+        let get = |ino, n: &'static str| {
+            let fs = w.fs.clone();
+            async move { fs.getxattr(ino, &format!("{XATTR_PREFIX}{n}")).await }
+        };
+        assert_eq!(get(file, "status").await.unwrap(), "missing");
+        assert_eq!(get(view, "progress").await.unwrap(), "0/4009");
+        assert_eq!(get(repo, "quants").await.unwrap(), "fp32,q4");
+        assert_eq!(get(repo, "pipeline_tag").await.unwrap(), "text-generation");
+        assert_eq!(get(file, "nope").await, Err(FsError::NoAttr));
+        let fh = w.fs.open(file, false).unwrap();
+        w.fs.read(fh, 0, 1).await.unwrap();
+        assert_eq!(get(file, "status").await.unwrap(), "partial");
+        assert_eq!(get(file, "cached_bytes").await.unwrap(), "1000");
+        assert_eq!(get(view, "status").await.unwrap(), "downloading");
+        w.fs.read(fh, 0, 3000).await.unwrap();
+        // Verification runs in the background once the last chunk lands.
+        for _ in 0..200 {
+            if get(file, "status").await.unwrap() == "verified" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(get(file, "status").await.unwrap(), "verified");
+    }
+
+    #[test]
+    fn verification_discards_a_file_that_does_not_match() {
+        let store = MemoryStore::new(CS);
+        let good = data(5, 1500);
+        let file = FileRef {
+            remote: RemoteFile {
+                repo: RepoId::new("o", "r"),
+                commit: C1.into(),
+                path: "w.bin".into(),
+                size: 1500,
+            },
+            hash: crate::hub::memory::hub_hash(&good, true),
+        };
+        let mut bad = good.clone();
+        bad[1234] ^= 1;
+        store.put_chunk(&file.content(), 1500, 0, &bad[..1000]).unwrap();
+        store.put_chunk(&file.content(), 1500, 1, &bad[1000..]).unwrap();
+        assert_eq!(verify_file(&store, &file).unwrap(), Verdict::Mismatch);
+        let rec = store.file_record(&file.content()).unwrap().unwrap();
+        assert_eq!((rec.state, rec.cached_bytes), (FileState::Failed, 0));
+        store.put_chunk(&file.content(), 1500, 0, &good[..1000]).unwrap();
+        assert_eq!(verify_file(&store, &file).unwrap(), Verdict::Incomplete);
+        store.put_chunk(&file.content(), 1500, 1, &good[1000..]).unwrap();
+        assert_eq!(verify_file(&store, &file).unwrap(), Verdict::Match);
+        assert_eq!(store.file_record(&file.content()).unwrap().unwrap().state, FileState::Verified);
+    }
+
+    proptest! {
+        /// Pieces cover exactly the requested bytes that exist, in order, each inside one chunk.
+        #[test]
+        fn pieces_tile_the_read(size in 0u64..100_000, cs in 1u64..5_000, offset in 0u64..120_000, len in 0u32..40_000) {
+            let ps = pieces(size, cs, offset, len);
+            let want_end = (offset + len as u64).min(size);
+            let mut pos = offset;
+            for p in &ps {
+                let start = p.index * cs + p.range.start as u64;
+                prop_assert_eq!(start, pos);
+                prop_assert!(p.range.start < p.range.end);
+                prop_assert!(p.range.end as u64 <= chunk_len(size, cs, p.index));
+                pos = p.index * cs + p.range.end as u64;
+            }
+            if offset < want_end { prop_assert_eq!(pos, want_end); } else { prop_assert!(ps.is_empty()); }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The chunk store: where fetched bytes and repo manifests live, across restarts and crashes.
+//!
+//! [`ChunkStore`] is the seam: [`mdbx::MdbxStore`] is the real one (one libmdbx environment,
+//! several processes may open it at once), [`memory::MemoryStore`] the in-memory double used
+//! by kernel-free tests. Files are stored by content ([`ContentId`]) in fixed-size chunks
+//! (chunk `i` holds bytes `[i*chunk_size, min((i+1)*chunk_size, size))`); each chunk carries
+//! crc32c checksums that are checked on every read, and a chunk that fails them is dropped
+//! and reported as absent, never served.
+//!
+//! All methods are synchronous and short: callers on the async runtime run the ones that
+//! write through `spawn_blocking`. No method holds a transaction after it returns, so no
+//! transaction ever spans an `.await` or a network call.
+
+pub mod mdbx;
+pub mod memory;
+
+use std::ops::Range;
+
+use crate::manifest::{ContentId, Manifest, RepoId};
+
+/// Default chunk size: 8 MiB. Large enough that a 1 GiB file is 128 range requests and the
+/// per-request latency is amortised; small enough that a random 4 KiB read of a cold file
+/// costs one short request, and that libmdbx values stay well inside its limits.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// Granularity of the crc32c checks inside a chunk: a read checks only the blocks it covers,
+/// so a 4 KiB read of a cached chunk checksums 64 KiB, not the whole 8 MiB.
+pub const CRC_BLOCK: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O: {0}")]
+    Db(String),
+    #[error("store at {path} cannot be opened: {reason}")]
+    Open { path: String, reason: String },
+    #[error("chunk {index} of {content} has length {got}, expected {expected}")]
+    BadChunkLength { content: ContentId, index: u64, got: usize, expected: usize },
+    #[error("store was created with chunk size {stored}, asked for {requested}")]
+    ChunkSizeMismatch { stored: u64, requested: u64 },
+    #[error("the store is full")]
+    Full,
+}
+
+/// Download state of one file's content, as the `status` xattr reports it (with `missing`
+/// meaning "no record").
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// Some chunks are stored.
+    Partial,
+    /// Every chunk is stored; the whole-file hash has not been checked yet.
+    Complete,
+    /// Every chunk is stored and the whole file matched the Hub's hash.
+    Verified,
+    /// The whole file did not match the Hub's hash; its chunks were discarded.
+    Failed,
+}
+
+impl FileState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Partial => "partial",
+            FileState::Complete => "complete",
+            FileState::Verified => "verified",
+            FileState::Failed => "failed",
+        }
+    }
+}
+
+/// What the store knows about one content.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileRecord {
+    pub size: u64,
+    pub cached_bytes: u64,
+    pub state: FileState,
+    /// Unix seconds of the last chunk write or open; drives LRU eviction.
+    pub last_access: u64,
+}
+
+/// A branch or tag as last resolved. Commits never need a record: they resolve to themselves.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RefRecord {
+    pub commit: String,
+    /// Unix seconds when the Hub last confirmed this ref.
+    pub resolved_at: u64,
+}
+
+/// Number of bytes chunk `index` of a file of `size` bytes holds (0 past the end).
+pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
+    let start = index.saturating_mul(chunk_size);
+    size.saturating_sub(start).min(chunk_size)
+}
+
+/// Number of chunks of a file of `size` bytes.
+pub fn chunk_count(size: u64, chunk_size: u64) -> u64 {
+    size.div_ceil(chunk_size)
+}
+
+pub trait ChunkStore: Send + Sync + 'static {
+    /// Fixed when the store is created; every content is chunked with it.
+    fn chunk_size(&self) -> u64;
+
+    /// Append bytes `range` (relative to the chunk's start) of chunk `index` of `content` to
+    /// `out`. `Ok(false)`: the chunk is not stored (or failed its checksum and was dropped;
+    /// that is logged). `range` must lie inside the chunk.
+    fn read_chunk(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StoreError>;
+
+    fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError>;
+
+    /// Store chunk `index` of a file of `file_size` bytes. `data` must be exactly
+    /// [`chunk_len`] long. Storing a chunk that is already there changes nothing.
+    /// Returns the file's record after the write.
+    fn put_chunk(
+        &self,
+        content: &ContentId,
+        file_size: u64,
+        index: u64,
+        data: &[u8],
+    ) -> Result<FileRecord, StoreError>;
+
+    fn file_record(&self, content: &ContentId) -> Result<Option<FileRecord>, StoreError>;
+
+    /// Set the state of a file that has a record (used for `Verified`).
+    fn set_file_state(&self, content: &ContentId, state: FileState) -> Result<(), StoreError>;
+
+    /// Drop every chunk of `content` and leave a record with no cached bytes in `state`.
+    fn discard_file(&self, content: &ContentId, state: FileState) -> Result<(), StoreError>;
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError>;
+
+    fn manifest(&self, repo: &RepoId, commit: &str) -> Result<Option<Manifest>, StoreError>;
+
+    fn put_ref(&self, repo: &RepoId, rev: &str, record: &RefRecord) -> Result<(), StoreError>;
+
+    fn get_ref(&self, repo: &RepoId, rev: &str) -> Result<Option<RefRecord>, StoreError>;
+
+    /// Every repo with a stored ref or manifest, sorted, without duplicates.
+    fn repos(&self) -> Result<Vec<RepoId>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn chunks_tile_the_file(size in 0u64..(1 << 40), cs in 1u64..(1 << 24)) {
+            let n = chunk_count(size, cs);
+            let mut total = 0u64;
+            // Every chunk but the last is full; the last is non-empty; nothing past it.
+            for i in [0, n.saturating_sub(2), n.saturating_sub(1)] {
+                if i < n {
+                    let len = chunk_len(size, cs, i);
+                    prop_assert!(len > 0 && len <= cs);
+                    if i + 1 < n { prop_assert_eq!(len, cs); }
+                }
+            }
+            if n > 0 { total = (n - 1) * cs + chunk_len(size, cs, n - 1); }
+            prop_assert_eq!(total, size);
+            prop_assert_eq!(chunk_len(size, cs, n), 0);
+        }
+    }
+}

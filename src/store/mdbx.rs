@@ -1,0 +1,1158 @@
+//! The real chunk store: one libmdbx environment in a directory, shared by every modelfs
+//! process on the machine (the daemon, `modelfs pull`, `modelfs status`).
+//!
+//! It owns the on-disk format. Five tables:
+//!
+//! | table       | key                                   | value                               |
+//! |-------------|---------------------------------------|-------------------------------------|
+//! | `chunks`    | content id (32) ++ chunk index (u64 BE) | chunk header, then the chunk's bytes |
+//! | `files`     | content id (32)                       | format byte ++ rkyv [`FileRecord`]  |
+//! | `manifests` | `org/name@commit`                     | [`Manifest::encode`]                |
+//! | `refs`      | `org/name@rev`                        | format byte ++ rkyv [`RefRecord`]   |
+//! | `meta`      | `chunk_size`                          | u64 BE, fixed when the store is created |
+//!
+//! The chunk index is big-endian so that one file's chunks are adjacent and in order: a
+//! whole file is one cursor range, which is how [`ChunkStore::discard_file`] finds them.
+//! A chunk value carries one crc32c per [`CRC_BLOCK`] of data (see [`format`]) so that a
+//! read checks only the blocks it touches. Every chunk write and the update of its file's
+//! record happen in one write transaction, so `cached_bytes` always equals the bytes of the
+//! chunks actually stored, whatever process wrote them and wherever a crash fell.
+//!
+//! The [`format`] module (chunk values, record transitions, key layout) is shared with the
+//! in-memory double, so both stores behave identically down to what a corrupt chunk does.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use libmdbx::{
+    Database, DatabaseOptions, Decodable, Mode, NoWriteMap, ReadWriteOptions, SyncMode, TableFlags,
+    Transaction, TransactionKind, WriteFlags, RO, RW,
+};
+
+use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError};
+use crate::manifest::{ContentId, Manifest, RepoId};
+
+use self::format::ReadError;
+
+const CHUNKS: &str = "chunks";
+const FILES: &str = "files";
+const MANIFESTS: &str = "manifests";
+const REFS: &str = "refs";
+const META: &str = "meta";
+const TABLES: [&str; 5] = [CHUNKS, FILES, MANIFESTS, REFS, META];
+const META_CHUNK_SIZE: &[u8] = b"chunk_size";
+
+/// Named tables the environment may hold: the five above, with room for a later format to
+/// add some without an environment that refuses to open them (a limit set at open time).
+const MAX_TABLES: u64 = 16;
+
+/// Reader slots, shared by every process that opens the store. With `MDBX_NOTLS` a slot is
+/// held only while a read transaction is open, i.e. for the duration of one store call, so
+/// this bounds concurrent store reads machine-wide (FUSE worker threads plus read-ahead in
+/// the daemon, plus a `pull` and a `status`): 1024 is far above that, and each slot costs a
+/// few dozen bytes of the lock file.
+const MAX_READERS: u32 = 1024;
+
+/// Upper bound of the map. libmdbx reserves address space up to this bound when it opens the
+/// environment, so growing the file never has to move the map while other threads and
+/// processes hold pointers into it; the file itself grows only as chunks arrive. 4 TiB of
+/// the 128 TiB a 64-bit Linux process can address costs nothing until touched, and holds the
+/// largest models several times over: the store's real bound is `--max-cache-size`, which
+/// eviction enforces, not the map. With the default 4 KiB page it is also well inside
+/// libmdbx's limit of 2^31 pages.
+const MAX_MAP_SIZE: isize = 4 << 40;
+
+/// How much the file grows at a time: 32 default chunks. Small enough not to surprise a user
+/// watching `du`, large enough that filling a multi-GiB model does not grow (and fsync the
+/// geometry) every few chunks.
+const GROWTH_STEP: isize = 256 << 20;
+
+/// Largest chunk size a store may be created with. The chunk header stores the length in
+/// 32 bits, libmdbx caps a value at about 2 GiB, and a chunk is fetched in one range request
+/// and held in memory while it is written: 1 GiB leaves margin on all three.
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+
+/// libmdbx errors become store errors here, and only here. A full map, or a full disk under
+/// it, is [`StoreError::Full`]: the caller can evict and retry; anything else is `Db`.
+impl From<libmdbx::Error> for StoreError {
+    fn from(e: libmdbx::Error) -> Self {
+        match e {
+            libmdbx::Error::MapFull => StoreError::Full,
+            libmdbx::Error::Other(code) if code == libc::ENOSPC => StoreError::Full,
+            e => StoreError::Db(e.to_string()),
+        }
+    }
+}
+
+/// The libmdbx implementation of [`ChunkStore`]. See the module documentation for the format.
+pub struct MdbxStore {
+    db: Database<NoWriteMap>,
+    /// Serialises this process's write transactions before they reach libmdbx. libmdbx-rs
+    /// begins every write transaction on one manager thread; a second begin while one is open
+    /// in this process finds the write lock owned by that same thread, gets `MDBX_BUSY`, and
+    /// the crate retries after sleeping 250 ms. Waiting on this mutex instead costs nothing.
+    /// (Writers in other processes are serialised by libmdbx's own lock.)
+    write_lock: Mutex<()>,
+    path: PathBuf,
+    chunk_size: u64,
+}
+
+impl fmt::Debug for MdbxStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MdbxStore")
+            .field("path", &self.path)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+impl MdbxStore {
+    /// Open the store in `dir`, creating the directory and the environment if they are absent.
+    /// A new store is chunked with `chunk_size_if_new`; an existing one keeps the chunk size it
+    /// was created with (every stored chunk depends on it), whatever is asked now.
+    pub fn open(dir: &Path, chunk_size_if_new: u64) -> Result<MdbxStore, StoreError> {
+        Self::open_with_geometry(dir, chunk_size_if_new, MAX_MAP_SIZE, GROWTH_STEP)
+    }
+
+    fn open_with_geometry(
+        dir: &Path,
+        chunk_size_if_new: u64,
+        max_size: isize,
+        growth_step: isize,
+    ) -> Result<MdbxStore, StoreError> {
+        let open_err =
+            |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        if !(1..=MAX_CHUNK_SIZE).contains(&chunk_size_if_new) {
+            return Err(open_err(format!(
+                "chunk size {chunk_size_if_new} is not between 1 and {MAX_CHUNK_SIZE}"
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+
+        let options = DatabaseOptions {
+            max_readers: Some(MAX_READERS),
+            max_tables: Some(MAX_TABLES),
+            // No `exclusive`: several processes open the store at once (SPEC §4). `accede`
+            // lets a process join an environment that another opened with other mode flags
+            // (a different modelfs version) instead of failing to open.
+            accede: true,
+            mode: Mode::ReadWrite(ReadWriteOptions {
+                // Every commit is fsynced before `put_chunk` returns, so a chunk is in the
+                // store only once it and its file record are on disk together. A crash
+                // (kill -9, power loss) then loses at most the chunks whose `put_chunk` had
+                // not returned: the chunks in flight (SPEC §4). The cost, one fsync per chunk,
+                // is amortised over 8 MiB and small beside the network fetch that preceded it.
+                sync_mode: SyncMode::Durable,
+                min_size: None,
+                max_size: Some(max_size),
+                growth_step: Some(growth_step),
+                shrink_threshold: None,
+            }),
+            // Default `NoWriteMap`: pages are written with pwrite, so a stray write through a
+            // pointer into the map cannot corrupt the database.
+            ..DatabaseOptions::default()
+        };
+        let db = Database::<NoWriteMap>::open_with_options(dir, options)
+            .map_err(|e| open_err(e.to_string()))?;
+        let mut store =
+            MdbxStore { db, write_lock: Mutex::new(()), path: dir.to_path_buf(), chunk_size: 0 };
+
+        // Creating the tables and recording the chunk size in one write transaction settles
+        // races between processes creating the same store: the first to commit wins.
+        let stored = store
+            .write(|txn| {
+                for name in TABLES {
+                    txn.create_table(Some(name), TableFlags::empty())?;
+                }
+                let meta = txn.open_table(Some(META))?;
+                match txn.get::<Vec<u8>>(&meta, META_CHUNK_SIZE)? {
+                    Some(bytes) => {
+                        let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                            StoreError::Db(format!("meta chunk_size has {} bytes", bytes.len()))
+                        })?;
+                        Ok(u64::from_be_bytes(bytes))
+                    }
+                    None => {
+                        txn.put(
+                            &meta,
+                            META_CHUNK_SIZE,
+                            chunk_size_if_new.to_be_bytes(),
+                            WriteFlags::empty(),
+                        )?;
+                        Ok(chunk_size_if_new)
+                    }
+                }
+            })
+            .map_err(|e| open_err(e.to_string()))?;
+        if !(1..=MAX_CHUNK_SIZE).contains(&stored) {
+            return Err(open_err(format!("stored chunk size {stored} is out of range")));
+        }
+        if stored != chunk_size_if_new {
+            tracing::warn!(
+                path = %dir.display(),
+                stored,
+                requested = chunk_size_if_new,
+                "store keeps the chunk size it was created with"
+            );
+        }
+        store.chunk_size = stored;
+        Ok(store)
+    }
+
+    /// The directory the environment lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` in one short read transaction. The transaction cannot outlive the call: `T`
+    /// cannot borrow from it, so nothing read from the map escapes.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_, RO, NoWriteMap>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.db.begin_ro_txn()?;
+        f(&txn)
+    }
+
+    /// Run `f` in one write transaction, committed if `f` succeeds and aborted otherwise.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_, RW, NoWriteMap>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        // The mutex guards no data, only the order of transactions: a poisoned one is fine.
+        let _serial = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let txn = self.db.begin_rw_txn()?;
+        let value = f(&txn)?;
+        txn.commit()?;
+        Ok(value)
+    }
+
+    /// Drop chunk `index` of `content` after a read found it corrupt, and take its bytes out
+    /// of the file's record. The chunk is checked again inside the write transaction: another
+    /// thread or process may have dropped it and stored a good copy since our read.
+    fn drop_corrupt(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: &Range<usize>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let key = format::chunk_key(content, index);
+        let dropped = self.write(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
+                return Ok(false);
+            };
+            if !matches!(format::check_range(&value, range.clone()), Err(ReadError::Corrupt(_))) {
+                return Ok(false);
+            }
+            let stored_len = format::data_len(&value).ok();
+            // The value points into a page that the delete frees.
+            drop(value);
+            txn.del(&chunks, key, None)?;
+            let files = txn.open_table(Some(FILES))?;
+            if let Some(record) = get_record(txn, &files, content)? {
+                let len = stored_len
+                    .map(|l| l as u64)
+                    .unwrap_or_else(|| super::chunk_len(record.size, self.chunk_size, index));
+                put_record(txn, &files, content, &format::after_drop(record, len))?;
+            }
+            Ok(true)
+        })?;
+        if dropped {
+            tracing::error!(
+                content = %content.to_hex(),
+                index,
+                reason,
+                "chunk failed its integrity check and was dropped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Replace the raw stored value of a chunk: how tests corrupt one.
+    #[cfg(test)]
+    pub(crate) fn rewrite_raw(
+        &self,
+        content: &ContentId,
+        index: u64,
+        f: &mut dyn FnMut(&mut Vec<u8>),
+    ) {
+        let key = format::chunk_key(content, index);
+        self.write(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let mut value = txn.get::<Vec<u8>>(&chunks, &key)?.expect("chunk to rewrite");
+            f(&mut value);
+            txn.put(&chunks, key, value, WriteFlags::empty())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// Replace the raw file record of `content`: how tests store an unreadable one.
+    #[cfg(test)]
+    fn put_raw_file_record(&self, content: &ContentId, bytes: &[u8]) {
+        self.write(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            txn.put(&files, content.0, bytes, WriteFlags::empty())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// Store raw bytes as the manifest under `key`: how tests store an undecodable one.
+    #[cfg(test)]
+    pub(crate) fn put_raw_manifest(&self, key: &str, bytes: &[u8]) {
+        self.write(|txn| {
+            let manifests = txn.open_table(Some(MANIFESTS))?;
+            txn.put(&manifests, key, bytes, WriteFlags::empty())?;
+            Ok(())
+        })
+        .unwrap();
+    }
+}
+
+/// The data length a chunk value's header announces, read without touching (or, in a write
+/// transaction, copying) the data: `None` when the header is malformed.
+struct StoredLen(Option<usize>);
+
+impl Decodable<'_> for StoredLen {
+    fn decode(value: &[u8]) -> Result<Self, libmdbx::Error> {
+        Ok(StoredLen(format::data_len(value).ok()))
+    }
+}
+
+fn get_record<K: TransactionKind>(
+    txn: &Transaction<'_, K, NoWriteMap>,
+    files: &libmdbx::Table<'_>,
+    content: &ContentId,
+) -> Result<Option<FileRecord>, StoreError> {
+    let Some(bytes) = txn.get::<Cow<'_, [u8]>>(files, &content.0)? else {
+        return Ok(None);
+    };
+    match format::decode_file_record(&bytes) {
+        Ok(record) => Ok(Some(record)),
+        Err(e) => {
+            // Treated as absent; `put_chunk` rebuilds it from the chunks actually stored.
+            tracing::warn!(content = %content.to_hex(), error = %e, "unreadable file record");
+            Ok(None)
+        }
+    }
+}
+
+fn put_record(
+    txn: &Transaction<'_, RW, NoWriteMap>,
+    files: &libmdbx::Table<'_>,
+    content: &ContentId,
+    record: &FileRecord,
+) -> Result<(), StoreError> {
+    txn.put(files, content.0, format::encode_file_record(record)?, WriteFlags::empty())?;
+    Ok(())
+}
+
+/// One stored chunk as [`chunks_of`] lists it.
+struct ChunkEntry {
+    key: Vec<u8>,
+    /// The data length its header announces; `None` when the header is malformed.
+    len: Option<usize>,
+}
+
+/// Every stored chunk of `content`, in index order.
+fn chunks_of<K: TransactionKind>(
+    txn: &Transaction<'_, K, NoWriteMap>,
+    chunks: &libmdbx::Table<'_>,
+    content: &ContentId,
+) -> Result<Vec<ChunkEntry>, StoreError> {
+    let mut cursor = txn.cursor(chunks)?;
+    let mut out = Vec::new();
+    for item in cursor.iter_from::<Vec<u8>, StoredLen>(&format::chunk_key(content, 0)) {
+        let (key, StoredLen(len)) = item?;
+        if !key.starts_with(&content.0) {
+            break;
+        }
+        out.push(ChunkEntry { key, len });
+    }
+    Ok(out)
+}
+
+impl ChunkStore for MdbxStore {
+    fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    fn read_chunk(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
+        let key = format::chunk_key(content, index);
+        // The value is borrowed from the map (a read transaction never sees dirty pages), so
+        // only the requested range is copied, and only the blocks it touches are checksummed.
+        let outcome = self.read(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
+                return Ok(None);
+            };
+            Ok(Some(format::read_range(&value, range.clone(), out)))
+        })?;
+        match outcome {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(ReadError::OutOfChunk { len })) => Err(format::out_of_chunk(&range, len)),
+            Some(Err(ReadError::Corrupt(reason))) => {
+                self.drop_corrupt(content, index, &range, &reason)?;
+                Ok(false)
+            }
+        }
+    }
+
+    fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError> {
+        let key = format::chunk_key(content, index);
+        self.read(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            Ok(txn.get::<()>(&chunks, &key)?.is_some())
+        })
+    }
+
+    fn put_chunk(
+        &self,
+        content: &ContentId,
+        file_size: u64,
+        index: u64,
+        data: &[u8],
+    ) -> Result<FileRecord, StoreError> {
+        format::check_put(content, file_size, self.chunk_size, index, data)?;
+        // Checksummed before taking the write lock, so writers do not wait on it.
+        let header = format::encode_header(data);
+        let key = format::chunk_key(content, index);
+        let now = format::now_secs();
+        self.write(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let existing = get_record(txn, &files, content)?;
+            format::check_size(content, existing.as_ref(), file_size)?;
+            let new_chunk = txn.get::<()>(&chunks, &key)?.is_none();
+            if new_chunk {
+                // Written straight into the page: no 8 MiB intermediate buffer.
+                let dst =
+                    txn.reserve(&chunks, key, header.len() + data.len(), WriteFlags::empty())?;
+                let (head, body) = dst.split_at_mut(header.len());
+                head.copy_from_slice(&header);
+                body.copy_from_slice(data);
+            }
+            let record = match existing {
+                Some(record) => format::after_put(record, new_chunk, data.len() as u64, now),
+                None => {
+                    // No record (or an unreadable one): count what is really stored.
+                    let cached = chunks_of(txn, &chunks, content)?
+                        .iter()
+                        .filter_map(|c| c.len)
+                        .sum::<usize>();
+                    format::rebuilt(file_size, cached as u64, now)
+                }
+            };
+            put_record(txn, &files, content, &record)?;
+            Ok(record)
+        })
+    }
+
+    fn file_record(&self, content: &ContentId) -> Result<Option<FileRecord>, StoreError> {
+        self.read(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            get_record(txn, &files, content)
+        })
+    }
+
+    fn set_file_state(&self, content: &ContentId, state: FileState) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            // No record: the file was discarded or evicted meanwhile (maybe by another
+            // process); there is nothing left to mark.
+            if let Some(record) = get_record(txn, &files, content)? {
+                put_record(txn, &files, content, &FileRecord { state, ..record })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn discard_file(&self, content: &ContentId, state: FileState) -> Result<(), StoreError> {
+        self.write(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            for chunk in chunks_of(txn, &chunks, content)? {
+                txn.del(&chunks, chunk.key, None)?;
+            }
+            let files = txn.open_table(Some(FILES))?;
+            // Without a record the size is unknown, so none is created; the chunks are gone.
+            if let Some(record) = get_record(txn, &files, content)? {
+                put_record(txn, &files, content, &format::discarded(record, state))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
+        let key = format::repo_key(&manifest.repo, &manifest.commit);
+        let value = manifest.encode();
+        self.write(|txn| {
+            let manifests = txn.open_table(Some(MANIFESTS))?;
+            txn.put(&manifests, key, value, WriteFlags::empty())?;
+            Ok(())
+        })
+    }
+
+    fn manifest(&self, repo: &RepoId, commit: &str) -> Result<Option<Manifest>, StoreError> {
+        let key = format::repo_key(repo, commit);
+        self.read(|txn| {
+            let manifests = txn.open_table(Some(MANIFESTS))?;
+            let Some(bytes) = txn.get::<Cow<'_, [u8]>>(&manifests, key.as_bytes())? else {
+                return Ok(None);
+            };
+            Ok(format::decode_manifest(&key, &bytes))
+        })
+    }
+
+    fn put_ref(&self, repo: &RepoId, rev: &str, record: &RefRecord) -> Result<(), StoreError> {
+        let key = format::repo_key(repo, rev);
+        let value = format::encode_ref_record(record)?;
+        self.write(|txn| {
+            let refs = txn.open_table(Some(REFS))?;
+            txn.put(&refs, key, value, WriteFlags::empty())?;
+            Ok(())
+        })
+    }
+
+    fn get_ref(&self, repo: &RepoId, rev: &str) -> Result<Option<RefRecord>, StoreError> {
+        let key = format::repo_key(repo, rev);
+        self.read(|txn| {
+            let refs = txn.open_table(Some(REFS))?;
+            let Some(bytes) = txn.get::<Cow<'_, [u8]>>(&refs, key.as_bytes())? else {
+                return Ok(None);
+            };
+            match format::decode_ref_record(&bytes) {
+                Ok(record) => Ok(Some(record)),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "unreadable ref record, treated as absent");
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    fn repos(&self) -> Result<Vec<RepoId>, StoreError> {
+        self.read(|txn| {
+            let mut repos = std::collections::BTreeSet::new();
+            for name in [REFS, MANIFESTS] {
+                let table = txn.open_table(Some(name))?;
+                let mut cursor = txn.cursor(&table)?;
+                // `()` values: a manifest is not even looked at, let alone copied.
+                for item in cursor.iter_start::<Cow<'_, [u8]>, ()>() {
+                    let (key, ()) = item?;
+                    repos.extend(format::repo_of_key(&key));
+                }
+            }
+            Ok(repos.into_iter().collect())
+        })
+    }
+}
+
+/// What both stores share: the chunk value format, the key layout of repo records, and how
+/// a file record changes on each event. Keeping it in one place is what makes the in-memory
+/// double a faithful one.
+pub(super) mod format {
+    use std::ops::Range;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use crate::manifest::{ContentId, Manifest, RepoId};
+    use crate::store::{
+        chunk_count, chunk_len, FileRecord, FileState, RefRecord, StoreError, CRC_BLOCK,
+    };
+
+    /// First byte of every chunk value. A value with another one is never served: it is
+    /// dropped like a corrupt one and fetched again.
+    const CHUNK_FORMAT: u8 = 1;
+    /// Format byte, then the data length (u32 LE); the crcs (u32 LE each) follow.
+    const FIXED_HEADER: usize = 1 + 4;
+    /// First byte of stored file and ref records, for the same reason as the manifest's.
+    const RECORD_FORMAT: u8 = 1;
+
+    pub(in crate::store) fn chunk_key(content: &ContentId, index: u64) -> [u8; 40] {
+        let mut key = [0; 40];
+        key[..32].copy_from_slice(&content.0);
+        key[32..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    pub(in crate::store) fn header_len(data_len: usize) -> usize {
+        FIXED_HEADER + 4 * data_len.div_ceil(CRC_BLOCK)
+    }
+
+    /// The header of the value that stores `data`; `data` is at most [`super::MAX_CHUNK_SIZE`]
+    /// long (checked by [`check_put`] through the store's chunk size).
+    pub(in crate::store) fn encode_header(data: &[u8]) -> Vec<u8> {
+        let mut header = Vec::with_capacity(header_len(data.len()));
+        header.push(CHUNK_FORMAT);
+        header.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        for block in data.chunks(CRC_BLOCK) {
+            header.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+        }
+        header
+    }
+
+    /// The whole value that stores `data`.
+    pub(in crate::store) fn encode_chunk(data: &[u8]) -> Vec<u8> {
+        let mut value = encode_header(data);
+        value.extend_from_slice(data);
+        value
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    pub(in crate::store) enum ReadError {
+        /// The requested range does not lie inside the chunk's `len` bytes: a caller's bug.
+        OutOfChunk { len: usize },
+        /// The value is malformed or a block fails its crc: the chunk must be dropped.
+        Corrupt(String),
+    }
+
+    struct Parsed<'a> {
+        crcs: &'a [u8],
+        data: &'a [u8],
+    }
+
+    fn parse(value: &[u8]) -> Result<Parsed<'_>, String> {
+        let (&format, rest) = value.split_first().ok_or("empty value")?;
+        if format != CHUNK_FORMAT {
+            return Err(format!("unknown chunk format {format}"));
+        }
+        let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let crc_len = 4 * len.div_ceil(CRC_BLOCK);
+        if rest.len() != crc_len + len {
+            return Err(format!(
+                "header announces {len} bytes of data, the value holds {} after the length",
+                rest.len()
+            ));
+        }
+        let (crcs, data) = rest.split_at(crc_len);
+        Ok(Parsed { crcs, data })
+    }
+
+    /// Data length of a well-formed value.
+    pub(in crate::store) fn data_len(value: &[u8]) -> Result<usize, String> {
+        parse(value).map(|p| p.data.len())
+    }
+
+    /// Check the crcs of the blocks `range` touches, and nothing else.
+    pub(in crate::store) fn check_range(
+        value: &[u8],
+        range: Range<usize>,
+    ) -> Result<(), ReadError> {
+        let chunk = parse(value).map_err(ReadError::Corrupt)?;
+        checked(&chunk, range).map(|_| ())
+    }
+
+    fn checked<'a>(chunk: &Parsed<'a>, range: Range<usize>) -> Result<&'a [u8], ReadError> {
+        let len = chunk.data.len();
+        if range.start > range.end || range.end > len {
+            return Err(ReadError::OutOfChunk { len });
+        }
+        if range.is_empty() {
+            return Ok(&[]);
+        }
+        for block in range.start / CRC_BLOCK..=(range.end - 1) / CRC_BLOCK {
+            let bytes = &chunk.data[block * CRC_BLOCK..((block + 1) * CRC_BLOCK).min(len)];
+            let mut stored = [0; 4];
+            stored.copy_from_slice(&chunk.crcs[4 * block..4 * block + 4]);
+            if crc32c::crc32c(bytes) != u32::from_le_bytes(stored) {
+                return Err(ReadError::Corrupt(format!("block {block} fails its crc32c")));
+            }
+        }
+        Ok(&chunk.data[range])
+    }
+
+    /// Append bytes `range` of the chunk stored as `value` to `out`, after checking the crcs
+    /// of the blocks the range touches. `out` is untouched on error.
+    pub(in crate::store) fn read_range(
+        value: &[u8],
+        range: Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReadError> {
+        let chunk = parse(value).map_err(ReadError::Corrupt)?;
+        out.extend_from_slice(checked(&chunk, range)?);
+        Ok(())
+    }
+
+    pub(in crate::store) fn out_of_chunk(range: &Range<usize>, len: usize) -> StoreError {
+        StoreError::Db(format!("read of {range:?} outside a chunk of {len} bytes"))
+    }
+
+    /// Reject a chunk that cannot belong to a file of `file_size` bytes. A file has chunks
+    /// `0..chunk_count`, and an empty file one empty chunk 0, whose put records the file as
+    /// complete.
+    pub(in crate::store) fn check_put(
+        content: &ContentId,
+        file_size: u64,
+        chunk_size: u64,
+        index: u64,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        if index >= chunk_count(file_size, chunk_size).max(1) {
+            return Err(StoreError::Db(format!(
+                "chunk {index} of {content} is past the end of a file of {file_size} bytes"
+            )));
+        }
+        let expected = chunk_len(file_size, chunk_size, index) as usize;
+        if data.len() != expected {
+            return Err(StoreError::BadChunkLength {
+                content: *content,
+                index,
+                got: data.len(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reject a chunk put for a size other than the one the content is recorded with: the
+    /// same content id cannot have two sizes, so one of the callers is confused.
+    pub(in crate::store) fn check_size(
+        content: &ContentId,
+        existing: Option<&FileRecord>,
+        file_size: u64,
+    ) -> Result<(), StoreError> {
+        match existing {
+            Some(record) if record.size != file_size => Err(StoreError::Db(format!(
+                "content {content} is recorded with {} bytes, a chunk was put for {file_size}",
+                record.size
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn state_for(cached: u64, size: u64) -> FileState {
+        if cached >= size {
+            FileState::Complete
+        } else {
+            FileState::Partial
+        }
+    }
+
+    /// The record after chunk of `len` bytes was put. A chunk that was already stored changes
+    /// nothing but the access time (a `Verified` file stays verified).
+    pub(in crate::store) fn after_put(
+        record: FileRecord,
+        new_chunk: bool,
+        len: u64,
+        now: u64,
+    ) -> FileRecord {
+        if !new_chunk {
+            return FileRecord { last_access: now, ..record };
+        }
+        let cached = record.cached_bytes.saturating_add(len).min(record.size);
+        FileRecord {
+            size: record.size,
+            cached_bytes: cached,
+            state: state_for(cached, record.size),
+            last_access: now,
+        }
+    }
+
+    /// A record made from the chunks actually stored (there was none, or it was unreadable).
+    pub(in crate::store) fn rebuilt(size: u64, cached: u64, now: u64) -> FileRecord {
+        FileRecord { size, cached_bytes: cached, state: state_for(cached, size), last_access: now }
+    }
+
+    /// The record after a corrupt chunk of `len` bytes was dropped: whatever it was, the file
+    /// is no longer whole.
+    pub(in crate::store) fn after_drop(record: FileRecord, len: u64) -> FileRecord {
+        let state = match record.state {
+            FileState::Complete | FileState::Verified => FileState::Partial,
+            other => other,
+        };
+        FileRecord { cached_bytes: record.cached_bytes.saturating_sub(len), state, ..record }
+    }
+
+    pub(in crate::store) fn discarded(record: FileRecord, state: FileState) -> FileRecord {
+        FileRecord { cached_bytes: 0, state, ..record }
+    }
+
+    /// Key of a manifest (`rev` a commit) or of a ref: `org/name@rev`. Org and repo names
+    /// never contain `@`, so the first `@` always ends the repo.
+    pub(in crate::store) fn repo_key(repo: &RepoId, rev: &str) -> String {
+        format!("{}/{}@{rev}", repo.org, repo.name)
+    }
+
+    /// The repo a manifest or ref key belongs to; `None` for a key of another shape.
+    pub(in crate::store) fn repo_of_key(key: &[u8]) -> Option<RepoId> {
+        let key = std::str::from_utf8(key).ok()?;
+        let (repo, _rev) = key.split_once('@')?;
+        let (org, name) = repo.split_once('/')?;
+        Some(RepoId::new(org, name))
+    }
+
+    /// A stored manifest, or `None` (logged) when it cannot be decoded: it is then fetched
+    /// again, never served as garbage.
+    pub(in crate::store) fn decode_manifest(key: &str, bytes: &[u8]) -> Option<Manifest> {
+        match Manifest::decode(bytes) {
+            Ok(manifest) => Some(manifest),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "unreadable manifest, treated as absent");
+                None
+            }
+        }
+    }
+
+    pub(in crate::store) fn now_secs() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    }
+
+    fn encode_record<T>(value: &T) -> Result<Vec<u8>, StoreError>
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(value)
+            .map_err(|e| StoreError::Db(format!("serializing a record: {e}")))?;
+        let mut out = Vec::with_capacity(body.len() + 1);
+        out.push(RECORD_FORMAT);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// The archive after the format byte, copied to an aligned buffer as rkyv requires (store
+    /// values have no alignment). Records are a few dozen bytes.
+    fn record_body(bytes: &[u8]) -> Result<rkyv::util::AlignedVec<16>, String> {
+        let (&format, body) = bytes.split_first().ok_or("empty record")?;
+        if format != RECORD_FORMAT {
+            return Err(format!("record format {format}, this build reads {RECORD_FORMAT}"));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        Ok(aligned)
+    }
+
+    pub(in crate::store) fn encode_file_record(record: &FileRecord) -> Result<Vec<u8>, StoreError> {
+        encode_record(record)
+    }
+
+    pub(in crate::store) fn decode_file_record(bytes: &[u8]) -> Result<FileRecord, String> {
+        rkyv::from_bytes::<FileRecord, rkyv::rancor::Error>(&record_body(bytes)?)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(in crate::store) fn encode_ref_record(record: &RefRecord) -> Result<Vec<u8>, StoreError> {
+        encode_record(record)
+    }
+
+    pub(in crate::store) fn decode_ref_record(bytes: &[u8]) -> Result<RefRecord, String> {
+        rkyv::from_bytes::<RefRecord, rkyv::rancor::Error>(&record_body(bytes)?)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::store::memory::conformance::{self, content, file_bytes, put_file, SMALL_CHUNK};
+    use crate::store::{chunk_count, DEFAULT_CHUNK_SIZE};
+
+    fn fresh(chunk_size: u64) -> (tempfile::TempDir, MdbxStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MdbxStore::open(dir.path(), chunk_size).unwrap();
+        (dir, store)
+    }
+
+    conformance::conformance_tests!(fresh);
+
+    fn read_all(store: &MdbxStore, id: &ContentId, size: u64) -> Option<Vec<u8>> {
+        let cs = store.chunk_size();
+        let mut out = Vec::new();
+        for index in 0..chunk_count(size, cs) {
+            let len = crate::store::chunk_len(size, cs, index) as usize;
+            if !store.read_chunk(id, index, 0..len, &mut out).unwrap() {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    #[test]
+    fn data_survives_close_and_reopen_and_the_stored_chunk_size_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("nested/store");
+        let id = content(3);
+        let bytes = file_bytes(3, 3 * SMALL_CHUNK + 11);
+        let manifest = conformance::sample_manifest("org", "repo", 'f');
+        let main = RefRecord { commit: manifest.commit.clone(), resolved_at: 42 };
+        let record = {
+            let store = MdbxStore::open(&store_dir, SMALL_CHUNK).unwrap();
+            assert_eq!(store.path(), store_dir);
+            let record = put_file(&store, &id, &bytes);
+            store.set_file_state(&id, FileState::Verified).unwrap();
+            store.put_manifest(&manifest).unwrap();
+            store.put_ref(&manifest.repo, "main", &main).unwrap();
+            FileRecord { state: FileState::Verified, ..record }
+        };
+        let store = MdbxStore::open(&store_dir, DEFAULT_CHUNK_SIZE).unwrap();
+        assert_eq!(store.chunk_size(), SMALL_CHUNK);
+        assert_eq!(store.file_record(&id).unwrap(), Some(record));
+        assert!(read_all(&store, &id, bytes.len() as u64).unwrap() == bytes);
+        assert_eq!(
+            store.manifest(&manifest.repo, &manifest.commit).unwrap(),
+            Some(manifest.clone())
+        );
+        assert_eq!(store.get_ref(&manifest.repo, "main").unwrap(), Some(main));
+        assert_eq!(store.repos().unwrap(), vec![manifest.repo]);
+    }
+
+    /// An unreadable record reads as absent, and the next put rebuilds it from the chunks
+    /// that are really stored.
+    #[test]
+    fn an_unreadable_file_record_is_rebuilt_from_the_chunks() {
+        let (_dir, store) = fresh(SMALL_CHUNK);
+        let id = content(0x77);
+        let size = 3 * SMALL_CHUNK + 1;
+        let bytes = file_bytes(0x77, size);
+        for index in [0, 2] {
+            store
+                .put_chunk(&id, size, index, conformance::chunk_of(&bytes, SMALL_CHUNK, index))
+                .unwrap();
+        }
+        for garbage in [&[][..], &[1, 2, 3], &[9, 0, 0, 0, 0, 0, 0, 0, 0]] {
+            store.put_raw_file_record(&id, garbage);
+            assert_eq!(store.file_record(&id).unwrap(), None);
+        }
+        let record =
+            store.put_chunk(&id, size, 3, conformance::chunk_of(&bytes, SMALL_CHUNK, 3)).unwrap();
+        assert_eq!(
+            (record.size, record.cached_bytes, record.state),
+            (size, 2 * SMALL_CHUNK + 1, FileState::Partial)
+        );
+        assert_eq!(store.file_record(&id).unwrap(), Some(record));
+        let record =
+            store.put_chunk(&id, size, 1, conformance::chunk_of(&bytes, SMALL_CHUNK, 1)).unwrap();
+        assert_eq!((record.cached_bytes, record.state), (size, FileState::Complete));
+    }
+
+    #[test]
+    fn chunk_sizes_out_of_range_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for cs in [0, MAX_CHUNK_SIZE + 1] {
+            match MdbxStore::open(dir.path(), cs) {
+                Err(StoreError::Open { path, reason }) => {
+                    assert_eq!(path, dir.path().display().to_string());
+                    assert!(reason.contains(&cs.to_string()), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unusable_directory_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        assert!(matches!(
+            MdbxStore::open(&file.join("store"), SMALL_CHUNK),
+            Err(StoreError::Open { .. })
+        ));
+    }
+
+    #[test]
+    fn a_full_map_is_reported_as_full_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 4 MiB map: room for a few dozen 64 KiB chunks, then no more.
+        let store =
+            MdbxStore::open_with_geometry(dir.path(), SMALL_CHUNK, 4 << 20, 1 << 20).unwrap();
+        let size = 200 * SMALL_CHUNK;
+        let bytes = file_bytes(5, SMALL_CHUNK);
+        let id = content(5);
+        let mut stored = 0;
+        let full_at = loop {
+            match store.put_chunk(&id, size, stored, &bytes) {
+                Ok(record) => {
+                    stored += 1;
+                    assert_eq!(record.cached_bytes, stored * SMALL_CHUNK);
+                    assert!(stored < 200, "a 4 MiB map took 200 chunks of 64 KiB");
+                }
+                Err(StoreError::Full) => break stored,
+                Err(e) => panic!("chunk {stored}: {e}"),
+            }
+        };
+        assert!(full_at > 10, "full after {full_at} chunks");
+        assert!(!store.has_chunk(&id, full_at).unwrap());
+        assert_eq!(store.file_record(&id).unwrap().unwrap().cached_bytes, full_at * SMALL_CHUNK);
+        // Room made by discarding is used again.
+        store.discard_file(&id, FileState::Failed).unwrap();
+        let record = store.put_chunk(&id, size, full_at, &bytes).unwrap();
+        assert_eq!(record.cached_bytes, SMALL_CHUNK);
+    }
+
+    /// Set for the re-executed test binary that plays the second process.
+    const CHILD_ENV: &str = "MODELFS_TEST_STORE_CHILD";
+    const SHARED_CHUNKS: u64 = 24;
+
+    /// The parent writes content A, starts a second process on the same store that checks A
+    /// and writes content B chunk by chunk while the parent reads it and writes content C;
+    /// both processes end up seeing everything.
+    #[test]
+    fn several_processes_share_one_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MdbxStore::open(dir.path(), SMALL_CHUNK).unwrap();
+        let size = SHARED_CHUNKS * SMALL_CHUNK - 100;
+        let (a, b, c) = (content(0xA), content(0xB), content(0xC));
+        put_file(&store, &a, &file_bytes(0xA, size));
+
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::mdbx::tests::second_process", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+
+        let b_bytes = file_bytes(0xB, size);
+        let c_bytes = file_bytes(0xC, size);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = vec![false; SHARED_CHUNKS as usize];
+        let mut c_next = 0;
+        let mut seen_partial = false;
+        while seen.iter().any(|s| !s) {
+            assert!(Instant::now() < deadline, "the second process's chunks never all appeared");
+            for (index, seen) in seen.iter_mut().enumerate() {
+                let chunk = conformance::chunk_of(&b_bytes, SMALL_CHUNK, index as u64);
+                let mut out = Vec::new();
+                if store.read_chunk(&b, index as u64, 0..chunk.len(), &mut out).unwrap() {
+                    assert!(out == chunk, "chunk {index} of B differs");
+                    *seen = true;
+                }
+            }
+            if let Some(r) = store.file_record(&b).unwrap() {
+                seen_partial |= r.state == FileState::Partial;
+            }
+            if c_next < SHARED_CHUNKS {
+                store
+                    .put_chunk(
+                        &c,
+                        size,
+                        c_next,
+                        conformance::chunk_of(&c_bytes, SMALL_CHUNK, c_next),
+                    )
+                    .unwrap();
+                c_next += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        while c_next < SHARED_CHUNKS {
+            store
+                .put_chunk(&c, size, c_next, conformance::chunk_of(&c_bytes, SMALL_CHUNK, c_next))
+                .unwrap();
+            c_next += 1;
+        }
+        let output = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "second process failed:\n{log}");
+        // The filter really ran the child test (and only it), with the store to work on.
+        assert!(log.contains("1 passed"), "{log}");
+
+        let b_record = store.file_record(&b).unwrap().unwrap();
+        assert_eq!((b_record.cached_bytes, b_record.state), (size, FileState::Complete));
+        assert!(read_all(&store, &b, size).unwrap() == b_bytes);
+        assert!(seen_partial, "never saw B while the other process was writing it");
+        let c_record = store.file_record(&c).unwrap().unwrap();
+        assert_eq!((c_record.cached_bytes, c_record.state), (size, FileState::Complete));
+    }
+
+    /// The second process of [`several_processes_share_one_store`]; a no-op when run on its
+    /// own.
+    #[test]
+    fn second_process() {
+        let Some(dir) = std::env::var_os(CHILD_ENV) else { return };
+        let store = MdbxStore::open(Path::new(&dir), DEFAULT_CHUNK_SIZE).unwrap();
+        assert_eq!(store.chunk_size(), SMALL_CHUNK);
+        let size = SHARED_CHUNKS * SMALL_CHUNK - 100;
+        let a = content(0xA);
+        assert_eq!(store.file_record(&a).unwrap().unwrap().state, FileState::Complete);
+        assert!(read_all(&store, &a, size).unwrap() == file_bytes(0xA, size));
+        let b = content(0xB);
+        let bytes = file_bytes(0xB, size);
+        for index in 0..SHARED_CHUNKS {
+            store
+                .put_chunk(&b, size, index, conformance::chunk_of(&bytes, SMALL_CHUNK, index))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn chunk_values_have_the_documented_layout() {
+        let data = file_bytes(1, CRC_BLOCK_TEST as u64 + 3);
+        let value = format::encode_chunk(&data);
+        assert_eq!(value.len(), 1 + 4 + 2 * 4 + data.len());
+        assert_eq!(value[0], 1);
+        assert_eq!(u32::from_le_bytes(value[1..5].try_into().unwrap()) as usize, data.len());
+        let crc0 = u32::from_le_bytes(value[5..9].try_into().unwrap());
+        let crc1 = u32::from_le_bytes(value[9..13].try_into().unwrap());
+        assert_eq!(crc0, crc32c::crc32c(&data[..CRC_BLOCK_TEST]));
+        assert_eq!(crc1, crc32c::crc32c(&data[CRC_BLOCK_TEST..]));
+        assert_eq!(&value[13..], &data[..]);
+        assert_eq!(format::data_len(&value), Ok(data.len()));
+        // Keys: one file's chunks are adjacent and in index order.
+        let k = |c: u8, i: u64| format::chunk_key(&content(c), i);
+        assert!(k(1, 255) < k(1, 256) && k(1, u64::MAX) < k(2, 0));
+    }
+
+    const CRC_BLOCK_TEST: usize = crate::store::CRC_BLOCK;
+
+    proptest::proptest! {
+        /// Any value, however mangled, is either read correctly or reported: never a panic,
+        /// never bytes that are not the stored data.
+        #[test]
+        fn mangled_values_never_serve_wrong_bytes(
+            len in 0usize..3 * CRC_BLOCK_TEST,
+            cut in proptest::option::of(0usize..4 * CRC_BLOCK_TEST),
+            flip in proptest::option::of((0usize..4 * CRC_BLOCK_TEST, 1u8..)),
+            a in 0usize..4 * CRC_BLOCK_TEST,
+            b in 0usize..4 * CRC_BLOCK_TEST,
+        ) {
+            let data = file_bytes(len as u64, len as u64);
+            let mut value = format::encode_chunk(&data);
+            let mut damaged = false;
+            if let Some(cut) = cut.filter(|&c| c < value.len()) {
+                value.truncate(cut);
+                damaged = true;
+            }
+            if let Some((at, x)) = flip.filter(|&(at, _)| at < value.len()) {
+                value[at] ^= x;
+                damaged = true;
+            }
+            let range = a.min(b)..a.max(b);
+            let mut out = Vec::new();
+            match format::read_range(&value, range.clone(), &mut out) {
+                Ok(()) => proptest::prop_assert!(out == data[range]),
+                Err(format::ReadError::OutOfChunk { len: l }) => {
+                    proptest::prop_assert!(range.end > l);
+                    proptest::prop_assert!(out.is_empty());
+                }
+                Err(format::ReadError::Corrupt(_)) => {
+                    proptest::prop_assert!(damaged);
+                    proptest::prop_assert!(out.is_empty());
+                }
+            }
+        }
+    }
+}

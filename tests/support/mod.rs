@@ -1,0 +1,6 @@
+//! Test support shared by the integration tests: the mock Hub and a real FUSE mount of the
+//! `modelfs` binary against it.
+#![allow(dead_code)]
+
+pub mod mock_hub;
+pub mod mount;

@@ -1,0 +1,165 @@
+//! A real `modelfs mount` of the built binary, for integration tests. Requires `/dev/fuse`
+//! and root (or fusermount3): a machine without them fails loudly, it never skips.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// How long a mount may take to come up. Generous: CI machines are shared.
+const MOUNT_WAIT: Duration = Duration::from_secs(30);
+
+pub struct Mounted {
+    pub mountpoint: PathBuf,
+    pub store: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// A fresh temporary directory that outlives the test's mount (kept under the target dir so
+/// a failing test's store and log can be inspected).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        as u64;
+    t ^ (N.fetch_add(1, Ordering::Relaxed) << 48)
+}
+
+fn is_mounted(mp: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let mp = mp.to_str().expect("utf-8 mountpoint");
+    info.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        fields.get(4) == Some(&mp) && (l.contains(" - fuse modelfs ") || l.contains(" - fuse.modelfs "))
+    })
+}
+
+impl Mounted {
+    /// Mount with `modelfs mount MP --store STORE --endpoint ENDPOINT ARGS...`.
+    pub fn start(endpoint: &str, store: &Path, args: &[&str]) -> Mounted {
+        Self::start_env(endpoint, store, args, &[])
+    }
+
+    pub fn start_env(endpoint: &str, store: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: these tests need FUSE");
+        let dir = temp_dir("mnt");
+        let mountpoint = dir.join("models");
+        let log = dir.join("modelfs.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelfs"));
+        cmd.arg("mount")
+            .arg(&mountpoint)
+            .arg("--store")
+            .arg(store)
+            .arg("--endpoint")
+            .arg(endpoint)
+            .args(args)
+            .env_remove("HF_TOKEN")
+            .env_remove("HF_HUB_OFFLINE")
+            .env("HF_HOME", dir.join("hf-home"))
+            .env("RUST_LOG", "modelfs=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn modelfs");
+        let mut m = Mounted { mountpoint, store: store.to_path_buf(), child: Some(child), log };
+        let start = Instant::now();
+        while !is_mounted(&m.mountpoint) {
+            if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("modelfs exited with {status} before mounting:\n{}", m.log());
+            }
+            assert!(start.elapsed() < MOUNT_WAIT, "mount did not come up:\n{}", m.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mountpoint.join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stop the daemon with SIGTERM and return how it exited; the mount must be gone.
+    pub fn stop(mut self) -> ExitStatus {
+        let status = self.terminate();
+        assert!(!is_mounted(&self.mountpoint), "still mounted after the daemon exited");
+        status
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+                panic!("modelfs did not exit on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.terminate()));
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Run a command and return its stdout; panic with its stderr if it fails.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The errno of an io::Error, for asserting exact error codes.
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or_else(|| panic!("not an OS error: {e}"))
+}
