@@ -35,8 +35,6 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error("chunk {index} of {content} has length {got}, expected {expected}")]
     BadChunkLength { content: ContentId, index: u64, got: usize, expected: usize },
-    #[error("store was created with chunk size {stored}, asked for {requested}")]
-    ChunkSizeMismatch { stored: u64, requested: u64 },
     #[error("the store is full")]
     Full,
 }

@@ -17,8 +17,7 @@ pub enum ViewKind {
     Quant(usize),
 }
 
-/// The name of the whole-repo view. Quant detection never produces it.
-pub const ALL_VIEW: &str = "all";
+pub use crate::quant::ALL_VIEW;
 
 /// One entry of a directory in a view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,16 +119,7 @@ impl Snapshot {
         let quant_views = quants
             .iter()
             .map(|q| {
-                let members = variants
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, v)| match v {
-                        Variant::Shared => true,
-                        Variant::Quant(name) => name.eq_ignore_ascii_case(q),
-                        Variant::Unsorted => false,
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
+                let members = (0..variants.len()).filter(|&i| variants[i].shown_in(q)).collect();
                 ViewTree::build(&manifest, members)
             })
             .collect();

@@ -3,22 +3,23 @@
 //!
 //! It owns the on-disk format. Five tables:
 //!
-//! | table       | key                                   | value                               |
-//! |-------------|---------------------------------------|-------------------------------------|
-//! | `chunks`    | content id (32) ++ chunk index (u64 BE) | chunk header, then the chunk's bytes |
-//! | `files`     | content id (32)                       | format byte ++ rkyv [`FileRecord`]  |
-//! | `manifests` | `org/name@commit`                     | [`Manifest::encode`]                |
-//! | `refs`      | `org/name@rev`                        | format byte ++ rkyv [`RefRecord`]   |
-//! | `meta`      | `chunk_size`                          | u64 BE, fixed when the store is created |
+//! | table       | key                                   | value                                |
+//! |-------------|---------------------------------------|--------------------------------------|
+//! | `chunks`    | content id (32) ++ index (u64 BE)     | chunk header, then the chunk's bytes |
+//! | `files`     | content id (32)                       | format byte ++ rkyv [`FileRecord`]   |
+//! | `manifests` | `org/name@commit`                     | [`Manifest::encode`]                 |
+//! | `refs`      | `org/name@rev`                        | format byte ++ rkyv [`RefRecord`]    |
+//! | `meta`      | `chunk_size`                          | u64 BE, set when the store is made   |
 //!
 //! The chunk index is big-endian so that one file's chunks are adjacent and in order: a
 //! whole file is one cursor range, which is how [`ChunkStore::discard_file`] finds them.
-//! A chunk value carries one crc32c per [`CRC_BLOCK`] of data (see [`format`]) so that a
-//! read checks only the blocks it touches. Every chunk write and the update of its file's
-//! record happen in one write transaction, so `cached_bytes` always equals the bytes of the
-//! chunks actually stored, whatever process wrote them and wherever a crash fell.
+//! The chunk header is a format byte, the data length (u32 LE) and one crc32c (u32 LE) per
+//! [`CRC_BLOCK`](super::CRC_BLOCK) of data, so that a read checks only the blocks it
+//! touches. Every chunk write and the update of its file's record happen in one write
+//! transaction, so `cached_bytes` always equals the bytes of the chunks actually stored,
+//! whatever process wrote them and wherever a crash fell.
 //!
-//! The [`format`] module (chunk values, record transitions, key layout) is shared with the
+//! The `format` module (chunk values, record transitions, key layout) is shared with the
 //! in-memory double, so both stores behave identically down to what a corrupt chunk does.
 
 use std::borrow::Cow;
@@ -866,7 +867,7 @@ mod tests {
 
     use super::*;
     use crate::store::memory::conformance::{self, content, file_bytes, put_file, SMALL_CHUNK};
-    use crate::store::{chunk_count, DEFAULT_CHUNK_SIZE};
+    use crate::store::{chunk_count, CRC_BLOCK, DEFAULT_CHUNK_SIZE};
 
     fn fresh(chunk_size: u64) -> (tempfile::TempDir, MdbxStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1100,15 +1101,15 @@ mod tests {
 
     #[test]
     fn chunk_values_have_the_documented_layout() {
-        let data = file_bytes(1, CRC_BLOCK_TEST as u64 + 3);
+        let data = file_bytes(1, CRC_BLOCK as u64 + 3);
         let value = format::encode_chunk(&data);
         assert_eq!(value.len(), 1 + 4 + 2 * 4 + data.len());
         assert_eq!(value[0], 1);
         assert_eq!(u32::from_le_bytes(value[1..5].try_into().unwrap()) as usize, data.len());
         let crc0 = u32::from_le_bytes(value[5..9].try_into().unwrap());
         let crc1 = u32::from_le_bytes(value[9..13].try_into().unwrap());
-        assert_eq!(crc0, crc32c::crc32c(&data[..CRC_BLOCK_TEST]));
-        assert_eq!(crc1, crc32c::crc32c(&data[CRC_BLOCK_TEST..]));
+        assert_eq!(crc0, crc32c::crc32c(&data[..CRC_BLOCK]));
+        assert_eq!(crc1, crc32c::crc32c(&data[CRC_BLOCK..]));
         assert_eq!(&value[13..], &data[..]);
         assert_eq!(format::data_len(&value), Ok(data.len()));
         // Keys: one file's chunks are adjacent and in index order.
@@ -1116,18 +1117,16 @@ mod tests {
         assert!(k(1, 255) < k(1, 256) && k(1, u64::MAX) < k(2, 0));
     }
 
-    const CRC_BLOCK_TEST: usize = crate::store::CRC_BLOCK;
-
     proptest::proptest! {
         /// Any value, however mangled, is either read correctly or reported: never a panic,
         /// never bytes that are not the stored data.
         #[test]
         fn mangled_values_never_serve_wrong_bytes(
-            len in 0usize..3 * CRC_BLOCK_TEST,
-            cut in proptest::option::of(0usize..4 * CRC_BLOCK_TEST),
-            flip in proptest::option::of((0usize..4 * CRC_BLOCK_TEST, 1u8..)),
-            a in 0usize..4 * CRC_BLOCK_TEST,
-            b in 0usize..4 * CRC_BLOCK_TEST,
+            len in 0usize..3 * CRC_BLOCK,
+            cut in proptest::option::of(0usize..4 * CRC_BLOCK),
+            flip in proptest::option::of((0usize..4 * CRC_BLOCK, 1u8..)),
+            a in 0usize..4 * CRC_BLOCK,
+            b in 0usize..4 * CRC_BLOCK,
         ) {
             let data = file_bytes(len as u64, len as u64);
             let mut value = format::encode_chunk(&data);

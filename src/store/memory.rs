@@ -2,12 +2,12 @@
 //!
 //! It is a faithful double, not a simplification: chunks are kept in the very value format
 //! of [`super::mdbx::MdbxStore`] (header with per-block crc32c, then the data) and every
-//! record transition goes through the same [`super::mdbx::format`] functions, so a test that
+//! record transition goes through the same `super::mdbx::format` functions, so a test that
 //! corrupts a chunk here (see [`MemoryStore::corrupt_chunk`]) sees it dropped and reported
 //! absent exactly as on disk. One mutex over all the maps stands in for libmdbx's
 //! transactions: each method is atomic, as each method there is one transaction.
 //!
-//! The conformance suite both stores must pass lives here too ([`conformance`], tests only).
+//! The conformance suite both stores must pass lives here too (`conformance`, tests only).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -235,7 +235,7 @@ impl ChunkStore for MemoryStore {
 }
 
 /// The behaviour every [`ChunkStore`] must have, as functions over a fresh, empty store.
-/// [`conformance_tests!`](conformance::conformance_tests) turns them into `#[test]`s for a
+/// `conformance_tests!` turns them into `#[test]`s for a
 /// store factory; `MemoryStore` and `MdbxStore` both run the whole list.
 #[cfg(test)]
 pub(crate) mod conformance {
