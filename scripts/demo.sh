@@ -45,13 +45,13 @@ grep -q "^modelfs $MNT fuse" /proc/mounts || { cat "$DEMO_DIR/modelfs.log"; exit
 set -x
 ls "$MNT/$REPO"
 ls -lR "$MNT/$REPO/q4f16"
-getfattr -d "$MNT/$REPO"
-getfattr -d "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data"
+getfattr --absolute-names -d "$MNT/$REPO"
+getfattr --absolute-names -d "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data"
 sha256sum "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data" "$SRC/$REPO/onnx/model_q4f16.onnx_data"
 cmp "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data" "$SRC/$REPO/onnx/model_q4f16.onnx_data"
 cmp "$MNT/$REPO/all/onnx/model.onnx" "$SRC/$REPO/onnx/model.onnx"
 sleep 0.5
-getfattr -d "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data"
-getfattr -n user.modelfs.progress "$MNT/$REPO/q4f16"
+getfattr --absolute-names -d "$MNT/$REPO/q4f16/onnx/model_q4f16.onnx_data"
+getfattr --absolute-names -n user.modelfs.progress "$MNT/$REPO/q4f16"
 set +x
 echo "== demo ok: every byte read through the mount matched the source"

@@ -216,10 +216,11 @@ fn quant_views_show_exactly_their_files() {
     assert_eq!(tree("onnx-community/tiny-onnx/q8"), with_shared(&["onnx/model_quantized.onnx"]));
     assert_eq!(tree("onnx-community/tiny-onnx/all").len(), 9);
 
-    let gguf_views: Vec<String> = run("ls", &["-U", m.path("bartowski/Tiny-GGUF").to_str().unwrap()])
-        .split_whitespace()
-        .map(String::from)
-        .collect();
+    let gguf_views: Vec<String> =
+        run("ls", &["-U", m.path("bartowski/Tiny-GGUF").to_str().unwrap()])
+            .split_whitespace()
+            .map(String::from)
+            .collect();
     assert_eq!(gguf_views, vec!["f16", "Q4_K_M", "Q8_0", "all"]);
     assert_eq!(
         tree("bartowski/Tiny-GGUF/Q4_K_M"),
@@ -527,4 +528,48 @@ fn default_chunk_size_and_sigterm_unmount() {
     assert_eq!(sha256_hex(&std::fs::read(m.path("o/big/all/big.bin")).unwrap()), sha256_hex(&data));
     let status = m.stop();
     assert!(status.success(), "SIGTERM should unmount cleanly and exit 0, got {status}");
+}
+
+#[test]
+fn a_stalled_fetch_blocks_nothing_else_and_ends_in_eio() {
+    use support::mock_hub::{Fault, FaultRule};
+    let slow = bytes(4, 3 * CHUNK);
+    let hub = hub_with(vec![MockRepo::new(
+        "o/stall",
+        vec![MockFile::lfs("slow.bin", slow.clone()), MockFile::git("fast.txt", b"fast".to_vec())],
+    )]);
+    // Every body from the CDN for slow.bin stalls far longer than the read timeout.
+    let mut rule = FaultRule::new(
+        Some(Origin::Cdn),
+        &sha256_hex(&slow),
+        1000,
+        Fault::Stall(Duration::from_secs(60)),
+    );
+    rule.ranged_only = true;
+    hub.inject(rule);
+    let store = temp_dir("store");
+    let m = Mounted::start(
+        &hub.endpoint(),
+        &store,
+        &["--chunk-size", CHUNK_ARG, "--read-timeout", "6"],
+    );
+    let slow_path = m.path("o/stall/all/slow.bin");
+    std::fs::metadata(&slow_path).unwrap();
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let f = File::open(slow_path).unwrap();
+        let mut buf = [0u8; 16];
+        f.read_exact_at(&mut buf, 0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // While that read waits on the network: listings, stat, xattrs and another file's fetch.
+    assert_eq!(run("ls", &[m.path("o/stall/all").to_str().unwrap()]).split_whitespace().count(), 2);
+    assert_eq!(std::fs::metadata(m.path("o/stall/all/slow.bin")).unwrap().len(), slow.len() as u64);
+    assert_eq!(std::fs::read(m.path("o/stall/all/fast.txt")).unwrap(), b"fast");
+    assert_eq!(getfattr(&m.path("o/stall/all/fast.txt"), "user.modelfs.size"), Ok("4".into()));
+    assert!(!reader.is_finished(), "the stalled read finished before the other operations ran");
+    let outcome = reader.join().unwrap();
+    assert_eq!(errno(&outcome.unwrap_err()), libc::EIO);
+    assert!(started.elapsed() < Duration::from_secs(40), "EIO took {:?}", started.elapsed());
+    m.stop();
 }

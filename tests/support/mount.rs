@@ -39,7 +39,8 @@ fn is_mounted(mp: &Path) -> bool {
     let mp = mp.to_str().expect("utf-8 mountpoint");
     info.lines().any(|l| {
         let fields: Vec<&str> = l.split(' ').collect();
-        fields.get(4) == Some(&mp) && (l.contains(" - fuse modelfs ") || l.contains(" - fuse.modelfs "))
+        fields.get(4) == Some(&mp)
+            && (l.contains(" - fuse modelfs ") || l.contains(" - fuse.modelfs "))
     })
 }
 
