@@ -888,12 +888,12 @@ fn parse_tree_entry(value: serde_json::Value) -> Result<Option<TreeEntry>, Strin
     // pointer file would verify the pointer, not the contents.
     let (hash, size) = match raw.lfs {
         Some(lfs) => {
-            let oid = lfs.oid.as_deref().and_then(|o| decode_hex::<32>(o));
+            let oid = lfs.oid.as_deref().and_then(decode_hex::<32>);
             let hash = oid.ok_or_else(|| format!("{path:?}: malformed lfs.oid {:?}", lfs.oid))?;
             (FileHash::Lfs(hash), lfs.size.or(raw.size))
         }
         None => {
-            let oid = raw.oid.as_deref().and_then(|o| decode_hex::<20>(o));
+            let oid = raw.oid.as_deref().and_then(decode_hex::<20>);
             let hash = oid.ok_or_else(|| format!("{path:?}: malformed oid {:?}", raw.oid))?;
             (FileHash::Git(hash), raw.size)
         }
