@@ -2,6 +2,7 @@
 //! runs of modelfs or huggingface_hub against a known origin):
 //!
 //!     cargo run --release --example mock_hub -- --dir DIR --port 8080 [--cdn-port 0] [--lfs-threshold BYTES]
+//!         [--cdn-url http://127.0.0.1:8081]
 //!
 //! Every `DIR/<org>/<repo>/` becomes a repo with one commit on `main`. Prints one line,
 //! `endpoint http://127.0.0.1:PORT`, once it answers, and serves until SIGINT or SIGTERM.
@@ -33,18 +34,23 @@ struct Args {
     /// Page size of tree listings.
     #[arg(long, default_value_t = 1000)]
     page_size: usize,
+    /// Redirect LFS downloads to `URL/lfs/<sha256>?X-Amz-...` instead of the mock's own CDN,
+    /// e.g. an nginx serving the same blobs by sha256 (scripts/bench.sh does this).
+    #[arg(long, value_name = "URL")]
+    cdn_url: Option<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let config = MockConfig { page_size: args.page_size, ..MockConfig::default() };
+    let config =
+        MockConfig { page_size: args.page_size, cdn_base: args.cdn_url, ..MockConfig::default() };
     let hub = MockHub::start_on(config, args.port, args.cdn_port)?;
     let ids = hub.load_dir_with_threshold(&args.dir, args.lfs_threshold)?;
     eprintln!(
-        "mock_hub: serving {} repo(s): {}; CDN at {}",
+        "mock_hub: serving {} repo(s): {}; LFS redirects to {}",
         ids.len(),
         ids.join(", "),
-        hub.cdn_origin()
+        hub.cdn_base()
     );
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "endpoint {}", hub.endpoint())?;

@@ -54,6 +54,12 @@ pub struct MountArgs {
     /// Chunk size of a NEW store (an existing store keeps its own), e.g. 8M, 4194304.
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size, value_name = "SIZE")]
     pub chunk_size: u64,
+    /// Most parallel connections to one host (the Hub, or its CDN).
+    #[arg(long, default_value_t = 16)]
+    pub max_connections: usize,
+    /// Most bytes read-ahead may hold in flight (each parallel fetch buffers one chunk), e.g. 64M.
+    #[arg(long, default_value_t = crate::fetch::DEFAULT_MAX_INFLIGHT_BYTES, value_parser = parse_size, value_name = "SIZE")]
+    pub max_inflight_bytes: u64,
     /// FUSE worker threads. Reads the store can answer run on them; everything that waits
     /// for the network runs on the async runtime instead.
     #[arg(long, default_value_t = 4)]
@@ -71,6 +77,8 @@ pub struct MountConfig {
     pub read_timeout: Duration,
     pub revalidate: Duration,
     pub chunk_size: u64,
+    pub max_connections: usize,
+    pub max_inflight_bytes: u64,
     pub threads: usize,
 }
 
@@ -85,6 +93,8 @@ impl MountArgs {
             read_timeout: Duration::from_secs(self.read_timeout.max(1)),
             revalidate: Duration::from_secs(self.revalidate),
             chunk_size: self.chunk_size,
+            max_connections: self.max_connections.max(1),
+            max_inflight_bytes: self.max_inflight_bytes,
             threads: self.threads.max(1),
         }
     }

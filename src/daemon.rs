@@ -13,6 +13,7 @@ use nix::errno::Errno;
 use nix::mount::{umount2, MntFlags};
 
 use crate::cli::MountConfig;
+use crate::fetch::PrefetchLimits;
 use crate::fs::{FsConfig, ModelFs};
 use crate::fuse::FuseAdapter;
 use crate::hub::client::{HubClient, HubConfig};
@@ -60,6 +61,7 @@ pub fn mount(cfg: MountConfig) -> Result<(), DaemonError> {
             hub.endpoint = endpoint.parse().map_err(|_| DaemonError::Endpoint(endpoint.clone()))?;
         }
         hub.read_timeout = cfg.read_timeout;
+        hub.max_connections = cfg.max_connections;
         let client = Arc::new(HubClient::new(hub)?);
         (client.clone(), client)
     };
@@ -69,7 +71,13 @@ pub fn mount(cfg: MountConfig) -> Result<(), DaemonError> {
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
-    let fs = Arc::new(ModelFs::new(fs_config, store, source, origin, cfg.read_timeout));
+    let limits =
+        PrefetchLimits::new(store.chunk_size(), cfg.max_inflight_bytes, cfg.max_connections);
+    // Built inside the runtime so that read-ahead, triggered from FUSE threads, runs on it.
+    let fs = {
+        let _rt = rt.enter();
+        Arc::new(ModelFs::new(fs_config, store, source, origin, cfg.read_timeout, limits))
+    };
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![

@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
+use tokio::runtime::Handle;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::hub::{HubError, RangeFetcher, RemoteFile};
 use crate::manifest::{ContentId, FileHash};
@@ -68,13 +69,55 @@ pub struct ChunkFetcher {
     in_flight: Mutex<HashMap<ChunkKey, Flight>>,
     /// Contents whose whole-file check is running, so a file is checked once at a time.
     verifying: Mutex<HashSet<ContentId>>,
+    /// One permit per read-ahead fetch in flight: bounds the memory that read-ahead holds
+    /// (each fetch buffers one chunk) and the connections it opens. Demand reads do not take
+    /// permits, so a reader never queues behind read-ahead.
+    prefetch_slots: Arc<Semaphore>,
+    /// Where read-ahead fetches run; the FUSE threads that trigger them are not on the runtime.
+    runtime: Option<Handle>,
 }
 
+/// How far and how wide read-ahead goes.
+#[derive(Clone, Copy, Debug)]
+pub struct PrefetchLimits {
+    /// Read-ahead fetches in flight at once (each holds one chunk in memory until stored).
+    pub max_in_flight: usize,
+    /// Largest read-ahead window, in bytes.
+    pub max_window: u64,
+}
+
+impl PrefetchLimits {
+    /// From the operator's byte and connection budgets: as many chunk fetches as both allow,
+    /// at least one.
+    pub fn new(chunk_size: u64, max_inflight_bytes: u64, max_connections: usize) -> Self {
+        let by_memory = (max_inflight_bytes / chunk_size.max(1)).max(1) as usize;
+        Self { max_in_flight: by_memory.min(max_connections.max(1)), max_window: MAX_WINDOW }
+    }
+}
+
+impl Default for PrefetchLimits {
+    fn default() -> Self {
+        Self::new(crate::store::DEFAULT_CHUNK_SIZE, DEFAULT_MAX_INFLIGHT_BYTES, 16)
+    }
+}
+
+/// Default bound on read-ahead memory: 8 chunks of 8 MiB. Eight parallel ranges already
+/// fill a link whose CDN caps each connection at an eighth of its capacity, and 64 MiB keeps
+/// the daemon's peak RSS near 100 MiB while streaming.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 64 << 20;
+
+/// Largest read-ahead window: far enough ahead that parallel fetches never run dry on a fast
+/// link, small enough that a reader who stops early wastes little.
+pub const MAX_WINDOW: u64 = 256 << 20;
+
 impl ChunkFetcher {
+    /// Read-ahead runs on the tokio runtime current at construction; built outside one, the
+    /// fetcher does no read-ahead.
     pub fn new(
         store: Arc<dyn ChunkStore>,
         origin: Arc<dyn RangeFetcher>,
         read_timeout: Duration,
+        limits: PrefetchLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -82,7 +125,36 @@ impl ChunkFetcher {
             read_timeout,
             in_flight: Mutex::default(),
             verifying: Mutex::default(),
+            prefetch_slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            runtime: Handle::try_current().ok(),
         })
+    }
+
+    /// Make sure chunks `chunks` of `file` get stored, in the background, at most
+    /// `max_in_flight` at a time. Chunks already stored or being fetched cost nothing.
+    pub fn prefetch(self: &Arc<Self>, file: &FileRef, chunks: std::ops::Range<u64>) {
+        let Some(rt) = &self.runtime else { return };
+        for index in chunks {
+            let this = self.clone();
+            let file = file.clone();
+            rt.spawn(async move {
+                // The permit is taken before the flight is registered, so a demand read of a
+                // chunk whose read-ahead is still queued fetches it at once, not after the queue.
+                let Ok(_permit) = this.prefetch_slots.clone().acquire_owned().await else { return };
+                let content = file.content();
+                if lock(&this.in_flight).contains_key(&(content, index)) {
+                    return;
+                }
+                match this.store.has_chunk(&content, index) {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(e) => return tracing::warn!(error = %e, "read-ahead: store"),
+                }
+                if let Err(e) = this.chunk(&file, index).await {
+                    tracing::debug!(path = %file.remote.path, index, error = %e, "read-ahead fetch failed");
+                }
+            });
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn ChunkStore> {
@@ -197,6 +269,78 @@ impl ChunkFetcher {
     }
 }
 
+/// Sequential-read detection and the read-ahead window of one open handle.
+///
+/// A read that starts where the previous reads ended (within [`SEQUENTIAL_SLACK`], since the
+/// kernel issues its own read-ahead requests in parallel and they may arrive out of order) is
+/// sequential; the window then starts at [`INITIAL_WINDOW`] and doubles each time the reader
+/// enters a new chunk, up to the limit. Any other read is random: the window collapses to
+/// nothing, so random access (an index lookup, a header probe) fetches only what it reads.
+#[derive(Debug, Default, Clone)]
+pub struct ReadAhead {
+    /// Where the next sequential read is expected to start.
+    next: u64,
+    /// Bytes to keep fetched ahead of the reader; 0 while access looks random.
+    window: u64,
+    /// Chunks below this index have been handed to read-ahead already.
+    issued_to: u64,
+}
+
+/// Two chunks: enough that the next chunk is on its way while this one is read.
+pub const INITIAL_WINDOW_CHUNKS: u64 = 2;
+
+/// How far a read may start from the expected offset and still count as sequential (at most
+/// one chunk): the kernel keeps up to 64 background reads of up to 1 MiB in flight, and they
+/// may arrive out of order.
+pub const SEQUENTIAL_SLACK: u64 = 8 << 20;
+
+impl ReadAhead {
+    /// Record a read of `[offset, offset+len)` and return the chunks to fetch ahead now.
+    pub fn on_read(
+        &mut self,
+        file_size: u64,
+        chunk_size: u64,
+        max_window: u64,
+        offset: u64,
+        len: u64,
+    ) -> std::ops::Range<u64> {
+        let end = offset.saturating_add(len).min(file_size);
+        // Never more slack than a chunk, so that with small chunks a jump of a few chunks
+        // still reads as random.
+        let slack = SEQUENTIAL_SLACK.min(chunk_size);
+        // A handle's first read counts as sequential only in the first chunk: a reader that
+        // opens a file and starts in the middle is probing, not streaming.
+        let fresh = self.next == 0 && self.window == 0;
+        let sequential = if fresh {
+            offset < chunk_size
+        } else {
+            offset <= self.next.saturating_add(slack) && end.saturating_add(slack) >= self.next
+        };
+        if !sequential {
+            *self = ReadAhead { next: end, window: 0, issued_to: 0 };
+            return 0..0;
+        }
+        let initial = (INITIAL_WINDOW_CHUNKS * chunk_size).min(max_window);
+        let entered_new_chunk = end / chunk_size > self.next / chunk_size;
+        self.window = match self.window {
+            0 => initial,
+            w if entered_new_chunk => w.saturating_mul(2).min(max_window),
+            w => w,
+        };
+        self.next = self.next.max(end);
+        if self.window == 0 {
+            return 0..0;
+        }
+        let first = (end / chunk_size).max(self.issued_to);
+        let last = end.saturating_add(self.window).min(file_size).div_ceil(chunk_size);
+        if first >= last {
+            return 0..0;
+        }
+        self.issued_to = last;
+        first..last
+    }
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Match,
@@ -252,4 +396,59 @@ async fn blocking<T: Send + 'static>(
 /// work; the map itself is still consistent (every update is a single insert or remove).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const CS: u64 = 1 << 20;
+
+    #[test]
+    fn window_grows_with_sequential_reads_and_collapses_on_random_ones() {
+        let mut ra = ReadAhead::default();
+        let size = 1 << 30;
+        // First read at 0: two chunks ahead of the reader's position (chunks 0..3 cover it).
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 0, 128 << 10), 0..3);
+        // Still in chunk 0: nothing new to issue.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 128 << 10, 128 << 10), 0..0);
+        // Entering chunk 1 doubles the window to 4 chunks: issue up to chunk 6.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, CS - 4096, 8192), 3..6);
+        // A jump far away is random: no read-ahead, and the window starts over.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 700 * CS, 4096), 0..0);
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 100 * CS, 4096), 0..0);
+        // Sequential again from there: back to the initial window.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 100 * CS + 4096, 4096), 100..103);
+    }
+
+    proptest! {
+        /// Whatever the reads, read-ahead never issues a chunk twice in a row of sequential
+        /// reads, never past the end of the file, and never further ahead than the window.
+        #[test]
+        fn issued_chunks_are_new_bounded_and_inside_the_file(
+            size in 1u64..(64 * CS),
+            max_window in 0u64..(16 * CS),
+            reads in proptest::collection::vec((0u64..(70 * CS), 1u64..(2 * CS)), 1..60),
+        ) {
+            let mut ra = ReadAhead::default();
+            let mut issued: std::collections::HashSet<u64> = Default::default();
+            for (offset, len) in reads {
+                let before = ra.clone();
+                let r = ra.on_read(size, CS, max_window, offset, len);
+                prop_assert!(r.end <= size.div_ceil(CS));
+                let end = (offset + len).min(size);
+                if !r.is_empty() {
+                    prop_assert!(r.end * CS <= end + max_window + CS);
+                    if before.issued_to > 0 {
+                        for i in r.clone() { prop_assert!(issued.insert(i), "chunk {} issued twice", i); }
+                    } else {
+                        issued = r.clone().collect();
+                    }
+                } else if ra.issued_to == 0 {
+                    issued.clear();
+                }
+            }
+        }
+    }
 }

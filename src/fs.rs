@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use inode::{Node, ROOT_INO};
 pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 
-use crate::fetch::{ChunkFetcher, FetchError, FileRef};
+use crate::fetch::{ChunkFetcher, FetchError, FileRef, PrefetchLimits, ReadAhead};
 use crate::hub::{HubError, RangeFetcher, RemoteFile, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
 use crate::names;
@@ -157,6 +157,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Resolved>>>;
 
 struct Handle {
     file: FileRef,
+    read_ahead: Mutex<ReadAhead>,
 }
 
 pub struct ModelFs {
@@ -166,7 +167,8 @@ pub struct ModelFs {
     chunks: Arc<ChunkFetcher>,
     inodes: InodeTable,
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    prefetch: PrefetchLimits,
     next_fh: AtomicU64,
     /// mtime of everything: the Hub gives no per-file times that matter to readers, and a
     /// constant keeps `make`-style tools quiet.
@@ -180,8 +182,9 @@ impl ModelFs {
         source: Arc<dyn RepoSource>,
         origin: Arc<dyn RangeFetcher>,
         read_timeout: Duration,
+        prefetch: PrefetchLimits,
     ) -> Self {
-        let chunks = ChunkFetcher::new(store.clone(), origin, read_timeout);
+        let chunks = ChunkFetcher::new(store.clone(), origin, read_timeout, prefetch);
         Self {
             config,
             store,
@@ -191,6 +194,7 @@ impl ModelFs {
             slots: Mutex::default(),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
+            prefetch,
             mounted_at: SystemTime::now(),
         }
     }
@@ -486,7 +490,7 @@ impl ModelFs {
             hash: entry.hash,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, Handle { file });
+        lock(&self.handles).insert(fh, Arc::new(Handle { file, read_ahead: Mutex::default() }));
         Ok(fh)
     }
 
@@ -494,32 +498,52 @@ impl ModelFs {
         lock(&self.handles).remove(&fh);
     }
 
-    fn handle_file(&self, fh: u64) -> Result<FileRef, FsError> {
-        lock(&self.handles).get(&fh).map(|h| h.file.clone()).ok_or(FsError::BadHandle)
+    fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
+        lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle)
+    }
+
+    /// Feed a read to the handle's sequential detector and start the read-ahead it calls for.
+    fn read_ahead(&self, handle: &Handle, offset: u64, size: u32) {
+        let cs = self.store.chunk_size();
+        let ahead = lock(&handle.read_ahead).on_read(
+            handle.file.remote.size,
+            cs,
+            self.prefetch.max_window,
+            offset,
+            size as u64,
+        );
+        if !ahead.is_empty() {
+            self.chunks.prefetch(&handle.file, ahead);
+        }
     }
 
     /// Answer a read from the store alone, without waiting for anything: `Ok(None)` when a
     /// chunk it needs is not stored. This is the warm path, run on the FUSE thread.
     pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Result<Option<Vec<u8>>, FsError> {
-        let file = self.handle_file(fh)?;
+        let handle = self.handle(fh)?;
+        let file = &handle.file;
         let mut out = Vec::new();
         for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
             if !self.store.read_chunk(&file.content(), piece.index, piece.range, &mut out)? {
+                // The async path that follows records this read for read-ahead.
                 return Ok(None);
             }
         }
+        self.read_ahead(&handle, offset, size);
         Ok(Some(out))
     }
 
     /// Read `size` bytes at `offset` (fewer only at the end of the file), fetching the chunks
     /// that are not stored.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let file = self.handle_file(fh)?;
+        let handle = self.handle(fh)?;
+        self.read_ahead(&handle, offset, size);
+        let file = &handle.file;
         let content = file.content();
         let mut out = Vec::new();
         for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
             if !self.store.read_chunk(&content, piece.index, piece.range.clone(), &mut out)? {
-                let chunk = self.chunks.chunk(&file, piece.index).await?;
+                let chunk = self.chunks.chunk(file, piece.index).await?;
                 let bytes =
                     chunk.get(piece.range).ok_or_else(|| FsError::Io("short chunk".into()))?;
                 out.extend_from_slice(bytes);
@@ -690,7 +714,14 @@ mod tests {
         store: Arc<MemoryStore>,
     }
 
+    /// No read-ahead: fetch counts are exactly the reads' own.
+    const NO_READ_AHEAD: PrefetchLimits = PrefetchLimits { max_in_flight: 1, max_window: 0 };
+
     fn world(config: FsConfig) -> World {
+        world_with(config, NO_READ_AHEAD)
+    }
+
+    fn world_with(config: FsConfig, prefetch: PrefetchLimits) -> World {
         let hub = Arc::new(MemoryHub::new());
         hub.add_repo(
             RepoId::new("org", "repo"),
@@ -712,6 +743,7 @@ mod tests {
             hub.clone(),
             hub.clone(),
             Duration::from_secs(5),
+            prefetch,
         ));
         World { fs, hub, store }
     }
@@ -805,6 +837,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sequential_reads_fetch_ahead_and_random_reads_do_not() {
+        let limits = PrefetchLimits { max_in_flight: 4, max_window: 4 * CS };
+        let w = world_with(FsConfig::default(), limits);
+        w.hub.add_repo(
+            RepoId::new("org", "big"),
+            C2,
+            "main",
+            None,
+            vec![("seq.bin", data(7, 20_000), true), ("rnd.bin", data(8, 20_000), true)],
+        );
+        let seq = walk(&w.fs, "org/big/all/seq.bin").await.unwrap();
+        let fh = w.fs.open(seq, false).unwrap();
+        // Two sequential reads inside chunk 0: read-ahead reaches two chunks past the reader.
+        assert_eq!(w.fs.read(fh, 0, 500).await.unwrap(), data(7, 20_000)[..500]);
+        assert_eq!(w.fs.read(fh, 500, 400).await.unwrap(), data(7, 20_000)[500..900]);
+        let stored = |n: u64| {
+            let content = crate::hub::memory::hub_hash(&data(7, 20_000), true).content_id();
+            (0..n).filter(|&i| w.store.has_chunk(&content, i).unwrap()).count()
+        };
+        for _ in 0..200 {
+            if stored(3) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored(20), 3, "chunks 0..3 and nothing beyond the window");
+        // Entering chunk 1 doubles the window to 4 chunks past the reader: chunks 0..6.
+        assert_eq!(w.fs.read(fh, 900, 200).await.unwrap(), data(7, 20_000)[900..1100]);
+        for _ in 0..200 {
+            if stored(6) == 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stored(20), 6);
+        // Random reads (far apart) fetch exactly the chunk each needs.
+        let rnd = walk(&w.fs, "org/big/all/rnd.bin").await.unwrap();
+        let fh = w.fs.open(rnd, false).unwrap();
+        let before = w.hub.fetch_count();
+        for off in [15_500u64, 3_200, 11_100, 7_900] {
+            let want = &data(8, 20_000)[off as usize..off as usize + 10];
+            assert_eq!(w.fs.read(fh, off, 10).await.unwrap(), want);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(w.hub.fetch_count() - before, 4);
+    }
+
+    #[tokio::test]
     async fn failed_fetch_is_an_io_error_and_is_retried_next_time() {
         let w = world(FsConfig::default());
         let ino = walk(&w.fs, "org/repo/all/config.json").await.unwrap();
@@ -857,6 +937,7 @@ mod tests {
             Arc::new(crate::hub::OfflineHub),
             Arc::new(crate::hub::OfflineHub),
             Duration::from_secs(1),
+            NO_READ_AHEAD,
         );
         assert_eq!(read_all(&offline, "org/repo/all/config.json").await.unwrap(), data(1, 10));
         assert!(matches!(

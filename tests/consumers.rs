@@ -172,8 +172,28 @@ fn probes(out: &str) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn mib(n: u64) -> String {
-    format!("{:.2} MiB", n as f64 / (1u64 << 20) as f64)
+/// Bytes with thousands separators: exact, and readable at a glance.
+fn bytes_str(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn row(report: &mut String, who: &str, what: &str, read: u64, size: u64, note: &str) {
+    let pct = if size == 0 { 100.0 } else { 100.0 * read as f64 / size as f64 };
+    writeln!(
+        report,
+        "  {who:<12} {what:<42} {:>12} of {:>12} B {pct:>6.1}%  {note}",
+        bytes_str(read),
+        bytes_str(size)
+    )
+    .unwrap();
 }
 
 fn run_checks(m: &Mounted, repo: &str, checks: &[Check], hub_dir: &Path, run: &str) -> Vec<String> {
@@ -228,31 +248,19 @@ fn consumers_read_through_the_mount(case: Case) {
         // Half-way through (header only), whole chunks were still unfetched.
         for (what, c, s) in probes(out) {
             assert!(c > 0 && c < s, "{}: probe {what} read {c} of {s} bytes", check.check);
-            writeln!(
-                report,
-                "  {:<12} {:<46} {:>12} of {:>12}  ({:.1}%)",
-                check.check,
-                what,
-                mib(c),
-                mib(s),
-                100.0 * c as f64 / s as f64
-            )
-            .unwrap();
+            row(&mut report, check.check, &what, c, s, "");
         }
         let version = &versions[check.package];
         for f in check.reads {
             let c = &after[*f];
-            writeln!(
-                report,
-                "  {:<12} {:<46} {:>12} of {:>12}  ({}, {} {version})",
+            row(
+                &mut report,
                 check.check,
                 f,
-                mib(c.cached),
-                mib(c.size),
-                c.status,
-                check.package
-            )
-            .unwrap();
+                c.cached,
+                c.size,
+                &format!("{} {version}", check.package),
+            );
         }
     }
     assert!(
@@ -280,27 +288,14 @@ fn consumers_read_through_the_mount(case: Case) {
     let (read, total): (u64, u64) =
         cold.values().fold((0, 0), |(r, t), c| (r + c.cached, t + c.size));
     for (f, c) in cold.iter().filter(|(_, c)| c.cached == 0) {
-        writeln!(
-            report,
-            "  {:<12} {:<46} {:>12} of {:>12}  (never read)",
-            "-",
-            f,
-            mib(c.cached),
-            mib(c.size)
-        )
-        .unwrap();
+        row(&mut report, "-", f, c.cached, c.size, "never read");
     }
-    writeln!(
-        report,
-        "  {:<12} {:<46} {:>12} of {:>12}  ({:.1}% of the repo fetched)",
-        "total",
-        case.repo,
-        mib(read),
-        mib(total),
-        100.0 * read as f64 / total as f64
-    )
-    .unwrap();
-    println!("== {} (cold run, default 8 MiB chunks): bytes read vs size\n{report}", case.repo);
+    row(&mut report, "whole repo", case.repo, read, total, "");
+    println!(
+        "== {}: cold run, default 8 MiB chunks; bytes in the store (fetched) vs file size; \
+         every file read in full is verified\n{report}",
+        case.repo
+    );
     assert!(m.stop().success());
 
     // Warm: the Hub is gone. Same consumers, same answers, not one byte more in the store.

@@ -101,7 +101,7 @@ def same_bytes(what, a, b):
 # reads only part of a file leaves whole chunks unfetched, and one that reads everything has
 # to stitch several chunks together.
 ONNX_IN, ONNX_HIDDEN, ONNX_OUT = 256, 4096, 256  # two 4 MiB float32 weights + a bias
-GGUF_VOCAB, GGUF_EMBD, GGUF_LAYERS = 4096, 1024, 4  # 8.5 MiB at Q8_0, 16 MiB at f16
+GGUF_VOCAB, GGUF_EMBD, GGUF_LAYERS = 16384, 1024, 4  # 21 MiB at Q8_0 (3 chunks), 40 MiB at f16
 
 
 def onnx_model(np, onnx):
@@ -385,13 +385,14 @@ def check_tokenizers(mounted, disk):
 
 def llama_reference(model):
     """llama.cpp's own expected tokenizations of its vocab test inputs (.inp/.out beside the
-    .gguf): inputs separated by a marker line, one line of space-separated ids per input."""
-    sep = "\n__ggml_vocab_test__\n"
-    inp = Path(str(model) + ".inp").read_text(encoding="utf-8").split(sep)
-    out = Path(str(model) + ".out").read_text(encoding="utf-8").split(sep)
-    inputs = [s for s in inp if s != ""]
-    expected = [[int(t) for t in s.split()] for s in out if s.strip() or s == " "]
-    return inputs, expected
+    .gguf, from its test-tokenizer-0): each input ends with a marker line, and each has one
+    line of space-separated ids in the .out."""
+    marker = "\n__ggml_vocab_test__\n"
+    inputs = Path(str(model) + ".inp").read_text(encoding="utf-8").split(marker)
+    lines = Path(str(model) + ".out").read_text(encoding="utf-8").split("\n")
+    if inputs[-1] != "" or lines[-1] != "" or len(inputs) != len(lines):
+        fail(f"{model}.inp/.out: {len(inputs)} inputs but {len(lines)} outputs")
+    return list(zip(inputs[:-1], [[int(t) for t in line.split()] for line in lines[:-1]]))
 
 
 def check_llama(mounted, disk):
@@ -402,7 +403,10 @@ def check_llama(mounted, disk):
         return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
 
     l_m, l_d = load(mounted), load(disk)
-    texts = SENTENCES + llama_reference(disk)[0]
+    if l_m.n_vocab() != l_d.n_vocab():
+        fail("n_vocab differs")
+    reference = llama_reference(disk)
+    texts = SENTENCES + [text for text, _ in reference]
     for text in texts:
         raw = text.encode("utf-8")
         a = l_m.tokenize(raw, add_bos=False, special=False)
@@ -411,9 +415,15 @@ def check_llama(mounted, disk):
             fail(f"token ids differ for {text[:40]!r}")
         if l_m.detokenize(a) != l_d.detokenize(b):
             fail(f"detokenized text differs for {text[:40]!r}")
-    if l_m.n_vocab() != l_d.n_vocab():
-        fail("n_vocab differs")
-    print(f"llama ok: n_vocab {l_m.n_vocab()}, {len(texts)} texts tokenized identically")
+    # And both agree with what llama.cpp's own test expects of this vocab.
+    for text, want in reference:
+        got = l_m.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        if got != want:
+            fail(f"{text[:40]!r} tokenizes as {got[:10]}, llama.cpp's test expects {want[:10]}")
+    print(
+        f"llama ok: {Path(mounted).name} n_vocab {l_m.n_vocab()}, {len(texts)} texts tokenized "
+        f"identically, {len(reference)} as llama.cpp's test expects"
+    )
     probe(mounted, "vocab-only load")
 
 

@@ -279,11 +279,20 @@ pub struct MockConfig {
     pub page_size: usize,
     /// Bearer tokens the mock accepts; any other token gets 401.
     pub valid_tokens: Vec<String>,
+    /// Where LFS `/resolve/` redirects point: `{cdn_base}/lfs/<sha256>?X-Amz-...`. `None` is
+    /// the mock's own CDN origin. Benchmarks set it to an external server (nginx) that
+    /// serves the same blobs by sha256, so that the bytes come from a real static server
+    /// with a per-connection rate cap, as a real CDN's do.
+    pub cdn_base: Option<String>,
 }
 
 impl Default for MockConfig {
     fn default() -> Self {
-        MockConfig { page_size: DEFAULT_PAGE_SIZE, valid_tokens: vec!["hf_mock_token".to_owned()] }
+        MockConfig {
+            page_size: DEFAULT_PAGE_SIZE,
+            valid_tokens: vec!["hf_mock_token".to_owned()],
+            cdn_base: None,
+        }
     }
 }
 
@@ -474,9 +483,15 @@ impl MockHub {
         self.shared.hub_origin.clone()
     }
 
-    /// `http://localhost:Q`, where LFS downloads are redirected.
+    /// `http://localhost:Q`, the mock's own CDN origin.
     pub fn cdn_origin(&self) -> String {
         self.shared.cdn_origin.clone()
+    }
+
+    /// Where LFS downloads are redirected: [`MockConfig::cdn_base`] when set (without a
+    /// trailing `/`), else [`Self::cdn_origin`].
+    pub fn cdn_base(&self) -> String {
+        cdn_base(&self.shared)
     }
 
     /// Add a repo, replacing one with the same id.
@@ -1097,7 +1112,8 @@ fn resolve(ctx: &Ctx<'_>, id: &str, rev: &str, path: &str, raw_tail: &str) -> Re
         let signature = hex::encode(rand::random::<[u8; 32]>());
         let location = format!(
             "{}/lfs/{}?X-Amz-Expires={CDN_URL_EXPIRES_SECS}&X-Amz-Signature={signature}",
-            ctx.shared.cdn_origin, file.sha256
+            cdn_base(ctx.shared),
+            file.sha256
         );
         let etag = format!("\"{}\"", file.sha256);
         return Reply::new(StatusCode::FOUND)
@@ -1122,6 +1138,13 @@ fn resolve(ctx: &Ctx<'_>, id: &str, rev: &str, path: &str, raw_tail: &str) -> Re
         .header("x-repo-commit", commit.sha.clone())
         .header(header::ETAG, format!("\"{}\"", file.git_oid))
         .header(header::CONTENT_TYPE, "application/octet-stream")
+}
+
+fn cdn_base(shared: &Shared) -> String {
+    match &shared.config.cdn_base {
+        Some(base) => base.trim_end_matches('/').to_owned(),
+        None => shared.cdn_origin.clone(),
+    }
 }
 
 fn route_cdn(ctx: &Ctx<'_>, path_and_query: &str) -> Reply {
@@ -1371,6 +1394,27 @@ mod tests {
         let (s, h, b) = get(&location, &[("Range", "bytes=100-")]);
         assert_eq!((s, header(&h, "content-range")), (206, Some("bytes 100-2999/3000")));
         assert_eq!(b, &data[100..]);
+    }
+
+    #[test]
+    fn lfs_redirects_go_to_the_configured_cdn_base() {
+        let config = MockConfig {
+            cdn_base: Some("http://127.0.0.1:9/".to_owned()),
+            ..MockConfig::default()
+        };
+        let hub = MockHub::start(config);
+        let data = b"external cdn".to_vec();
+        let sha256 = hex::encode(Sha256::digest(&data));
+        hub.add_repo(MockRepo::new("org/r", vec![MockFile::lfs("w.bin", data)]));
+        assert_eq!(hub.cdn_base(), "http://127.0.0.1:9");
+        let (s, h, _) = get(&format!("{}/org/r/resolve/main/w.bin", hub.endpoint()), &[]);
+        assert_eq!(s, 302);
+        let location = header(&h, "location").unwrap();
+        let prefix = format!("http://127.0.0.1:9/lfs/{sha256}?X-Amz-Expires=3600&X-Amz-Signature=");
+        assert!(location.starts_with(&prefix), "{location}");
+        assert_eq!(location.len(), prefix.len() + 64, "{location}");
+        // The mock's own CDN still serves the blob, for anyone who asks it directly.
+        assert_eq!(get(&format!("{}/lfs/{sha256}", hub.cdn_origin()), &[]).2, b"external cdn");
     }
 
     #[test]
