@@ -517,20 +517,53 @@ impl ModelFs {
         }
     }
 
-    /// Answer a read from the store alone, without waiting for anything: `Ok(None)` when a
-    /// chunk it needs is not stored. This is the warm path, run on the FUSE thread.
-    pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Result<Option<Vec<u8>>, FsError> {
+    /// Answer a read from the store alone, without waiting for anything: the bytes are shown
+    /// to `reply` (straight from the store's memory when the read lies in one chunk, as
+    /// nearly every kernel read does) and `Ok(true)` returned; `Ok(false)`, with `reply` not
+    /// called, when a chunk it needs is not stored. This is the warm path, run on the FUSE
+    /// thread.
+    pub fn read_cached(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, FsError> {
         let handle = self.handle(fh)?;
         let file = &handle.file;
-        let mut out = Vec::new();
-        for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
-            if !self.store.read_chunk(&file.content(), piece.index, piece.range, &mut out)? {
-                // The async path that follows records this read for read-ahead.
-                return Ok(None);
+        let content = file.content();
+        let pieces = pieces(file.remote.size, self.store.chunk_size(), offset, size);
+        let hit = match pieces.as_slice() {
+            [] => {
+                reply(&[]);
+                true
             }
+            [one] => self.store.visit_chunk(&content, one.index, one.range.clone(), reply)?,
+            several => {
+                let mut out = Vec::with_capacity(size as usize);
+                let mut all = true;
+                for piece in several {
+                    if !self.store.read_chunk(
+                        &content,
+                        piece.index,
+                        piece.range.clone(),
+                        &mut out,
+                    )? {
+                        all = false;
+                        break;
+                    }
+                }
+                if all {
+                    reply(&out);
+                }
+                all
+            }
+        };
+        // A miss goes on to the async path, which records the read for read-ahead itself.
+        if hit {
+            self.read_ahead(&handle, offset, size);
         }
-        self.read_ahead(&handle, offset, size);
-        Ok(Some(out))
+        Ok(hit)
     }
 
     /// Read `size` bytes at `offset` (fewer only at the end of the file), fetching the chunks
@@ -810,8 +843,15 @@ mod tests {
         let fh = w.fs.open(ino, false).unwrap();
         // A read spanning a chunk boundary, then the warm path answers it alone.
         assert_eq!(w.fs.read(fh, 990, 20).await.unwrap(), data(2, 2500)[990..1010]);
-        assert_eq!(w.fs.read_cached(fh, 990, 20).unwrap().unwrap(), data(2, 2500)[990..1010]);
-        assert_eq!(w.fs.read_cached(fh, 2100, 10).unwrap(), None, "chunk 2 was never fetched");
+        let cached = |offset, size| {
+            let mut got = None;
+            let hit = w.fs.read_cached(fh, offset, size, &mut |b| got = Some(b.to_vec())).unwrap();
+            assert_eq!(hit, got.is_some());
+            got
+        };
+        assert_eq!(cached(990, 20).unwrap(), data(2, 2500)[990..1010]);
+        assert_eq!(cached(100, 20).unwrap(), data(2, 2500)[100..120]);
+        assert_eq!(cached(2100, 10), None, "chunk 2 was never fetched");
         assert_eq!(w.fs.read(fh, 2500, 10).await.unwrap(), Vec::<u8>::new());
     }
 

@@ -163,9 +163,15 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read_cached(fh.0, offset, size) {
-            Ok(Some(data)) => return reply.data(&data),
-            Ok(None) => {}
+        let mut pending = Some(reply);
+        let warm = self.fs.read_cached(fh.0, offset, size, &mut |data| {
+            if let Some(reply) = pending.take() {
+                reply.data(data);
+            }
+        });
+        let Some(reply) = pending else { return };
+        match warm {
+            Ok(_) => {}
             Err(e) => {
                 log_error("read", &e);
                 return reply.error(errno(&e));

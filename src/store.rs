@@ -108,6 +108,24 @@ pub trait ChunkStore: Send + Sync + 'static {
         out: &mut Vec<u8>,
     ) -> Result<bool, StoreError>;
 
+    /// Like [`ChunkStore::read_chunk`], but show the bytes to `visit` instead of copying them
+    /// out: a store that can (libmdbx) passes its own memory, so the warm read path copies
+    /// once, into the kernel. `visit` is called at most once, only with checked bytes.
+    fn visit_chunk(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: Range<usize>,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, StoreError> {
+        let mut buf = Vec::with_capacity(range.len());
+        let found = self.read_chunk(content, index, range, &mut buf)?;
+        if found {
+            visit(&buf);
+        }
+        Ok(found)
+    }
+
     fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError>;
 
     /// Store chunk `index` of a file of `file_size` bytes. `data` must be exactly

@@ -391,15 +391,26 @@ impl ChunkStore for MdbxStore {
         range: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<bool, StoreError> {
+        self.visit_chunk(content, index, range, &mut |bytes| out.extend_from_slice(bytes))
+    }
+
+    fn visit_chunk(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: Range<usize>,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool, StoreError> {
         let key = format::chunk_key(content, index);
         // The value is borrowed from the map (a read transaction never sees dirty pages), so
-        // only the requested range is copied, and only the blocks it touches are checksummed.
+        // the visitor sees the stored bytes themselves, and only the blocks the range touches
+        // are checksummed.
         let outcome = self.read(|txn| {
             let chunks = txn.open_table(Some(CHUNKS))?;
             let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
                 return Ok(None);
             };
-            Ok(Some(format::read_range(&value, range.clone(), out)))
+            Ok(Some(format::visit_range(&value, range.clone(), visit)))
         })?;
         match outcome {
             None => Ok(false),
@@ -682,8 +693,17 @@ pub(super) mod format {
         range: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<(), ReadError> {
+        visit_range(value, range, &mut |bytes| out.extend_from_slice(bytes))
+    }
+
+    /// Check the blocks `range` touches, then show those bytes to `visit`.
+    pub(in crate::store) fn visit_range(
+        value: &[u8],
+        range: Range<usize>,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ReadError> {
         let chunk = parse(value).map_err(ReadError::Corrupt)?;
-        out.extend_from_slice(checked(&chunk, range)?);
+        visit(checked(&chunk, range)?);
         Ok(())
     }
 
@@ -1097,6 +1117,42 @@ mod tests {
                 .unwrap();
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn visit_shows_what_read_copies_and_nothing_of_a_corrupt_chunk() {
+        let (_dir, store) = fresh(SMALL_CHUNK);
+        let id = content(3);
+        let bytes = file_bytes(3, 2 * SMALL_CHUNK + 5);
+        put_file(&store, &id, &bytes);
+        for (index, range) in
+            [(0, 0..10), (0, 100..CRC_BLOCK + 5), (1, 0..SMALL_CHUNK as usize), (2, 0..5)]
+        {
+            let mut copied = Vec::new();
+            assert!(store.read_chunk(&id, index, range.clone(), &mut copied).unwrap());
+            let mut seen = Vec::new();
+            let mut calls = 0;
+            let hit = store
+                .visit_chunk(&id, index, range.clone(), &mut |b| {
+                    calls += 1;
+                    seen.extend_from_slice(b)
+                })
+                .unwrap();
+            assert!(hit);
+            assert_eq!((calls, &seen), (1, &copied));
+            let start = index as usize * SMALL_CHUNK as usize + range.start;
+            assert!(seen == bytes[start..start + range.len()]);
+        }
+        // Flip a data byte of chunk 1: a visit of that block sees nothing and reports a miss.
+        store.rewrite_raw(&id, 1, &mut |v| {
+            let last = v.len() - 1;
+            v[last] ^= 0xff
+        });
+        let mut called = false;
+        assert!(!store
+            .visit_chunk(&id, 1, 0..SMALL_CHUNK as usize, &mut |_| called = true)
+            .unwrap());
+        assert!(!called);
     }
 
     #[test]

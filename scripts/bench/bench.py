@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Helpers of scripts/bench.sh: the parts that are easier in Python than in bash.
+
+    bench.py gen-tree DIR SEED COUNT      the small-file repo (COUNT files in nested dirs)
+    bench.py pread FILE COUNT SEED        COUNT random 4 KiB preads; prints seconds
+    bench.py mmap FILE                    touch one byte per page of a shared mmap; prints seconds
+    bench.py stat ROOT LIST               stat ROOT/<each line of LIST>; prints seconds
+    bench.py hf-download ENDPOINT REPO FILE CACHE_DIR
+                                          huggingface_hub.hf_hub_download; prints seconds
+    bench.py report RESULTS               the markdown table of medians and ratios
+
+Timed sections measure only the operation itself (not interpreter start-up or imports), so
+that contenders timed from bash (`dd`, `curl`, `ls`) and from here compare fairly. Every
+random choice is seeded, so two runs read the same offsets and generate the same bytes.
+"""
+
+import mmap
+import os
+import random
+import statistics
+import sys
+import time
+
+PAGE = 4096
+
+
+def gen_tree(root, seed, count):
+    """COUNT small files, 10 top-level dirs x 10 subdirs, sizes 200 B .. 16 KiB.
+
+    Shaped like the non-weight part of a big repo (configs, tokenizers, per-layer shards
+    of metadata): many small git files in nested folders."""
+    rng = random.Random(seed)
+    per_leaf = max(1, count // 100)
+    made = 0
+    for top in range(10):
+        for sub in range(10):
+            d = os.path.join(root, f"d{top:02}", f"s{sub:02}")
+            os.makedirs(d, exist_ok=True)
+            for i in range(per_leaf):
+                if made == count:
+                    return
+                ext = ("json", "txt", "md")[i % 3]
+                with open(os.path.join(d, f"f{i:04}.{ext}"), "wb") as f:
+                    f.write(rng.randbytes(rng.randint(200, 16384)))
+                made += 1
+    # Any remainder goes to the repo root.
+    while made < count:
+        with open(os.path.join(root, f"extra{made:05}.txt"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(200, 16384)))
+        made += 1
+
+
+def pread(path, count, seed):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        rng = random.Random(seed)
+        # Page-aligned offsets, as a reader of tensors or a database would use.
+        offsets = [rng.randrange(0, size // PAGE) * PAGE for _ in range(count)]
+        t0 = time.perf_counter()
+        for off in offsets:
+            if len(os.pread(fd, PAGE, off)) != PAGE:
+                raise SystemExit(f"short pread at {off}")
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+def mmap_read(path):
+    """Fault in every page of a read-only shared mapping, in order: what a model loader that
+    maps the weights (llama.cpp, safetensors) costs before its first token."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        t0 = time.perf_counter()
+        m = mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
+        for off in range(0, size, PAGE):
+            _ = m[off]
+        m.close()
+        return time.perf_counter() - t0
+
+
+def stat_all(root, listing):
+    with open(listing) as f:
+        paths = [os.path.join(root, line.rstrip("\n")) for line in f if line.strip()]
+    t0 = time.perf_counter()
+    for p in paths:
+        os.stat(p)
+    return time.perf_counter() - t0
+
+
+def hf_download(endpoint, repo, filename, cache_dir):
+    os.environ["HF_ENDPOINT"] = endpoint
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    from huggingface_hub import hf_hub_download
+
+    t0 = time.perf_counter()
+    path = hf_hub_download(repo, filename, cache_dir=cache_dir)
+    elapsed = time.perf_counter() - t0
+    if not os.path.isfile(path):
+        raise SystemExit(f"hf_hub_download returned {path}, not a file")
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+GIB = 1 << 30
+MB = 1e6
+
+
+def load(path):
+    """RESULTS holds `key value` lines; a key may repeat (one line per run)."""
+    vals, meta = {}, {}
+    with open(path) as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2:
+                continue
+            k, v = parts
+            if k.startswith("meta."):
+                meta[k[5:]] = v
+            else:
+                vals.setdefault(k, []).append(float(v))
+    return vals, meta
+
+
+def fmt_s(s):
+    if s < 0.01:
+        return f"{s * 1000:.2f} ms"
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    return f"{s:.2f} s"
+
+
+def report(path):
+    vals, meta = load(path)
+    cap = meta.get("cap_mbps", "?")
+    rows = []
+
+    def med(key):
+        v = vals.get(key)
+        return (statistics.median(v), len(v)) if v else (None, 0)
+
+    def row(what, key, ref_key, ref_name, nbytes=None, target=None, lower_is_better=True):
+        m, n = med(key)
+        r, _ = med(ref_key) if ref_key else (None, 0)
+        if m is None:
+            rows.append([what, "not run", "", "", "", ref_name or "", "", target or ""])
+            return
+        rate = f"{nbytes / m / MB:.0f}" if nbytes else ""
+        ratio = ""
+        ok = ""
+        if r is not None and m > 0:
+            # Always "speed relative to the reference": > 1 means faster than it.
+            x = r / m if lower_is_better else m / r
+            ratio = f"{x:.2f}×"
+            if target is not None:
+                ok = "yes" if x >= target else "**no**"
+        note = f"≥ {target}× → {ok}" if target is not None and ok else ""
+        rows.append([what, fmt_s(m), rate, str(n), ref_name or "", ratio, note])
+
+    rows_head = ["Measurement", "median", "MB/s", "n", "reference", "vs ref", "target"]
+    one = GIB
+    for cond, label in (("u", "uncapped"), ("c", f"capped {cap} MB/s/conn")):
+        ref = f"cold.{cond}.curl"
+        rname = f"curl, {label}"
+        row(f"cold 1 GiB, {label}: curl (1 stream)", ref, None, None, one)
+        tgt = 0.8 if cond == "u" else 4
+        row(f"cold 1 GiB, {label}: **modelfs** dd", f"cold.{cond}.modelfs", ref, rname, one, tgt)
+        row(f"cold 1 GiB, {label}: hf_hub_download", f"cold.{cond}.hf", ref, rname, one)
+        row(f"cold 1 GiB, {label}: rclone mount (vfs full)", f"cold.{cond}.rclone", ref, rname,
+            one)
+        row(f"cold 1 GiB, {label}: **modelfs** vs hf_hub_download", f"cold.{cond}.modelfs",
+            f"cold.{cond}.hf", "hf_hub_download", one, 1 if cond == "c" else None)
+        row(f"cold 1 GiB, {label}: **modelfs** vs rclone", f"cold.{cond}.modelfs",
+            f"cold.{cond}.rclone", "rclone mount", one, 1 if cond == "c" else None)
+        row(f"last 4 KiB of cold 1 GiB, {label}: **modelfs** dd", f"last4k.{cond}.modelfs",
+            f"cold.{cond}.hf", "hf_hub_download (whole file)", None, 100)
+    for state, label, tgt in (("store", "page cache dropped", 0.7), ("hot", "page cache hot", 0.9)):
+        row(f"warm 1 GiB, {label}: plain file dd", f"warm.{state}.plain", None, None, one)
+        row(f"warm 1 GiB, {label}: **modelfs** dd", f"warm.{state}.modelfs",
+            f"warm.{state}.plain", "plain file", one, tgt)
+    npread = meta.get("pread_count", "?")
+    for state, label in (("store", "page cache dropped"), ("hot", "page cache hot")):
+        row(f"{npread} random 4 KiB preads, {label}: plain file", f"pread.{state}.plain", None,
+            None)
+        row(f"{npread} random 4 KiB preads, {label}: **modelfs**", f"pread.{state}.modelfs",
+            f"pread.{state}.plain", "plain file")
+        row(f"mmap, touch every page of 1 GiB, {label}: plain file", f"mmap.{state}.plain",
+            None, None, one)
+        row(f"mmap, touch every page of 1 GiB, {label}: **modelfs**", f"mmap.{state}.modelfs",
+            f"mmap.{state}.plain", "plain file", one)
+    nfiles = meta.get("tree_files", "?")
+    for state, label in (("fresh", "fresh mount / caches dropped"), ("hot", "repeated")):
+        row(f"`ls -lR` {nfiles}-file repo, {label}: on disk", f"lsR.{state}.native", None, None)
+        row(f"`ls -lR` {nfiles}-file repo, {label}: **modelfs**", f"lsR.{state}.modelfs",
+            f"lsR.{state}.native", "on disk", None, 0.5)
+        row(f"`stat` every file, {label}: on disk", f"stat.{state}.native", None, None)
+        row(f"`stat` every file, {label}: **modelfs**", f"stat.{state}.modelfs",
+            f"stat.{state}.native", "on disk")
+
+    out = ["| " + " | ".join(rows_head) + " |", "|" + "---|" * len(rows_head)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+
+    # Peak memory is not a time: its own small table.
+    out.append("")
+    out.append("| Daemon memory while streaming 1 GiB cold | median | max | n | target |")
+    out.append("|---|---|---|---|---|")
+    for cond, label in (("u", "uncapped"), ("c", "capped")):
+        for key, what in (("hwm", "VmHWM (peak RSS, incl. mapped store pages)"),
+                          ("anon", "peak RssAnon (sampled every 50 ms)")):
+            v = vals.get(f"rss.{cond}.{key}")
+            if not v:
+                continue
+            m, mx = statistics.median(v) / 1024, max(v) / 1024
+            tgt = ""
+            if key == "hwm":
+                tgt = "≤ 128 MiB → " + ("yes" if mx <= 128 else "**no**")
+            out.append(f"| {what}, {label} | {m:.0f} MiB | {mx:.0f} MiB | {len(v)} | {tgt} |")
+    notes = [v for k, v in sorted(meta.items()) if k.startswith("note")]
+    if notes:
+        out.append("")
+        out += [f"- {n}" for n in notes]
+    print("\n".join(out))
+
+
+def main(argv):
+    if len(argv) < 2:
+        raise SystemExit(__doc__)
+    cmd, args = argv[1], argv[2:]
+    if cmd == "gen-tree":
+        gen_tree(args[0], int(args[1]), int(args[2]))
+    elif cmd == "pread":
+        print(f"{pread(args[0], int(args[1]), int(args[2])):.6f}")
+    elif cmd == "mmap":
+        print(f"{mmap_read(args[0]):.6f}")
+    elif cmd == "stat":
+        print(f"{stat_all(args[0], args[1]):.6f}")
+    elif cmd == "hf-download":
+        print(f"{hf_download(*args[:4]):.6f}")
+    elif cmd == "report":
+        report(args[0])
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
