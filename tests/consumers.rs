@@ -3,14 +3,16 @@
 //! external-data model through its quant view, gguf's memory-mapping reader, and safetensors
 //! and tokenizers on the files of sentence-transformers/all-MiniLM-L6-v2
 //! (tests/python/consumers.py does the loading and comparing; llama.cpp has its own script,
-//! scripts/llama_cpp_check.sh, because building it does not fit CI).
+//! scripts/llama_cpp_check.sh, because llama-cpp-python builds llama.cpp from source, ~20
+//! minutes on 2 cores).
 //!
 //! Each consumer runs three times over one store: cold (empty store, lazy fetch from the mock
 //! Hub), then after a remount with the mock Hub stopped, once as if the network were down and
 //! once with `--offline`. The stopped mock is the proof that the second and third runs fetched
 //! nothing: any byte not in the store would be an `EIO` and the consumer would fail. After the
-//! cold run every file's `user.modelfs.cached_bytes` is recorded against its size, which is
-//! what a consumer actually read (to the chunk) and so the saving of fetching lazily.
+//! cold run every file's `user.modelfs.cached_bytes` is recorded against its size: what the
+//! consumer's reads fetched (whole chunks, plus modelfs's read-ahead when it reads
+//! sequentially), and so the saving of fetching lazily.
 //!
 //! The tests never skip: a missing Python package fails with a message to run
 //! scripts/setup.sh.
@@ -71,6 +73,7 @@ fn python(args: &[&str], context: impl Fn() -> String) -> String {
     };
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
     match status {
         Some(s) if s.success() => stdout,
         Some(s) => panic!(
@@ -187,13 +190,12 @@ fn bytes_str(n: u64) -> String {
 
 fn row(report: &mut String, who: &str, what: &str, read: u64, size: u64, note: &str) {
     let pct = if size == 0 { 100.0 } else { 100.0 * read as f64 / size as f64 };
-    writeln!(
-        report,
+    let line = format!(
         "  {who:<12} {what:<42} {:>12} of {:>12} B {pct:>6.1}%  {note}",
         bytes_str(read),
         bytes_str(size)
-    )
-    .unwrap();
+    );
+    writeln!(report, "{}", line.trim_end()).unwrap();
 }
 
 fn run_checks(m: &Mounted, repo: &str, checks: &[Check], hub_dir: &Path, run: &str) -> Vec<String> {
@@ -245,7 +247,8 @@ fn consumers_read_through_the_mount(case: Case) {
             let want = if check.reads.contains(&f.as_str()) { c.size } else { before[f].cached };
             assert_eq!(c.cached, want, "{}: cached bytes of {f} after the cold run", check.check);
         }
-        // Half-way through (header only), whole chunks were still unfetched.
+        // Half-way through (header only), whole chunks were still unfetched, read-ahead
+        // included (the script waits for the figure to settle before printing it).
         for (what, c, s) in probes(out) {
             assert!(c > 0 && c < s, "{}: probe {what} read {c} of {s} bytes", check.check);
             row(&mut report, check.check, &what, c, s, "");
@@ -313,6 +316,10 @@ fn consumers_read_through_the_mount(case: Case) {
         assert!(m.stop().success());
     }
     assert_eq!(hub.requests().len(), requests, "a stopped mock Hub answered");
+    // Passed: the ~100 MiB of fixtures and store are not worth keeping for inspection.
+    drop(hub);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&store);
 }
 
 #[test]

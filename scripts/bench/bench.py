@@ -205,11 +205,11 @@ def report(path):
 
     # Peak memory is not a time: its own small table.
     out.append("")
-    out.append("| Daemon memory while streaming 1 GiB cold | median | max | n | target |")
+    out.append("| While streaming 1 GiB cold through modelfs | median | max | n | target |")
     out.append("|---|---|---|---|---|")
     for cond, label in (("u", "uncapped"), ("c", "capped")):
         for key, what in (("hwm", "VmHWM (peak RSS, incl. mapped store pages)"),
-                          ("anon", "peak RssAnon (sampled every 50 ms)")):
+                          ("anon", "peak RssAnon (sampled every ~0.1 s)")):
             v = vals.get(f"rss.{cond}.{key}")
             if not v:
                 continue
@@ -218,6 +218,14 @@ def report(path):
             if key == "hwm":
                 tgt = "≤ 128 MiB → " + ("yes" if mx <= 128 else "**no**")
             out.append(f"| {what}, {label} | {m:.0f} MiB | {mx:.0f} MiB | {len(v)} | {tgt} |")
+    for cond, label in (("u", "uncapped"), ("c", "capped")):
+        reqs, sent = vals.get(f"cdn.{cond}.requests"), vals.get(f"cdn.{cond}.bytes")
+        if reqs and sent:
+            out.append(
+                f"| CDN requests per cold 1 GiB read through modelfs, {label} | "
+                f"{statistics.median(reqs):.0f} | {max(reqs):.0f} | {len(reqs)} | "
+                f"bytes sent {statistics.median(sent) / GIB:.3f}× the file |"
+            )
     notes = [v for k, v in sorted(meta.items()) if k.startswith("note")]
     if notes:
         out.append("")

