@@ -126,7 +126,9 @@ record meta.tree_files "$TREE_FILES"
 # ---------------------------------------------------------------------------------------------
 
 STAMP="$DATA/.stamp"
-STAMP_WANT="v1 seed=$SEED big=$BIG_SIZE tree=$TREE_FILES $(sha256sum "$HELPER" | cut -c1-16)"
+# Bump GEN_VERSION when the generator (here or `gen_tree` in bench.py) changes its output.
+GEN_VERSION=1
+STAMP_WANT="v$GEN_VERSION seed=$SEED big=$BIG_SIZE tree=$TREE_FILES"
 if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$STAMP_WANT" ]; then
     log "generating data in $DATA (seed $SEED): 1 GiB file, $TREE_FILES-file tree"
     rm -rf "$DATA"

@@ -25,7 +25,8 @@ PAGE = 4096
 
 
 def gen_tree(root, seed, count):
-    """COUNT small files, 10 top-level dirs x 10 subdirs, sizes 200 B .. 16 KiB.
+    """COUNT small files, 10 top-level dirs x 10 subdirs, sizes 200 B .. 16 KiB. (Changing
+    what this writes needs GEN_VERSION in bench.sh bumped, or old data is reused.)
 
     Shaped like the non-weight part of a big repo (configs, tokenizers, per-layer shards
     of metadata): many small git files in nested folders."""
