@@ -37,9 +37,9 @@ pub const DEFAULT_REVISION: &str = "main";
 /// what they list is not cached by the kernel).
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// How long the kernel may cache a name below a branch before asking again. Short, so that
-/// once the branch is re-resolved to a new commit, paths show it within a second; the cost is
-/// an in-memory lookup per second per path in use.
+/// How long the kernel may cache a name below a branch whose re-resolution is due: short, so
+/// that once the branch moves, paths show the new commit within a second. Until it is due,
+/// names below a branch are cached for the time left (see `ModelFs::branch_ttl`).
 pub const BRANCH_TTL: Duration = Duration::from_secs(1);
 
 /// Block size reported in `st_blksize`: stdio and `cp` size their buffers by it, and 1 MiB
@@ -338,10 +338,25 @@ impl ModelFs {
                     Some(Node::Repo { rev: Some(rev), .. }) if names::is_commit(rev) => {
                         IMMUTABLE_TTL
                     }
+                    Some(Node::Repo { repo, rev }) => self.branch_ttl(repo, rev.as_deref()),
                     _ => BRANCH_TTL,
                 }
             }
         }
+    }
+
+    /// Below a branch, a name cannot point elsewhere before the branch is re-resolved, so the
+    /// kernel may cache it until then; [`BRANCH_TTL`] once that time has come (or while a
+    /// resolution is running), so the new commit shows within a second of being resolved.
+    fn branch_ttl(&self, repo: &RepoId, rev: Option<&str>) -> Duration {
+        let rev = rev.unwrap_or(DEFAULT_REVISION);
+        let slot = lock(&self.slots).get(&(repo.clone(), rev.to_string())).cloned();
+        let remaining = slot.and_then(|slot| {
+            let resolved = slot.try_lock().ok()?;
+            let age = resolved.as_ref()?.checked.elapsed();
+            self.config.revalidate.checked_sub(age)
+        });
+        remaining.unwrap_or_default().max(BRANCH_TTL)
     }
 
     fn attr(&self, ino: u64, node: &Node) -> Attr {
