@@ -21,6 +21,11 @@ use crate::hub::{OfflineHub, RangeFetcher, RepoSource};
 use crate::store::mdbx::MdbxStore;
 use crate::store::ChunkStore;
 
+/// How long, after SIGTERM or SIGINT, programs that still have files open may keep reading
+/// before the daemon exits anyway: long enough for a reply in flight and a program closing up,
+/// short enough for systemd's default stop timeout (90 s).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("mountpoint {path}: {source}")]
@@ -96,15 +101,28 @@ pub fn mount(cfg: MountConfig) -> Result<(), DaemonError> {
     options.clone_fd = true;
 
     let adapter = FuseAdapter::new(fs, rt.handle().clone());
-    let mut session = fuser::Session::new(adapter, &mp, &options)
+    let session = fuser::Session::new(adapter, &mp, &options)
         .map_err(|source| DaemonError::Mount { path: mp_str.clone(), source })?;
-    let mut unmounter = session.unmount_callable();
+    let signal_mp = mp.clone();
     rt.spawn(async move {
         wait_for_shutdown_signal().await;
         tracing::info!("signal received, unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::error!(error = %e, "unmount failed");
+        // Detach: the name goes at once, and programs that still have files open keep
+        // reading them; the session ends when the last one is closed.
+        if let Err(e) = umount2(&signal_mp, MntFlags::MNT_DETACH) {
+            tracing::error!(error = %e.desc(), "unmount failed");
         }
+        // Do not wait for them forever (a service manager would kill us and leave the
+        // connection dead): after a grace period, or at a second signal, exit; the kernel
+        // then fails whatever is still open with ENOTCONN.
+        tokio::select! {
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "files still open after unmount; exiting");
+            }
+            _ = wait_for_shutdown_signal() => tracing::warn!("second signal; exiting"),
+        }
+        notify_systemd("STOPPING=1");
+        std::process::exit(0);
     });
     tracing::info!(mountpoint = %mp_str, store = %cfg.store.display(), offline = cfg.offline, "mounted");
     notify_systemd("READY=1");

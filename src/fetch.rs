@@ -34,6 +34,8 @@ pub enum FetchError {
     Timeout(Duration),
     #[error("the Hub sent {got} bytes for chunk {index} of {path}, expected {expected}")]
     WrongLength { path: String, index: u64, got: usize, expected: u64 },
+    #[error("{path} failed verification against the Hub's hash; not served again")]
+    Failed { path: String },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -206,6 +208,14 @@ impl ChunkFetcher {
         file: &FileRef,
         index: u64,
     ) -> Result<Bytes, FetchError> {
+        // A file whose bytes did not match the Hub's hash is an integrity failure (EIO), not
+        // something to fetch and serve again and again (SPEC §3).
+        let store = self.store.clone();
+        let content = file.content();
+        let record = blocking(move || Ok(store.file_record(&content)?)).await?;
+        if record.is_some_and(|r| r.state == FileState::Failed) {
+            return Err(FetchError::Failed { path: file.remote.path.clone() });
+        }
         let cs = self.store.chunk_size();
         let size = file.remote.size;
         let expected = chunk_len(size, cs, index);

@@ -151,9 +151,23 @@ struct Resolved {
     checked: Instant,
 }
 
+/// What one (repo, revision) last resolved to, or why it could not be.
+#[derive(Default)]
+struct SlotState {
+    resolved: Option<Resolved>,
+    /// A failure is remembered for [`FAILED_RESOLVE_TTL`], so that the lookups queued behind a
+    /// failing resolution (and a program retrying a name that does not exist) get its answer
+    /// instead of each asking the Hub and each waiting out the timeout again.
+    failed: Option<(FsError, Instant)>,
+}
+
 /// One resolution slot per (repo, revision). The async mutex makes concurrent lookups of one
 /// repo share one resolution instead of each asking the Hub.
-type Slot = Arc<tokio::sync::Mutex<Option<Resolved>>>;
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
+
+/// How long a failed resolution (unknown repo, Hub down) is the answer before the Hub is
+/// asked again.
+const FAILED_RESOLVE_TTL: Duration = Duration::from_secs(5);
 
 struct Handle {
     file: FileRef,
@@ -352,8 +366,8 @@ impl ModelFs {
         let rev = rev.unwrap_or(DEFAULT_REVISION);
         let slot = lock(&self.slots).get(&(repo.clone(), rev.to_string())).cloned();
         let remaining = slot.and_then(|slot| {
-            let resolved = slot.try_lock().ok()?;
-            let age = resolved.as_ref()?.checked.elapsed();
+            let state = slot.try_lock().ok()?;
+            let age = state.resolved.as_ref()?.checked.elapsed();
             self.config.revalidate.checked_sub(age)
         });
         remaining.unwrap_or_default().max(BRANCH_TTL)
@@ -396,16 +410,31 @@ impl ModelFs {
             let mut slots = lock(&self.slots);
             slots.entry((repo.clone(), rev.to_string())).or_default().clone()
         };
-        let mut resolved = slot.lock().await;
-        if let Some(r) = resolved.as_ref() {
+        let mut state = slot.lock().await;
+        if let Some(r) = state.resolved.as_ref() {
             if names::is_commit(rev) || r.checked.elapsed() < self.config.revalidate {
                 return Ok(r.snap.clone());
             }
         }
-        let previous = resolved.as_ref().map(|r| r.snap.clone());
-        let snap = self.resolve(repo, rev, previous).await?;
-        *resolved = Some(Resolved { snap: snap.clone(), checked: Instant::now() });
-        Ok(snap)
+        if let Some((e, at)) = &state.failed {
+            if at.elapsed() < FAILED_RESOLVE_TTL {
+                return Err(e.clone());
+            }
+        }
+        let previous = state.resolved.as_ref().map(|r| r.snap.clone());
+        match self.resolve(repo, rev, previous).await {
+            Ok(snap) => {
+                *state = SlotState {
+                    resolved: Some(Resolved { snap: snap.clone(), checked: Instant::now() }),
+                    failed: None,
+                };
+                Ok(snap)
+            }
+            Err(e) => {
+                state.failed = Some((e.clone(), Instant::now()));
+                Err(e)
+            }
+        }
     }
 
     async fn resolve(
@@ -433,11 +462,11 @@ impl ModelFs {
         match self.fetch_manifest(repo, rev).await {
             Ok(m) => {
                 if !names::is_commit(rev) {
-                    self.store.put_ref(
-                        repo,
-                        rev,
-                        &RefRecord { commit: m.commit.clone(), resolved_at: now },
-                    )?;
+                    let record = RefRecord { commit: m.commit.clone(), resolved_at: now };
+                    if let Err(e) = self.store.put_ref(repo, rev, &record) {
+                        // Served from memory all the same; only a restart asks the Hub again.
+                        tracing::warn!(repo = %repo, rev, error = %e, "ref not stored");
+                    }
                 }
                 Ok(reuse_or_new(previous, m))
             }
@@ -629,7 +658,11 @@ impl ModelFs {
                 let snap = self.snapshot(repo, rev.as_deref()).await?;
                 out.push(("revision", snap.manifest.commit.clone()));
                 self.push_progress(&snap, &snap.all.files, &mut out)?;
-                out.push(("quants", snap.quants.join(",")));
+                // A repo without quants has no `quants` value (listxattr lists only names
+                // that have one).
+                if !snap.quants.is_empty() {
+                    out.push(("quants", snap.quants.join(",")));
+                }
                 if let Some(tag) = &snap.manifest.pipeline_tag {
                     out.push(("pipeline_tag", tag.clone()));
                 }
@@ -952,6 +985,20 @@ mod tests {
         assert!(matches!(w.fs.read(fh, 0, 10).await, Err(FsError::Io(_))));
         w.hub.set_offline(false);
         assert_eq!(w.fs.read(fh, 0, 10).await.unwrap(), data(1, 10));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_failed_verification_is_eio_and_not_fetched_again() {
+        let w = world(FsConfig::default());
+        let ino = walk(&w.fs, "org/repo/all/onnx/model.onnx").await.unwrap();
+        let content = crate::hub::memory::hub_hash(&data(2, 2500), true).content_id();
+        w.store.put_chunk(&content, 2500, 0, &data(2, 2500)[..1000]).unwrap();
+        w.store.discard_file(&content, FileState::Failed).unwrap();
+        let fh = w.fs.open(ino, false).unwrap();
+        let before = w.hub.fetch_count();
+        assert!(matches!(w.fs.read(fh, 0, 10).await, Err(FsError::Io(_))));
+        assert_eq!(w.hub.fetch_count(), before);
+        assert_eq!(w.fs.getxattr(ino, "user.modelfs.status").await.unwrap(), "failed");
     }
 
     #[tokio::test]

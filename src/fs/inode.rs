@@ -78,9 +78,14 @@ impl InodeTable {
     /// The inode for `key`, creating it with `make` the first time. `key` must identify the
     /// node completely (two keys never name one node, one key never names two).
     pub fn intern(&self, key: String, make: impl FnOnce() -> Node) -> (u64, Arc<Node>) {
-        if let Some(&ino) = self.read().by_key.get(&key) {
-            if let Some(node) = self.read().by_ino.get(&ino) {
-                return (ino, node.clone());
+        {
+            // One guard for both maps: taking a second read lock while holding the first
+            // deadlocks as soon as a writer queues between them.
+            let t = self.read();
+            if let Some(node) =
+                t.by_key.get(&key).and_then(|ino| t.by_ino.get(ino).map(|n| (*ino, n)))
+            {
+                return (node.0, node.1.clone());
             }
         }
         let mut t = self.write();
@@ -170,6 +175,33 @@ mod tests {
         let t2 = InodeTable::new();
         assert_eq!(t2.intern(org_key("org"), || Node::Org { org: "org".into() }).0, a);
         assert!(matches!(*t.get(ROOT_INO).unwrap(), Node::Root));
+    }
+
+    /// Many threads interning new and existing keys at once: finishes (a read lock taken
+    /// twice under a queued writer deadlocks) and agrees on every number.
+    #[test]
+    fn concurrent_interning_neither_deadlocks_nor_disagrees() {
+        let t = std::sync::Arc::new(InodeTable::new());
+        let threads: Vec<_> = (0..8)
+            .map(|n| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    (0..2000)
+                        .map(|i| {
+                            let org = format!("org{}", (i * 7 + n) % 500);
+                            t.intern(org_key(&org), || Node::Org { org: org.clone() }).0
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let results: Vec<Vec<u64>> = threads.into_iter().map(|h| h.join().unwrap()).collect();
+        for (n, inos) in results.iter().enumerate() {
+            for (i, &ino) in inos.iter().enumerate() {
+                let org = format!("org{}", (i * 7 + n) % 500);
+                assert_eq!(t.intern(org_key(&org), || unreachable!()).0, ino);
+            }
+        }
     }
 
     #[test]
