@@ -219,18 +219,43 @@ impl ModelFs {
 
     // ---------------------------------------------------------------- namespace
 
-    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
-        let node = self.node(parent)?;
-        match &*node {
+    /// `lookup`, answered at once where no answer can need the Hub: in the root (any valid
+    /// org name) and inside a view (an in-memory tree). `None`: the parent is an org or a repo
+    /// directory, whose answer may need a resolution; call [`ModelFs::lookup`].
+    pub fn lookup_now(&self, parent: u64, name: &str) -> Option<Result<Entry, FsError>> {
+        let node = match self.node(parent) {
+            Ok(node) => node,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match &*node {
             Node::Root => {
                 if !names::valid_org(name) {
-                    return Err(FsError::NotFound);
+                    return Some(Err(FsError::NotFound));
                 }
                 let (ino, node) = self
                     .inodes
                     .intern(inode::org_key(name), || Node::Org { org: name.to_string() });
                 Ok(self.entry(ino, &node))
             }
+            Node::Dir { repo_ino, snap, view, dir } => snap
+                .view(*view)
+                .and_then(|tree| tree.lookup(*dir, name))
+                .map(|child| {
+                    let (ino, node) = self.child_node(parent, *repo_ino, snap, *view, name, child);
+                    self.entry(ino, &node)
+                })
+                .ok_or(FsError::NotFound),
+            Node::File { .. } => Err(FsError::NotDir),
+            Node::Org { .. } | Node::Repo { .. } => return None,
+        })
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Entry, FsError> {
+        if let Some(answer) = self.lookup_now(parent, name) {
+            return answer;
+        }
+        let node = self.node(parent)?;
+        match &*node {
             Node::Org { org } => {
                 let (repo_name, rev) =
                     names::parse_repo_component(name).ok_or(FsError::NotFound)?;
@@ -249,13 +274,8 @@ impl ModelFs {
                 let (ino, node) = self.view_node(parent, &snap, view, name);
                 Ok(self.entry(ino, &node))
             }
-            Node::Dir { repo_ino, snap, view, dir } => {
-                let tree = snap.view(*view).ok_or(FsError::NotFound)?;
-                let child = tree.lookup(*dir, name).ok_or(FsError::NotFound)?;
-                let (ino, node) = self.child_node(parent, *repo_ino, snap, *view, name, child);
-                Ok(self.entry(ino, &node))
-            }
-            Node::File { .. } => Err(FsError::NotDir),
+            // Answered by `lookup_now`.
+            Node::Root | Node::Dir { .. } | Node::File { .. } => Err(FsError::NotFound),
         }
     }
 
@@ -264,15 +284,42 @@ impl ModelFs {
         Ok(self.entry(ino, &node))
     }
 
+    /// The whole listing of a directory, `.` and `..` first, where no listing can need the
+    /// Hub (everything but a repo directory). `None`: call [`ModelFs::readdir`].
+    pub fn readdir_now(&self, ino: u64) -> Option<Result<Vec<DirEntry>, FsError>> {
+        let node = match self.node(ino) {
+            Ok(node) => node,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Node::Repo { .. } = &*node {
+            return None;
+        }
+        Some(self.list(ino, &node, None))
+    }
+
     /// The whole listing of a directory, `.` and `..` first. The adapter pages through it.
     pub async fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, FsError> {
         let node = self.node(ino)?;
+        let snap = match &*node {
+            Node::Repo { repo, rev } => Some(self.snapshot(repo, rev.as_deref()).await?),
+            _ => None,
+        };
+        self.list(ino, &node, snap)
+    }
+
+    /// List `node`; a repo directory lists the views of `snap`.
+    fn list(
+        &self,
+        ino: u64,
+        node: &Node,
+        snap: Option<Arc<Snapshot>>,
+    ) -> Result<Vec<DirEntry>, FsError> {
         let mut out = vec![
-            DirEntry { name: ".".into(), entry: self.entry(ino, &node) },
+            DirEntry { name: ".".into(), entry: self.entry(ino, node) },
             // The kernel answers `..` itself; the attributes here only need to be a directory's.
-            DirEntry { name: "..".into(), entry: self.entry(ino, &node) },
+            DirEntry { name: "..".into(), entry: self.entry(ino, node) },
         ];
-        match &*node {
+        match node {
             Node::Root => {
                 let orgs: BTreeSet<String> =
                     self.store.repos()?.into_iter().map(|r| r.org).collect();
@@ -291,8 +338,9 @@ impl ModelFs {
                     out.push(DirEntry { entry: self.entry(ino, &node), name });
                 }
             }
-            Node::Repo { repo, rev } => {
-                let snap = self.snapshot(repo, rev.as_deref()).await?;
+            Node::Repo { .. } => {
+                let snap =
+                    snap.ok_or_else(|| FsError::Io("repo listed before it was resolved".into()))?;
                 for (view, name) in snap.view_names() {
                     let (ino, node) = self.view_node(ino, &snap, view, name);
                     out.push(DirEntry { entry: self.entry(ino, &node), name: name.to_string() });
@@ -672,12 +720,6 @@ impl ModelFs {
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> Result<String, FsError> {
-        // Only our namespace can have values: skip the work (and any network) for the
-        // security.* and system.* probes that `ls` and `cp -a` make on every file.
-        if !name.starts_with(XATTR_PREFIX) {
-            self.node(ino)?;
-            return Err(FsError::NoAttr);
-        }
         self.xattrs(ino)
             .await?
             .into_iter()

@@ -17,7 +17,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Attr, DirEntry, FsError, Kind, ModelFs};
+use crate::fs::{Attr, DirEntry, Entry, FsError, Kind, ModelFs, XATTR_PREFIX};
 
 /// Read-ahead the kernel may do on its own (from the page cache's point of view): 1 MiB
 /// requests of an immutable file are never wasted.
@@ -119,16 +119,19 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let Some(name) = utf8(name) else { return reply.error(Errno::ENOENT) };
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            match fs.lookup(parent.0, &name).await {
-                Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
-                Err(e) => {
-                    log_error("lookup", &e);
-                    reply.error(errno(&e))
-                }
+        let answer = |reply: ReplyEntry, result: Result<Entry, FsError>| match result {
+            Ok(e) => reply.entry(&e.ttl, &file_attr(&e.attr), Generation(0)),
+            Err(e) => {
+                log_error("lookup", &e);
+                reply.error(errno(&e))
             }
-        });
+        };
+        // Inside a view (nearly every lookup) the answer is in memory: no task hop.
+        if let Some(result) = self.fs.lookup_now(parent.0, &name) {
+            return answer(reply, result);
+        }
+        let fs = self.fs.clone();
+        self.rt.spawn(async move { answer(reply, fs.lookup(parent.0, &name).await) });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -217,11 +220,10 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            let entries = match fs.readdir(ino.0).await {
+        let answer = move |mut reply: ReplyDirectory, listing: Result<Vec<DirEntry>, FsError>| {
+            let entries = match listing {
                 Ok(entries) => entries,
                 Err(e) => {
                     log_error("readdir", &e);
@@ -239,7 +241,12 @@ impl Filesystem for FuseAdapter {
                 }
             }
             reply.ok();
-        });
+        };
+        if let Some(listing) = self.fs.readdir_now(ino.0) {
+            return answer(reply, listing);
+        }
+        let fs = self.fs.clone();
+        self.rt.spawn(async move { answer(reply, fs.readdir(ino.0).await) });
     }
 
     fn readdirplus(
@@ -248,11 +255,11 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        let fs = self.fs.clone();
-        self.rt.spawn(async move {
-            let entries: Vec<DirEntry> = match fs.readdir(ino.0).await {
+        let answer = move |mut reply: ReplyDirectoryPlus,
+                           listing: Result<Vec<DirEntry>, FsError>| {
+            let entries = match listing {
                 Ok(entries) => entries,
                 Err(e) => {
                     log_error("readdirplus", &e);
@@ -266,7 +273,12 @@ impl Filesystem for FuseAdapter {
                 }
             }
             reply.ok();
-        });
+        };
+        if let Some(listing) = self.fs.readdir_now(ino.0) {
+            return answer(reply, listing);
+        }
+        let fs = self.fs.clone();
+        self.rt.spawn(async move { answer(reply, fs.readdir(ino.0).await) });
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -277,6 +289,14 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = utf8(name) else { return reply.error(Errno::ENODATA) };
+        // `ls -l` and `cp -a` ask every file for security.* and system.* names: answer those
+        // at once, without a task.
+        if !name.starts_with(XATTR_PREFIX) {
+            return match self.fs.getattr(ino.0) {
+                Ok(_) => reply.error(Errno::ENODATA),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.getxattr(ino.0, &name).await {

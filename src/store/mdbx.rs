@@ -488,7 +488,7 @@ impl ChunkStore for MdbxStore {
             // No record: the file was discarded or evicted meanwhile (maybe by another
             // process); there is nothing left to mark.
             if let Some(record) = get_record(txn, &files, content)? {
-                put_record(txn, &files, content, &FileRecord { state, ..record })?;
+                put_record(txn, &files, content, &format::with_state(record, state))?;
             }
             Ok(())
         })
@@ -779,7 +779,13 @@ pub(super) mod format {
         FileRecord {
             size: record.size,
             cached_bytes: cached,
-            state: state_for(cached, record.size),
+            // `Failed` sticks: bytes of a file that did not match its hash once are not
+            // trusted again because more of them arrived.
+            state: if record.state == FileState::Failed {
+                FileState::Failed
+            } else {
+                state_for(cached, record.size)
+            },
             last_access: now,
         }
     }
@@ -797,6 +803,15 @@ pub(super) mod format {
             other => other,
         };
         FileRecord { cached_bytes: record.cached_bytes.saturating_sub(len), state, ..record }
+    }
+
+    /// The record after `set_file_state`: a file is `Verified` only while every byte is
+    /// there (a chunk dropped between hashing and marking leaves it as it was).
+    pub(in crate::store) fn with_state(record: FileRecord, state: FileState) -> FileRecord {
+        if state == FileState::Verified && record.cached_bytes != record.size {
+            return record;
+        }
+        FileRecord { state, ..record }
     }
 
     pub(in crate::store) fn discarded(record: FileRecord, state: FileState) -> FileRecord {
