@@ -279,6 +279,11 @@ impl ModelFs {
         }
     }
 
+    /// Whether `ino` is a directory inside a view: its listing is fixed by its commit.
+    pub fn is_commit_pinned_dir(&self, ino: u64) -> bool {
+        matches!(self.inodes.get(ino).as_deref(), Some(Node::Dir { .. }))
+    }
+
     pub fn getattr(&self, ino: u64) -> Result<Entry, FsError> {
         let node = self.node(ino)?;
         Ok(self.entry(ino, &node))

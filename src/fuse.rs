@@ -100,8 +100,11 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Best effort: each is an optimisation the kernel may not offer.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        // Best effort: each is an optimisation the kernel may not offer. FUSE_POSIX_ACL makes
+        // the kernel cache "no ACL" per inode, so `ls -l` stops asking the daemon for
+        // system.posix_acl_* on every file, every time.
+        let wanted = InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
@@ -208,6 +211,10 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.getattr(ino.0) {
+            // A view's directories belong to one commit and never change: let the kernel
+            // keep their listings, so a repeated `ls -R` does not reach the daemon.
+            Ok(e) if e.attr.kind == Kind::Dir && self.fs.is_commit_pinned_dir(ino.0) => reply
+                .opened(FileHandle(0), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Ok(e) if e.attr.kind == Kind::Dir => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(errno(&e)),

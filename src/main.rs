@@ -6,7 +6,17 @@ use clap::Parser;
 use modelfs::cli::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// Allocations from this size up are mapped and unmapped on their own. glibc otherwise raises
+/// its threshold after the first 8 MiB chunk buffer is freed and then keeps every later one
+/// in its heap, so the daemon's resident memory ratchets up to the peak of all buffers ever
+/// in flight instead of following them down.
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
 fn main() -> ExitCode {
+    // SAFETY: called before any other thread exists; mallopt only sets allocator tunables.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
