@@ -2,7 +2,8 @@
 # Install what modelfs needs to build, run and test on a fresh Debian machine (run as root,
 # or with sudo available). Idempotent: a second run installs nothing.
 #   - fuse3 (fusermount3, /etc/fuse.conf), attr (getfattr), clang + libclang-dev +
-#     pkg-config (libmdbx's bindings are generated with bindgen), python3 + pip;
+#     pkg-config (libmdbx's bindings are generated with bindgen), python3 + pip, systemd
+#     (only for `systemd-analyze verify` of the units in systemd/, in scripts/check_deploy.sh);
 #   - the Python packages the consumer and fidelity tests use (tests/python/requirements.txt);
 #   - rustfmt and clippy for the Rust toolchain already on the machine.
 set -euo pipefail
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 
-packages=(fuse3 attr clang libclang-dev pkg-config python3 python3-pip ca-certificates)
+packages=(fuse3 attr clang libclang-dev pkg-config python3 python3-pip ca-certificates systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,12 +1,20 @@
-//! The command line (SPEC §6): clap definitions, turned into typed configuration. Defaults
-//! that come from the environment (`MODELFS_STORE`, `HF_HUB_OFFLINE`, `XDG_CACHE_HOME`) are
-//! applied here, so the rest of the program sees one resolved value per setting.
+//! The command line (SPEC §6): clap definitions, merged with the environment and the
+//! configuration file ([`crate::config`]) into typed configuration, so the rest of the program
+//! sees one resolved value per setting.
+//!
+//! Precedence, for every setting: a flag given on the command line, else the environment
+//! variable that sets it (only `MODELFS_STORE`, `HF_ENDPOINT`, `HF_HUB_OFFLINE`, `RUST_LOG`
+//! exist), else the configuration file, else the built-in default. To tell "given" from
+//! "defaulted", flags with a value are `Option`s and the defaults are applied here, after the
+//! merge, never by clap.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{ConfigFile, LiveSettings, Loaded, LogFormat, RepoEntry};
 use crate::store::DEFAULT_CHUNK_SIZE;
 
 #[derive(Parser, Debug)]
@@ -27,50 +35,168 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a modelfs mount (also clears a mount left by a killed daemon).
     Unmount { mountpoint: PathBuf },
+    /// Download a repo (or some quants of it) into the store now, with progress bars. Works
+    /// while a daemon serves the same store; its progress shows in the mount's xattrs.
+    Pull(PullArgs),
+    /// What the store holds: repos, revisions, quants, cached/total bytes and state.
+    Status(StatusArgs),
+    /// Re-check the sha256 (or git blob id) of every complete file in the store.
+    Verify(VerifyArgs),
+    /// Evict least recently used files until the store is under its bound.
+    Gc(GcArgs),
+}
+
+/// Options every store command shares.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Chunk store directory [default: $MODELFS_STORE, else $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Configuration file [default: /etc/modelfs/config.toml when present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PullArgs {
+    /// ORG/REPO or ORG/REPO@REV.
+    pub repo: String,
+    /// Only the files of this quant view (repeatable), e.g. q4f16 or Q4_K_M.
+    #[arg(long)]
+    pub quant: Vec<String>,
+    /// Only files whose repo path matches this glob (repeatable), e.g. '*.json'. As in
+    /// huggingface_hub's allow_patterns, `*` also matches `/`, and 'dir/' means 'dir/*'.
+    /// With --quant, only files of those views that match.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Hub endpoint [default: $HF_ENDPOINT, else https://huggingface.co].
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Most chunk fetches in flight at once (each holds one chunk in memory until stored).
+    #[arg(long, default_value_t = 16)]
+    pub max_connections: usize,
+    /// Seconds a fetch may wait for the Hub, retries included.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub read_timeout: u64,
+    /// Chunk size if this pull creates the store (an existing store keeps its own), e.g. 8M.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// ORG/REPO or ORG/REPO@REV; every repo in the store when absent.
+    pub repo: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// ORG/REPO or ORG/REPO@REV; every complete file in the store when absent.
+    pub repo: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GcArgs {
+    /// Evict until the store holds at most this many bytes, e.g. 50G [default: the
+    /// config file's max_cache_size].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_cache_size: Option<u64>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct MountArgs {
     /// Where to mount, e.g. /models. Created if missing.
     pub mountpoint: PathBuf,
-    /// Chunk store directory [default: $MODELFS_STORE, else $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
-    #[arg(long)]
+    /// Configuration file: defaults for every flag below, and repos to pin and pre-pull
+    /// [default: /etc/modelfs/config.toml when present]. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Chunk store directory [default: $MODELFS_STORE, else the config file's `store`, else
+    /// $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
+    #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Hub endpoint [default: $HF_ENDPOINT, else https://huggingface.co].
-    #[arg(long)]
+    /// Hub endpoint [default: $HF_ENDPOINT, else the config file's `endpoint`, else
+    /// https://huggingface.co].
+    #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
-    /// Never contact the Hub: serve what the store has (also set by HF_HUB_OFFLINE=1).
+    /// Never contact the Hub: serve what the store has [default: $HF_HUB_OFFLINE, else the
+    /// config file's `offline`, else off].
     #[arg(long)]
     pub offline: bool,
     /// Let users other than the one who mounted read the mount (FUSE allow_other).
     #[arg(long)]
     pub allow_other: bool,
-    /// Seconds a read may wait for the Hub, retries included, before it fails with EIO.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    pub read_timeout: u64,
-    /// Seconds a resolved branch is trusted before the Hub is asked again.
-    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
-    pub revalidate: u64,
-    /// Chunk size of a NEW store (an existing store keeps its own), e.g. 8M, 4194304.
-    #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE, value_parser = parse_size, value_name = "SIZE")]
-    pub chunk_size: u64,
-    /// Most parallel connections to one host (the Hub, or its CDN).
-    #[arg(long, default_value_t = 16)]
-    pub max_connections: usize,
-    /// Most bytes read-ahead may hold in flight (each parallel fetch buffers one chunk), e.g. 64M.
-    #[arg(long, default_value_t = crate::fetch::DEFAULT_MAX_INFLIGHT_BYTES, value_parser = parse_size, value_name = "SIZE")]
-    pub max_inflight_bytes: u64,
+    /// Seconds a read may wait for the Hub, retries included, before it fails with EIO
+    /// [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    pub read_timeout: Option<u64>,
+    /// Seconds a resolved branch is trusted before the Hub is asked again [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub revalidate: Option<u64>,
+    /// Chunk size of a NEW store (an existing store keeps its own), e.g. 8M, 4194304
+    /// [default: 8M].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub chunk_size: Option<u64>,
+    /// Most parallel connections to one host (the Hub, or its CDN) [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most bytes read-ahead may hold in flight (each parallel fetch buffers one chunk), e.g.
+    /// 256M [default: 64M].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_inflight_bytes: Option<u64>,
     /// FUSE worker threads. Reads the store can answer run on them; everything that waits
-    /// for the network runs on the async runtime instead.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
+    /// for the network runs on the async runtime instead [default: 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Keep the store under this many bytes by evicting least recently used whole files
+    /// (open files and pinned repos are never evicted), e.g. 100G. Unbounded when absent.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_cache_size: Option<u64>,
+    /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) over HTTP
+    /// on this address, e.g. 127.0.0.1:9100. Off when absent.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Detach from the terminal once the mount answers, logging to --log-file and writing
+    /// --pid-file.
+    #[arg(long)]
+    pub daemon: bool,
+    /// Stay in the foreground even if the config file says `daemon = true` (for systemd
+    /// `Type=notify` and containers).
+    #[arg(long, conflicts_with = "daemon")]
+    pub foreground: bool,
+    /// Write the daemon's pid here, removed at a clean exit [default with --daemon:
+    /// /run/modelfs/<mountpoint>.pid as root, else $XDG_RUNTIME_DIR/modelfs/<mountpoint>.pid].
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Append the log here instead of standard error; reopened at SIGHUP, for log rotation
+    /// [default with --daemon: <store>/modelfs.log].
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Log line format: text, or json (one object per line) for log collectors
+    /// [default: text]. RUST_LOG (else the config file's `log_filter`) filters.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
 }
 
-/// Everything `mount` needs, resolved.
+/// Everything `mount` needs, resolved: one value per setting, from the command line, else the
+/// environment, else the configuration file, else the built-in default.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
     pub mountpoint: PathBuf,
     pub store: PathBuf,
+    /// `None`: the Hub client takes `$HF_ENDPOINT`, else its default (it warns about an
+    /// unusable `$HF_ENDPOINT` and falls back, as huggingface_hub does).
     pub endpoint: Option<String>,
     pub offline: bool,
     pub allow_other: bool,
@@ -80,24 +206,291 @@ pub struct MountConfig {
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
     pub threads: usize,
+    pub max_cache_size: Option<u64>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub daemon: bool,
+    pub pid_file: Option<PathBuf>,
+    /// Where the log goes instead of standard error.
+    pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
+    /// The log filter (`RUST_LOG` syntax): `$RUST_LOG`, else the file's `log_filter`, else `info`.
+    pub log_filter: String,
+    /// Repos whose files eviction never removes (config `[[repo]] pin = true`).
+    pub pinned: Vec<crate::manifest::RepoId>,
+    /// Every `[[repo]]` entry of the configuration file, in file order. Those with
+    /// `pull_on_start` are listed by [`MountConfig::pull_on_start`].
+    pub repos: Vec<RepoEntry>,
+    /// The configuration file read, if any.
+    pub config_file: Option<PathBuf>,
+    /// The command line this was resolved from, to resolve again at SIGHUP: flags keep
+    /// winning over the reloaded file.
+    pub(crate) args: MountArgs,
 }
 
 impl MountArgs {
-    pub fn resolve(self, env: impl Fn(&str) -> Option<String>) -> MountConfig {
+    /// Read the configuration file (`--config`, else the default one when present) and merge.
+    pub fn resolve(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<MountConfig, crate::config::ConfigError> {
+        let args = self.absolute();
+        let loaded = crate::config::load(args.config.as_deref())?;
+        Ok(args.resolve_with(loaded, env, nix::unistd::geteuid().is_root()))
+    }
+
+    /// Relative paths are made absolute now: a daemon changes directory to `/`, and a reload
+    /// must find the same files.
+    fn absolute(mut self) -> Self {
+        for p in [&mut self.config, &mut self.store, &mut self.pid_file, &mut self.log_file]
+            .into_iter()
+            .flatten()
+            .chain([&mut self.mountpoint])
+        {
+            *p = absolute(p);
+        }
+        self
+    }
+
+    /// Merge with an already read configuration file: flag > environment > file > default.
+    pub fn resolve_with(
+        self,
+        loaded: Option<Loaded>,
+        env: impl Fn(&str) -> Option<String>,
+        root: bool,
+    ) -> MountConfig {
+        let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
+        let (config_file, f) = match loaded {
+            Some(l) => (Some(l.path), l.file),
+            None => (None, ConfigFile::default()),
+        };
+        let store = absolute(
+            &self
+                .store
+                .clone()
+                .or_else(|| nonempty("MODELFS_STORE").map(PathBuf::from))
+                .or(f.store)
+                .unwrap_or_else(|| default_store(&env)),
+        );
+        // A set HF_ENDPOINT is left to the Hub client, which knows how to read it.
+        let endpoint = self.endpoint.clone().or_else(|| {
+            if nonempty("HF_ENDPOINT").is_some() {
+                None
+            } else {
+                f.endpoint
+            }
+        });
+        // A switch on the command line can only say "on"; HF_HUB_OFFLINE=0 can say "off",
+        // and then overrides an `offline = true` in the file.
+        let offline = self.offline
+            || nonempty("HF_HUB_OFFLINE").map(|v| truthy(&v)).or(f.offline).unwrap_or(false);
+        let daemon = !self.foreground && (self.daemon || f.daemon.unwrap_or(false));
+        let pid_file = self
+            .pid_file
+            .clone()
+            .or(f.pid_file)
+            .or_else(|| daemon.then(|| default_pid_file(&self.mountpoint, &store, root, &env)));
+        let log_file = self
+            .log_file
+            .clone()
+            .or(f.log_file)
+            .or_else(|| daemon.then(|| store.join(DEFAULT_LOG_FILE_NAME)));
+        let log_filter = env("RUST_LOG")
+            .filter(|v| tracing_subscriber::EnvFilter::builder().parse(v).is_ok())
+            .or(f.log_filter)
+            .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
+        let pinned = f.repos.iter().filter(|r| r.pin).map(|r| r.id.clone()).collect();
         MountConfig {
-            store: self.store.unwrap_or_else(|| default_store(&env)),
-            offline: self.offline || env("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
-            mountpoint: self.mountpoint,
-            endpoint: self.endpoint,
-            allow_other: self.allow_other,
-            read_timeout: Duration::from_secs(self.read_timeout.max(1)),
-            revalidate: Duration::from_secs(self.revalidate),
-            chunk_size: self.chunk_size,
-            max_connections: self.max_connections.max(1),
-            max_inflight_bytes: self.max_inflight_bytes,
-            threads: self.threads.max(1),
+            mountpoint: self.mountpoint.clone(),
+            endpoint,
+            offline,
+            allow_other: self.allow_other || f.allow_other.unwrap_or(false),
+            read_timeout: Duration::from_secs(
+                self.read_timeout.or(f.read_timeout).unwrap_or(DEFAULT_READ_TIMEOUT_SECS).max(1),
+            ),
+            revalidate: Duration::from_secs(
+                self.revalidate.or(f.revalidate).unwrap_or(DEFAULT_REVALIDATE_SECS),
+            ),
+            chunk_size: self.chunk_size.or(f.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE),
+            max_connections: self
+                .max_connections
+                .or(f.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            max_inflight_bytes: self
+                .max_inflight_bytes
+                .or(f.max_inflight_bytes)
+                .unwrap_or(crate::fetch::DEFAULT_MAX_INFLIGHT_BYTES),
+            threads: self.threads.or(f.threads).unwrap_or(DEFAULT_THREADS).max(1),
+            max_cache_size: self.max_cache_size.or(f.max_cache_size),
+            metrics_addr: self.metrics_addr.or(f.metrics_addr),
+            daemon,
+            pid_file,
+            log_file,
+            log_format: self.log_format.or(f.log_format).unwrap_or_default(),
+            log_filter,
+            pinned,
+            repos: f.repos,
+            config_file,
+            store,
+            args: self,
         }
     }
+}
+
+impl MountConfig {
+    /// The `[[repo]]` entries to download when the mount starts.
+    pub fn pull_on_start(&self) -> impl Iterator<Item = &RepoEntry> {
+        self.repos.iter().filter(|r| r.pull_on_start)
+    }
+
+    /// Resolve again from the same command line and environment, re-reading the file.
+    pub fn reload(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<MountConfig, crate::config::ConfigError> {
+        self.args.clone().resolve(env)
+    }
+
+    /// The settings a running mount applies at SIGHUP.
+    pub fn live_settings(&self) -> LiveSettings {
+        LiveSettings {
+            max_cache_size: self.max_cache_size,
+            pinned: self.pinned.clone(),
+            log_filter: self.log_filter.clone(),
+        }
+    }
+
+    /// The names (config keys) of the settings that differ in `new` but take effect only at
+    /// the next start.
+    pub fn needs_restart(&self, new: &MountConfig) -> Vec<&'static str> {
+        let pulls = |c: &MountConfig| c.pull_on_start().cloned().collect::<Vec<_>>();
+        [
+            ("store", self.store != new.store),
+            ("endpoint", self.endpoint != new.endpoint),
+            ("offline", self.offline != new.offline),
+            ("allow_other", self.allow_other != new.allow_other),
+            ("read_timeout", self.read_timeout != new.read_timeout),
+            ("revalidate", self.revalidate != new.revalidate),
+            ("chunk_size", self.chunk_size != new.chunk_size),
+            ("max_connections", self.max_connections != new.max_connections),
+            ("max_inflight_bytes", self.max_inflight_bytes != new.max_inflight_bytes),
+            ("threads", self.threads != new.threads),
+            ("metrics_addr", self.metrics_addr != new.metrics_addr),
+            ("daemon", self.daemon != new.daemon),
+            ("pid_file", self.pid_file != new.pid_file),
+            ("log_file", self.log_file != new.log_file),
+            ("log_format", self.log_format != new.log_format),
+            ("repo.pull_on_start", pulls(self) != pulls(new)),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+impl StoreArgs {
+    /// The store and the configuration file for a store command: `--store`, else
+    /// `$MODELFS_STORE`, else the file's `store`, else the default directory.
+    pub fn resolve(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<StoreConfig, crate::config::ConfigError> {
+        let loaded = crate::config::load(self.config.as_deref())?;
+        Ok(self.resolve_with(loaded, env))
+    }
+
+    pub fn resolve_with(
+        &self,
+        loaded: Option<Loaded>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> StoreConfig {
+        let file = loaded.map(|l| l.file).unwrap_or_default();
+        let store = self
+            .store
+            .clone()
+            .or_else(|| env("MODELFS_STORE").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(|| file.store.clone())
+            .unwrap_or_else(|| default_store(&env));
+        StoreConfig { store, file }
+    }
+}
+
+/// What a store command resolved: the store, and the configuration file's settings (all
+/// `None` without a file) for the command to merge with its own flags, flags first.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub store: PathBuf,
+    pub file: ConfigFile,
+}
+
+impl StoreConfig {
+    /// Repos the file pins against eviction.
+    pub fn pinned(&self) -> Vec<crate::manifest::RepoId> {
+        self.file.repos.iter().filter(|r| r.pin).map(|r| r.id.clone()).collect()
+    }
+}
+
+/// The daemon's log, next to the store it serves, when `--daemon` has no `--log-file`.
+pub const DEFAULT_LOG_FILE_NAME: &str = "modelfs.log";
+/// What is logged without `RUST_LOG` or `log_filter`: starts, stops, warnings and errors.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+/// A cold chunk on a slow link, with a few retries, fits in a minute.
+const DEFAULT_READ_TIMEOUT_SECS: u64 = 60;
+/// Ten minutes: a branch moves rarely, and each revalidation is a Hub request per repo.
+const DEFAULT_REVALIDATE_SECS: u64 = 600;
+/// The Hub's CDN serves one connection at tens of MB/s; 16 saturate a 10 Gb/s link.
+const DEFAULT_MAX_CONNECTIONS: usize = 16;
+/// Enough for a few programs reading cached files at once; network waits are not on them.
+const DEFAULT_THREADS: usize = 4;
+
+/// Where the pid file of a daemon mounted at `mountpoint` goes when none is given:
+/// `/run/modelfs/` as root, else `$XDG_RUNTIME_DIR/modelfs/` (both cleared at boot, so a
+/// stale pid never outlives a reboot), else the store directory.
+pub fn default_pid_file(
+    mountpoint: &std::path::Path,
+    store: &std::path::Path,
+    root: bool,
+    env: &impl Fn(&str) -> Option<String>,
+) -> PathBuf {
+    let name = format!("{}.pid", escape_path(mountpoint));
+    if root {
+        return PathBuf::from("/run/modelfs").join(name);
+    }
+    match env("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("modelfs").join(name),
+        None => store.join(name),
+    }
+}
+
+/// A path as one file name, the way `systemd-escape --path` writes it (`/models/a` →
+/// `models-a`, `/` → `-`), so that the unit instance name and the pid file agree.
+pub fn escape_path(path: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    let trimmed: Vec<&[u8]> =
+        bytes.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    if trimmed.is_empty() {
+        return "-".into();
+    }
+    let mut out = String::new();
+    for (i, component) in trimmed.iter().enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        for (j, &b) in component.iter().enumerate() {
+            let plain = b.is_ascii_alphanumeric() || b == b'_' || (b == b'.' && (i, j) != (0, 0));
+            if plain {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
+            }
+        }
+    }
+    out
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// `$MODELFS_STORE`, else `$XDG_CACHE_HOME/modelfs`, else `~/.cache/modelfs` (SPEC §4).
@@ -138,6 +531,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn sizes() {
@@ -165,13 +559,236 @@ mod tests {
         assert_eq!(default_store(&home), PathBuf::from("/h/.cache/modelfs"));
     }
 
+    type Env<'a> = &'a [(&'a str, &'a str)];
+
+    fn env_of(pairs: Env<'_>) -> impl Fn(&str) -> Option<String> + '_ {
+        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+    }
+
+    fn file(text: &str) -> Option<Loaded> {
+        let path = PathBuf::from("/etc/modelfs/config.toml");
+        Some(Loaded { file: crate::config::parse(text, &path).unwrap(), path })
+    }
+
+    fn resolve(args: &[&str], text: Option<&str>, env: Env<'_>) -> MountConfig {
+        MountArgs::try_parse_from_mount(args).resolve_with(text.and_then(file), env_of(env), false)
+    }
+
     #[test]
     fn offline_from_env() {
-        let args = MountArgs::try_parse_from_mount(&["/m"]);
-        let cfg = args.clone().resolve(|k| (k == "HF_HUB_OFFLINE").then(|| "1".to_string()));
-        assert!(cfg.offline);
-        let cfg = args.resolve(|k| (k == "HF_HUB_OFFLINE").then(|| "0".to_string()));
-        assert!(!cfg.offline);
+        let on = [("HF_HUB_OFFLINE", "1")];
+        let off = [("HF_HUB_OFFLINE", "0")];
+        assert!(resolve(&["/m"], None, &on).offline);
+        assert!(!resolve(&["/m"], None, &off).offline);
+        assert!(!resolve(&["/m"], None, &[]).offline);
+    }
+
+    #[test]
+    fn built_in_defaults() {
+        let c = resolve(&["/m"], None, &[("HOME", "/h")]);
+        assert_eq!(c.mountpoint, PathBuf::from("/m"));
+        assert_eq!(c.store, PathBuf::from("/h/.cache/modelfs"));
+        assert_eq!(c.endpoint, None);
+        assert!(!c.offline && !c.allow_other && !c.daemon);
+        assert_eq!(c.read_timeout, Duration::from_secs(60));
+        assert_eq!(c.revalidate, Duration::from_secs(600));
+        assert_eq!(c.chunk_size, DEFAULT_CHUNK_SIZE);
+        assert_eq!(c.max_connections, 16);
+        assert_eq!(c.max_inflight_bytes, crate::fetch::DEFAULT_MAX_INFLIGHT_BYTES);
+        assert_eq!(c.threads, 4);
+        assert_eq!(c.max_cache_size, None);
+        assert_eq!(c.metrics_addr, None);
+        assert_eq!((c.pid_file, c.log_file), (None, None));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.log_filter, "info");
+        assert!(c.pinned.is_empty() && c.repos.is_empty());
+        assert_eq!(c.config_file, None);
+    }
+
+    const FULL: &str = r#"
+        store = "/file/store"
+        endpoint = "http://file:1"
+        offline = true
+        allow_other = true
+        read_timeout = 5
+        revalidate = 7
+        chunk_size = "1M"
+        max_connections = 3
+        max_inflight_bytes = "32M"
+        threads = 9
+        max_cache_size = "2G"
+        metrics_addr = "127.0.0.1:9100"
+        daemon = true
+        pid_file = "/file/m.pid"
+        log_file = "/file/m.log"
+        log_format = "json"
+        log_filter = "modelfs=trace"
+        [[repo]]
+        id = "o/pinned"
+        pin = true
+        [[repo]]
+        id = "o/pulled"
+        quants = ["q4f16"]
+        pull_on_start = true
+    "#;
+
+    #[test]
+    fn file_fills_what_nothing_else_sets() {
+        let c = resolve(&["/m"], Some(FULL), &[("HOME", "/h")]);
+        assert_eq!(c.store, PathBuf::from("/file/store"));
+        assert_eq!(c.endpoint.as_deref(), Some("http://file:1"));
+        assert!(c.offline && c.allow_other && c.daemon);
+        assert_eq!(c.read_timeout, Duration::from_secs(5));
+        assert_eq!(c.revalidate, Duration::from_secs(7));
+        assert_eq!(c.chunk_size, 1 << 20);
+        assert_eq!(c.max_connections, 3);
+        assert_eq!(c.max_inflight_bytes, 32 << 20);
+        assert_eq!(c.threads, 9);
+        assert_eq!(c.max_cache_size, Some(2 << 30));
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.pid_file, Some(PathBuf::from("/file/m.pid")));
+        assert_eq!(c.log_file, Some(PathBuf::from("/file/m.log")));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_filter, "modelfs=trace");
+        assert_eq!(c.pinned, vec![crate::manifest::RepoId::new("o", "pinned")]);
+        let pulls: Vec<_> = c.pull_on_start().map(|r| r.id.to_string()).collect();
+        assert_eq!(pulls, ["o/pulled"]);
+        assert_eq!(c.config_file, Some(PathBuf::from("/etc/modelfs/config.toml")));
+    }
+
+    #[test]
+    fn environment_beats_file() {
+        let env = [
+            ("MODELFS_STORE", "/env/store"),
+            ("HF_ENDPOINT", "http://env:2"),
+            ("HF_HUB_OFFLINE", "0"),
+            ("RUST_LOG", "warn"),
+        ];
+        let c = resolve(&["/m"], Some(FULL), &env);
+        assert_eq!(c.store, PathBuf::from("/env/store"));
+        // Left to the Hub client, which reads HF_ENDPOINT itself.
+        assert_eq!(c.endpoint, None);
+        assert!(!c.offline, "HF_HUB_OFFLINE=0 turns off the file's offline = true");
+        assert_eq!(c.log_filter, "warn");
+        // An empty variable is unset, as huggingface_hub reads them.
+        let empty = [("MODELFS_STORE", ""), ("HF_ENDPOINT", ""), ("HF_HUB_OFFLINE", "")];
+        let c = resolve(&["/m"], Some(FULL), &empty);
+        assert_eq!(c.store, PathBuf::from("/file/store"));
+        assert_eq!(c.endpoint.as_deref(), Some("http://file:1"));
+        assert!(c.offline);
+        // A RUST_LOG that does not parse falls through to the file.
+        let c = resolve(&["/m"], Some(FULL), &[("RUST_LOG", "modelfs=loud")]);
+        assert_eq!(c.log_filter, "modelfs=trace");
+    }
+
+    #[test]
+    fn flags_beat_environment_and_file() {
+        let env = [("MODELFS_STORE", "/env/store"), ("HF_ENDPOINT", "http://env:2")];
+        let flags = [
+            "/m",
+            "--store=/flag/store",
+            "--endpoint=http://flag:3",
+            "--offline",
+            "--read-timeout=11",
+            "--revalidate=0",
+            "--chunk-size=2M",
+            "--max-connections=4",
+            "--max-inflight-bytes=16M",
+            "--threads=1",
+            "--max-cache-size=3G",
+            "--metrics-addr=127.0.0.1:9200",
+            "--pid-file=/flag/m.pid",
+            "--log-file=/flag/m.log",
+            "--log-format=text",
+        ];
+        let c = resolve(&flags, Some(FULL), &env);
+        assert_eq!(c.store, PathBuf::from("/flag/store"));
+        assert_eq!(c.endpoint.as_deref(), Some("http://flag:3"));
+        assert!(c.offline);
+        assert_eq!(c.read_timeout, Duration::from_secs(11));
+        assert_eq!(c.revalidate, Duration::ZERO);
+        assert_eq!(c.chunk_size, 2 << 20);
+        assert_eq!(c.max_connections, 4);
+        assert_eq!(c.max_inflight_bytes, 16 << 20);
+        assert_eq!(c.threads, 1);
+        assert_eq!(c.max_cache_size, Some(3 << 30));
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9200".parse().unwrap()));
+        assert_eq!(c.pid_file, Some(PathBuf::from("/flag/m.pid")));
+        assert_eq!(c.log_file, Some(PathBuf::from("/flag/m.log")));
+        assert_eq!(c.log_format, LogFormat::Text);
+        // --foreground beats the file's daemon = true.
+        assert!(!resolve(&["/m", "--foreground"], Some(FULL), &[]).daemon);
+        assert!(
+            Cli::try_parse_from(["modelfs", "mount", "/m", "--daemon", "--foreground"]).is_err()
+        );
+        // --offline beats HF_HUB_OFFLINE=0.
+        let c = resolve(&["/m", "--offline"], None, &[("HF_HUB_OFFLINE", "0")]);
+        assert!(c.offline);
+    }
+
+    #[test]
+    fn daemon_defaults_its_files() {
+        let env = [("HOME", "/h"), ("XDG_RUNTIME_DIR", "/run/user/7")];
+        let c = resolve(&["/models/x", "--daemon", "--store=/s"], None, &env);
+        assert_eq!(c.log_file, Some(PathBuf::from("/s/modelfs.log")));
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/user/7/modelfs/models-x.pid")));
+        let c = MountArgs::try_parse_from_mount(&["/models", "--daemon", "--store=/s"])
+            .resolve_with(None, env_of(&env), true);
+        assert_eq!(c.pid_file, Some(PathBuf::from("/run/modelfs/models.pid")));
+        let c = resolve(&["/models", "--daemon", "--store=/s"], None, &[]);
+        assert_eq!(c.pid_file, Some(PathBuf::from("/s/models.pid")));
+        // The file's store is where the default log goes.
+        let c = resolve(&["/m", "--daemon"], Some("store = \"/fs\""), &[]);
+        assert_eq!(c.log_file, Some(PathBuf::from("/fs/modelfs.log")));
+    }
+
+    #[test]
+    fn reload_sees_restart_only_changes() {
+        let old = resolve(&["/m", "--threads=2"], Some("max_cache_size = \"1G\"\n"), &[]);
+        let new = resolve(
+            &["/m", "--threads=2"],
+            Some("max_cache_size = \"2G\"\nthreads = 8\nrevalidate = 5\n[[repo]]\nid = \"o/r\"\npin = true\n"),
+            &[],
+        );
+        // threads is set on the command line: the file cannot change it.
+        assert_eq!(old.needs_restart(&new), ["revalidate"]);
+        assert_eq!(new.live_settings().max_cache_size, Some(2 << 30));
+        assert_eq!(new.live_settings().pinned, [crate::manifest::RepoId::new("o", "r")]);
+        assert!(old.needs_restart(&old).is_empty());
+    }
+
+    #[test]
+    fn store_commands_merge_the_same_way() {
+        let args = StoreArgs { store: None, config: None };
+        let f = file("store = \"/fs\"\n[[repo]]\nid = \"o/r\"\npin = true\n");
+        let c = args.resolve_with(f.clone(), env_of(&[("HOME", "/h")]));
+        assert_eq!(c.store, PathBuf::from("/fs"));
+        assert_eq!(c.pinned(), [crate::manifest::RepoId::new("o", "r")]);
+        let c = args.resolve_with(f.clone(), env_of(&[("MODELFS_STORE", "/env")]));
+        assert_eq!(c.store, PathBuf::from("/env"));
+        let flag = StoreArgs { store: Some("/flag".into()), config: None };
+        assert_eq!(
+            flag.resolve_with(f, env_of(&[("MODELFS_STORE", "/env")])).store,
+            PathBuf::from("/flag")
+        );
+    }
+
+    #[test]
+    fn escaping_like_systemd() {
+        assert_eq!(escape_path(Path::new("/models")), "models");
+        assert_eq!(escape_path(Path::new("/")), "-");
+        assert_eq!(escape_path(Path::new("/mnt/my-models/")), "mnt-my\\x2dmodels");
+        assert_eq!(escape_path(Path::new("/.hidden/a.b")), "\\x2ehidden-a.b");
+        assert_eq!(escape_path(Path::new("//a//b")), "a-b");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaped_paths_are_one_safe_name(path in "(/[a-z.\\- ]{0,6}){1,4}") {
+            let e = escape_path(Path::new(&path));
+            proptest::prop_assert!(!e.is_empty() && !e.contains('/') && e != "." && e != "..");
+            proptest::prop_assert!(e.bytes().all(|b| b.is_ascii_graphic()), "{}", e);
+        }
     }
 
     impl MountArgs {

@@ -11,7 +11,7 @@
 //! `spawn_blocking`; no store transaction is ever held across an `.await`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::evict::Evictor;
 use crate::hub::{HubError, RangeFetcher, RemoteFile};
 use crate::manifest::{ContentId, FileHash};
-use crate::store::{chunk_count, chunk_len, ChunkStore, FileState, StoreError};
+use crate::store::{chunk_count, chunk_len, ChunkStore, FileRecord, FileState, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -34,7 +35,7 @@ pub enum FetchError {
     Timeout(Duration),
     #[error("the Hub sent {got} bytes for chunk {index} of {path}, expected {expected}")]
     WrongLength { path: String, index: u64, got: usize, expected: u64 },
-    #[error("{path} failed verification against the Hub's hash; not served again")]
+    #[error("{path} did not match the Hub's hash; marked failed")]
     Failed { path: String },
     #[error("internal: {0}")]
     Internal(String),
@@ -77,6 +78,9 @@ pub struct ChunkFetcher {
     prefetch_slots: Arc<Semaphore>,
     /// Where read-ahead fetches run; the FUSE threads that trigger them are not on the runtime.
     runtime: Option<Handle>,
+    /// Keeps the store under its bound and makes room when it is full; without one a full
+    /// store just stops caching.
+    evictor: OnceLock<Arc<Evictor>>,
 }
 
 /// How far and how wide read-ahead goes.
@@ -129,7 +133,13 @@ impl ChunkFetcher {
             verifying: Mutex::default(),
             prefetch_slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             runtime: Handle::try_current().ok(),
+            evictor: OnceLock::new(),
         })
+    }
+
+    /// Give the fetcher an evictor (once; later calls are ignored).
+    pub fn set_evictor(&self, evictor: Arc<Evictor>) {
+        let _ = self.evictor.set(evictor);
     }
 
     /// Make sure chunks `chunks` of `file` get stored, in the background, at most
@@ -213,50 +223,137 @@ impl ChunkFetcher {
         let store = self.store.clone();
         let content = file.content();
         let record = blocking(move || Ok(store.file_record(&content)?)).await?;
-        if record.is_some_and(|r| r.state == FileState::Failed) {
-            return Err(FetchError::Failed { path: file.remote.path.clone() });
+        if let Some(record) = record.filter(|r| r.state == FileState::Failed) {
+            let age = crate::store::unix_now().saturating_sub(record.last_access);
+            if age < FAILED_RETRY_AFTER.as_secs() {
+                return Err(FetchError::Failed { path: file.remote.path.clone() });
+            }
+            // Long enough ago that the origin may have been fixed: forget the failure and
+            // fetch afresh; the new bytes are checked like any others.
+            tracing::info!(path = %file.remote.path, age, "fetching again a file that failed verification");
+            let (store, content) = (self.store.clone(), file.content());
+            blocking(move || Ok(store.evict_file(&content)?)).await?;
         }
         let cs = self.store.chunk_size();
         let size = file.remote.size;
         let expected = chunk_len(size, cs, index);
         let start = index * cs;
-        let range = start..start + expected;
-        tracing::debug!(repo = %file.remote.repo, path = %file.remote.path, index, "fetching chunk");
-        let bytes =
-            tokio::time::timeout(self.read_timeout, self.origin.fetch_range(&file.remote, range))
-                .await
-                .map_err(|_| FetchError::Timeout(self.read_timeout))??;
-        if bytes.len() as u64 != expected {
-            return Err(FetchError::WrongLength {
-                path: file.remote.path.clone(),
-                index,
-                got: bytes.len(),
-                expected,
-            });
-        }
+        // A chunk that is the whole file is checked against the Hub's hash before anyone sees
+        // it (config, tokenizer and other small files: the ones read whole and at once), and
+        // fetched again on a mismatch; larger files can only be checked once complete.
+        let whole_file = start == 0 && expected == size;
+        let deadline = tokio::time::Instant::now() + self.read_timeout;
+        let mut attempt = 0;
+        let bytes = loop {
+            attempt += 1;
+            tracing::debug!(repo = %file.remote.repo, path = %file.remote.path, index, attempt, "fetching chunk");
+            let bytes = tokio::time::timeout_at(
+                deadline,
+                crate::metrics::get()
+                    .timed_fetch(self.origin.fetch_range(&file.remote, start..start + expected)),
+            )
+            .await
+            .map_err(|_| FetchError::Timeout(self.read_timeout))??;
+            if bytes.len() as u64 != expected {
+                return Err(FetchError::WrongLength {
+                    path: file.remote.path.clone(),
+                    index,
+                    got: bytes.len(),
+                    expected,
+                });
+            }
+            if !whole_file || FileHasher::digest_matches(&file.hash, &bytes) {
+                break bytes;
+            }
+            crate::metrics::get().file_verified(false);
+            tracing::warn!(
+                repo = %file.remote.repo,
+                path = %file.remote.path,
+                attempt,
+                "the Hub sent bytes that do not match the file's hash"
+            );
+            if attempt >= WHOLE_FILE_ATTEMPTS || tokio::time::Instant::now() >= deadline {
+                // As for a larger file found wrong once complete: discarded, `failed`, EIO.
+                let (store, content, data) = (self.store.clone(), file.content(), bytes.clone());
+                blocking(move || {
+                    store.put_chunk(&content, size, index, &data)?;
+                    Ok(store.discard_file(&content, FileState::Failed)?)
+                })
+                .await?;
+                tracing::error!(repo = %file.remote.repo, path = %file.remote.path, "file does not match the Hub's hash; marked failed");
+                return Err(FetchError::Failed { path: file.remote.path.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
+        };
         let store = self.store.clone();
         let content = file.content();
         let data = bytes.clone();
-        let stored = blocking(move || Ok(store.put_chunk(&content, size, index, &data)?)).await;
+        let evictor = self.evictor.get().cloned();
+        let stored = blocking(move || {
+            Ok(store_chunk(&*store, evictor.as_deref(), &content, index, &data, size)?)
+        })
+        .await;
         match stored {
-            Ok(record) if record.state == FileState::Complete => self.spawn_verify(file.clone()),
-            Ok(_) => {}
-            // The bytes are right (length-checked against what was asked); failing to keep them
-            // costs a refetch later, not a failed read now.
-            Err(e) => {
-                tracing::warn!(path = %file.remote.path, index, error = %e, "chunk not stored")
+            Ok(record) => {
+                if record.state == FileState::Complete && whole_file {
+                    // Checked above, before it was served.
+                    crate::metrics::get().file_verified(true);
+                    let (store, content) = (self.store.clone(), file.content());
+                    let marked =
+                        blocking(move || Ok(store.set_file_state(&content, FileState::Verified)?));
+                    if let Err(e) = marked.await {
+                        tracing::warn!(path = %file.remote.path, error = %e, "verified state not stored");
+                    }
+                } else if record.state == FileState::Complete {
+                    self.spawn_verify(file.clone());
+                }
+                if let Some(evictor) = self.evictor.get() {
+                    if evictor.stored(expected) {
+                        let evictor = evictor.clone();
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = evictor.evict_to_bound() {
+                                tracing::error!(error = %e, "eviction pass failed");
+                            }
+                        });
+                    }
+                }
             }
+            // The bytes are right (length-checked against what was asked); failing to keep them
+            // costs a refetch later, not a failed read now: the reader is served from memory.
+            Err(e) => tracing::warn!(
+                path = %file.remote.path,
+                index,
+                error = %e,
+                "chunk not stored; serving it without caching"
+            ),
         }
         Ok(bytes)
     }
 
+    /// Verify `file` in the background if the store holds all of it but has not checked it:
+    /// a daemon killed between the last chunk write and the end of the hash leaves such
+    /// files, and nothing else would check them, since reads of them never miss. Called on
+    /// open, with the file's hash at hand.
+    pub fn verify_if_unchecked(self: &Arc<Self>, file: &FileRef) {
+        match self.store.file_record(&file.content()) {
+            Ok(Some(record)) if record.state == FileState::Complete => {
+                self.spawn_verify(file.clone())
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(path = %file.remote.path, error = %e, "no record to check"),
+        }
+    }
+
     fn spawn_verify(self: &Arc<Self>, file: FileRef) {
+        let Some(rt) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
+            return;
+        };
         let content = file.content();
         if !lock(&self.verifying).insert(content) {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let store = this.store.clone();
             let f = file.clone();
             let outcome = blocking(move || Ok(verify_file(store.as_ref(), &f)?)).await;
@@ -276,6 +373,34 @@ impl ChunkFetcher {
             }
             lock(&this.verifying).remove(&content);
         });
+    }
+}
+
+/// How much a full store makes room for: sixteen default chunks, so that the writes that follow
+/// (read-ahead stores several chunks at once) do not each hit the wall and run a pass.
+const ROOM_ON_FULL: u64 = 16 * crate::store::DEFAULT_CHUNK_SIZE;
+
+/// Store one chunk; when the store is full (map or disk), evict least recently used files and
+/// try once more. `Err(Full)` after that means nothing could be evicted.
+fn store_chunk(
+    store: &dyn ChunkStore,
+    evictor: Option<&Evictor>,
+    content: &ContentId,
+    index: u64,
+    data: &[u8],
+    size: u64,
+) -> Result<FileRecord, StoreError> {
+    match store.put_chunk(content, size, index, data) {
+        Err(StoreError::Full) => {
+            let Some(evictor) = evictor else { return Err(StoreError::Full) };
+            match evictor.make_room(ROOM_ON_FULL.max(data.len() as u64)) {
+                Ok(Some(report)) if report.evicted_files == 0 => return Err(StoreError::Full),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "eviction to make room failed"),
+            }
+            store.put_chunk(content, size, index, data)
+        }
+        other => other,
     }
 }
 
@@ -368,11 +493,7 @@ pub fn verify_file(store: &dyn ChunkStore, file: &FileRef) -> Result<Verdict, St
     let content = file.content();
     let cs = store.chunk_size();
     let size = file.remote.size;
-    let mut sha256 = Sha256::new();
-    let mut sha1 = Sha1::new();
-    if let FileHash::Git(_) = file.hash {
-        sha1.update(format!("blob {size}\0").as_bytes());
-    }
+    let mut hasher = FileHasher::new(&file.hash, size);
     let mut buf = Vec::with_capacity(cs as usize);
     for index in 0..chunk_count(size, cs) {
         buf.clear();
@@ -380,21 +501,64 @@ pub fn verify_file(store: &dyn ChunkStore, file: &FileRef) -> Result<Verdict, St
         if !store.read_chunk(&content, index, 0..len, &mut buf)? {
             return Ok(Verdict::Incomplete);
         }
-        match file.hash {
-            FileHash::Lfs(_) => sha256.update(&buf),
-            FileHash::Git(_) => sha1.update(&buf),
-        }
+        hasher.update(&buf);
     }
-    let matches = match file.hash {
-        FileHash::Lfs(want) => <[u8; 32]>::from(sha256.finalize()) == want,
-        FileHash::Git(want) => <[u8; 20]>::from(sha1.finalize()) == want,
-    };
+    let matches = hasher.matches();
+    crate::metrics::get().file_verified(matches);
     if matches {
         store.set_file_state(&content, FileState::Verified)?;
         Ok(Verdict::Match)
     } else {
         store.discard_file(&content, FileState::Failed)?;
         Ok(Verdict::Mismatch)
+    }
+}
+
+/// How long a file that failed verification answers EIO before it is fetched afresh: long
+/// enough that a bad copy on a CDN is not downloaded again and again, short enough that the
+/// mount heals by itself once the origin is fixed (`modelfs pull` clears it at once).
+const FAILED_RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// Fetches of a whole small file whose bytes do not match its hash, before it is marked
+/// `failed`: a CDN edge that served a bad copy once rarely does it three times running.
+const WHOLE_FILE_ATTEMPTS: u32 = 3;
+
+/// The hash the Hub gives a file, computed over its bytes in order: sha256 for LFS files, the
+/// git blob sha1 (`"blob <size>\0"` then the bytes) for files stored in git.
+struct FileHasher {
+    want: FileHash,
+    sha256: Sha256,
+    sha1: Sha1,
+}
+
+impl FileHasher {
+    fn new(want: &FileHash, size: u64) -> Self {
+        let mut sha1 = Sha1::new();
+        if let FileHash::Git(_) = want {
+            sha1.update(format!("blob {size}\0").as_bytes());
+        }
+        Self { want: *want, sha256: Sha256::new(), sha1 }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self.want {
+            FileHash::Lfs(_) => self.sha256.update(bytes),
+            FileHash::Git(_) => self.sha1.update(bytes),
+        }
+    }
+
+    fn matches(self) -> bool {
+        match self.want {
+            FileHash::Lfs(want) => <[u8; 32]>::from(self.sha256.finalize()) == want,
+            FileHash::Git(want) => <[u8; 20]>::from(self.sha1.finalize()) == want,
+        }
+    }
+
+    /// Whether `bytes`, a whole file, have the hash `want`.
+    fn digest_matches(want: &FileHash, bytes: &[u8]) -> bool {
+        let mut hasher = Self::new(want, bytes.len() as u64);
+        hasher.update(bytes);
+        hasher.matches()
     }
 }
 

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use inode::{Node, ROOT_INO};
 pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 
+use crate::evict::Evictor;
 use crate::fetch::{ChunkFetcher, FetchError, FileRef, PrefetchLimits, ReadAhead};
 use crate::hub::{HubError, RangeFetcher, RemoteFile, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
@@ -182,6 +183,7 @@ pub struct ModelFs {
     inodes: InodeTable,
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    evictor: Option<Arc<Evictor>>,
     prefetch: PrefetchLimits,
     next_fh: AtomicU64,
     /// mtime of everything: the Hub gives no per-file times that matter to readers, and a
@@ -207,6 +209,7 @@ impl ModelFs {
             inodes: InodeTable::new(),
             slots: Mutex::default(),
             handles: Mutex::default(),
+            evictor: None,
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
@@ -587,12 +590,43 @@ impl ModelFs {
             hash: entry.hash,
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Some(evictor) = &self.evictor {
+            evictor.opened(&file.content());
+        }
+        self.chunks.verify_if_unchecked(&file);
         lock(&self.handles).insert(fh, Arc::new(Handle { file, read_ahead: Mutex::default() }));
+        crate::metrics::get().handle_opened();
         Ok(fh)
     }
 
     pub fn release(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
+        let handle = lock(&self.handles).remove(&fh);
+        if handle.is_some() {
+            crate::metrics::get().handle_released();
+        }
+        if let (Some(evictor), Some(handle)) = (&self.evictor, handle) {
+            evictor.closed(&handle.file.content());
+        }
+    }
+
+    /// Whether the kernel may keep this file's pages across opens: only once the whole file has
+    /// matched the Hub's hash. Until then a cached page may hold a byte that verification later
+    /// rejects (a flipped byte inside one chunk of a large file cannot be seen before the file
+    /// is complete), and dropping the page cache at each open is what stops it from being
+    /// served again once the file is `failed`. Verified files, the warm case, keep it.
+    pub fn may_keep_cache(&self, fh: u64) -> bool {
+        let Ok(handle) = self.handle(fh) else { return false };
+        matches!(
+            self.store.file_record(&handle.file.content()),
+            Ok(Some(record)) if record.state == FileState::Verified
+        )
+    }
+
+    /// Keep the store under a bound, never evicting files open here (and make room when the
+    /// store is full). Set before the filesystem is shared.
+    pub fn set_evictor(&mut self, evictor: Arc<Evictor>) {
+        self.chunks.set_evictor(evictor.clone());
+        self.evictor = Some(evictor);
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
@@ -658,6 +692,8 @@ impl ModelFs {
         };
         // A miss goes on to the async path, which records the read for read-ahead itself.
         if hit {
+            let served = pieces.iter().map(|p| p.range.len()).sum();
+            crate::metrics::get().read_bytes(crate::metrics::Source::Store, served);
             self.read_ahead(&handle, offset, size);
         }
         Ok(hit)
@@ -677,6 +713,9 @@ impl ModelFs {
                 let bytes =
                     chunk.get(piece.range).ok_or_else(|| FsError::Io("short chunk".into()))?;
                 out.extend_from_slice(bytes);
+                crate::metrics::get().read_bytes(crate::metrics::Source::Network, bytes.len());
+            } else {
+                crate::metrics::get().read_bytes(crate::metrics::Source::Store, piece.range.len());
             }
         }
         Ok(out)

@@ -27,7 +27,15 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// several parallel chunk fetches are in flight for sequential readers.
 const MAX_BACKGROUND: u16 = 64;
 
+/// The errno for `e`, counted in `modelfs_fuse_errors_total`: every error the filesystem core
+/// answers the kernel with passes here.
 pub fn errno(e: &FsError) -> Errno {
+    let errno = errno_of(e);
+    crate::metrics::get().fuse_error(errno.code());
+    errno
+}
+
+fn errno_of(e: &FsError) -> Errno {
     match e {
         FsError::NotFound => Errno::ENOENT,
         FsError::NotDir => Errno::ENOTDIR,
@@ -148,9 +156,13 @@ impl Filesystem for FuseAdapter {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
         match self.fs.open(ino.0, write) {
-            // Contents at a commit never change: keep the page cache across opens, so warm
-            // reads and mmap page-ins never reach the daemon.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // Contents at a commit never change: once verified, keep the page cache across
+            // opens, so warm reads and mmap page-ins never reach the daemon. Before that, the
+            // kernel drops it at each open (see `ModelFs::may_keep_cache`).
+            Ok(fh) if self.fs.may_keep_cache(fh) => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
                 log_error("open", &e);
                 reply.error(errno(&e))

@@ -8,12 +8,16 @@
 //! [`manifest::Manifest`], stored so a cached repo works with no network at all.
 
 pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod daemon;
+pub mod evict;
 pub mod fetch;
 pub mod fs;
 pub mod fuse;
 pub mod hub;
 pub mod manifest;
+pub mod metrics;
 pub mod names;
 pub mod quant;
 pub mod store;

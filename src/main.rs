@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use modelfs::cli::{Cli, Command};
-use tracing_subscriber::EnvFilter;
+use modelfs::cli::{Cli, Command, MountArgs, DEFAULT_LOG_FILTER};
+use modelfs::config::LogFormat;
+use modelfs::daemon::{Logging, Readiness};
 
 /// At most this many malloc arenas. glibc gives each busy thread its own arena, and every
 /// arena keeps the 8 MiB chunk buffers it once held: with the FUSE threads, the runtime's
@@ -22,22 +23,66 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match cli.command {
-        Command::Mount(args) => modelfs::daemon::mount(args.resolve(|k| std::env::var(k).ok())),
-        Command::Unmount { mountpoint } => modelfs::daemon::unmount(&mountpoint),
+    let command = match cli.command {
+        Command::Mount(args) => return mount(args),
+        other => other,
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| tracing_subscriber::EnvFilter::builder().parse(f).is_ok())
+        .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
+    if let Err(e) = Logging::init(LogFormat::Text, &filter, None) {
+        return fail(&e);
+    }
+    let result: Result<(), Box<dyn std::error::Error>> = match command {
+        Command::Mount(_) => unreachable!("handled above"),
+        Command::Unmount { mountpoint } => {
+            modelfs::daemon::unmount(&mountpoint).map_err(Into::into)
+        }
+        Command::Pull(args) => modelfs::commands::pull(args).map_err(Into::into),
+        Command::Status(args) => modelfs::commands::status(args).map_err(Into::into),
+        Command::Verify(args) => modelfs::commands::verify(args).map_err(Into::into),
+        Command::Gc(args) => modelfs::commands::gc(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+/// `mount`: configuration errors go to the terminal, before detaching; everything after to the
+/// log (and, detached, through the readiness pipe to the terminal that waits).
+fn mount(args: MountArgs) -> ExitCode {
+    let cfg = match args.resolve(|k| std::env::var(k).ok()) {
+        Ok(cfg) => cfg,
+        Err(e) => return fail(&e),
+    };
+    // Before the runtime, the FUSE workers or anything else starts a thread.
+    let readiness = if cfg.daemon {
+        match modelfs::daemon::daemonize() {
+            Ok(r) => r,
+            Err(e) => return fail(&e),
+        }
+    } else {
+        Readiness::none()
+    };
+    let logging = match Logging::init(cfg.log_format, &cfg.log_filter, cfg.log_file.as_deref()) {
+        Ok(logging) => logging,
         Err(e) => {
-            eprintln!("modelfs: {e}");
-            ExitCode::FAILURE
+            readiness.fail(&e.to_string());
+            return fail(&e);
+        }
+    };
+    match modelfs::daemon::mount(cfg, readiness, logging) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "mount failed");
+            fail(&e)
         }
     }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("modelfs: {e}");
+    ExitCode::FAILURE
 }

@@ -139,8 +139,18 @@ impl Manifest {
         // rkyv needs its input aligned; store values are not.
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
         aligned.extend_from_slice(body);
-        rkyv::from_bytes::<Manifest, rkyv::rancor::Error>(&aligned)
-            .map_err(|e| ManifestError::Corrupt(e.to_string()))
+        let manifest = rkyv::from_bytes::<Manifest, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+        // A record is trusted no more than a listing: a damaged or forged one must not put a
+        // path outside the repo, or two entries under one name, into the namespace.
+        let sorted_unique = manifest.files.windows(2).all(|w| w[0].path < w[1].path);
+        if let Some(bad) = manifest.files.iter().find(|f| !crate::names::valid_repo_path(&f.path)) {
+            return Err(ManifestError::Corrupt(format!("unsafe path {:?}", bad.path)));
+        }
+        if !sorted_unique {
+            return Err(ManifestError::Corrupt("paths not sorted and unique".into()));
+        }
+        Ok(manifest)
     }
 
     /// Build a manifest from a tree listing, whatever order or quality it came in: files with
@@ -169,16 +179,19 @@ impl Manifest {
             }
             dup
         });
-        let dirs: std::collections::HashSet<&str> = files
-            .iter()
-            .flat_map(|f| f.path.match_indices('/').map(|(i, _)| &f.path[..i]))
-            .collect();
+        // A file whose path is also a directory: some later path starts with `path/`. The list
+        // is sorted, so the first path at or after `path/` tells; one binary search per file
+        // keeps this O(n log n) however deep the paths are (collecting every directory prefix
+        // is quadratic in depth, and a hostile listing can be 2,000 levels deep).
         let conflicts: std::collections::HashSet<String> = files
             .iter()
-            .filter(|f| dirs.contains(f.path.as_str()))
+            .filter(|f| {
+                let dir = format!("{}/", f.path);
+                let i = files.partition_point(|g| g.path < dir);
+                files.get(i).is_some_and(|g| g.path.starts_with(&dir))
+            })
             .map(|f| f.path.clone())
             .collect();
-        drop(dirs);
         for path in &conflicts {
             tracing::warn!(repo = %repo, path = %path, "skipping file that is also a directory");
         }

@@ -82,6 +82,12 @@ pub struct RefRecord {
     pub resolved_at: u64,
 }
 
+/// Unix seconds now, as records are stamped (`last_access`, `resolved_at`); 0 on a clock
+/// before 1970, which only makes everything look old.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// Number of bytes chunk `index` of a file of `size` bytes holds (0 past the end).
 pub fn chunk_len(size: u64, chunk_size: u64, index: u64) -> u64 {
     let start = index.saturating_mul(chunk_size);
@@ -157,6 +163,23 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Every repo with a stored ref or manifest, sorted, without duplicates.
     fn repos(&self) -> Result<Vec<RepoId>, StoreError>;
+
+    /// Every commit of `repo` with a stored manifest, sorted.
+    fn commits(&self, repo: &RepoId) -> Result<Vec<String>, StoreError>;
+
+    /// Every ref (branch or tag) of `repo` as last resolved, sorted by name.
+    fn refs(&self, repo: &RepoId) -> Result<Vec<(String, RefRecord)>, StoreError>;
+
+    /// Every file record, sorted by content id: what `status`, `gc` and eviction walk.
+    fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError>;
+
+    /// Mark `content` as used now (eviction is least-recently-used). No record: nothing to do.
+    fn touch(&self, content: &ContentId) -> Result<(), StoreError>;
+
+    /// Remove every chunk of `content` and its record, so it reads as never fetched. Returns
+    /// the bytes of data removed. Used by eviction: whole files go, never single chunks, so a
+    /// file is either as the Hub has it (once complete) or absent.
+    fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError>;
 }
 
 #[cfg(test)]

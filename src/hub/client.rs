@@ -17,7 +17,7 @@
 //! No byte is returned unless the answer says it is exactly the range asked for, of a file of
 //! exactly the expected size: the store above trusts what this returns.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::ops::Range;
@@ -65,6 +65,10 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 
 /// Longest delay between two attempts, so a Hub that comes back is noticed within seconds.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// The least time worth starting an attempt with: less cannot bring a chunk from a CDN, so
+/// a budget with less left is spent.
+const LAST_ATTEMPT: Duration = Duration::from_millis(500);
 
 /// `Retry-After` is obeyed up to this; the call's budget bounds it anyway.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
@@ -371,7 +375,7 @@ impl HubClient {
         url: &Url,
         repo: &RepoId,
         commit: &str,
-    ) -> Result<(Vec<serde_json::Value>, Option<Url>), Failure> {
+    ) -> Result<(Vec<TreeEntry>, Option<Url>), Failure> {
         let (final_url, response, _) = self.get_following(url.clone(), None).await?;
         let target = Target { repo, rev: Some(commit), path: None };
         if !response.status().is_success() {
@@ -379,9 +383,7 @@ impl HubClient {
         }
         let next = next_page(response.headers(), &final_url).map_err(Failure::Fatal)?;
         let body = read_limited(response, MAX_JSON_BYTES).await?;
-        let entries = serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_err(|e| {
-            fatal_protocol(format!("tree page {} is not a JSON array: {e}", redact(&final_url)))
-        })?;
+        let entries = parse_tree_page(&body, repo).map_err(Failure::Fatal)?;
         Ok((entries, next))
     }
 
@@ -395,7 +397,7 @@ impl HubClient {
             "?recursive=true&expand=false",
         )?;
         let what = format!("listing {repo} at {commit}");
-        let mut tree = TreeAccumulator::default();
+        let mut files = Vec::new();
         let mut pages = HashSet::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
@@ -414,16 +416,16 @@ impl HubClient {
             // a failing page still fails within one budget.
             let (entries, following) =
                 self.with_retries(&what, || self.tree_page_once(&url, repo, commit)).await?;
-            for value in entries {
-                match parse_tree_entry(value) {
-                    Ok(Some(entry)) => tree.push(entry, repo),
-                    Ok(None) => {}
-                    Err(reason) => warn!(%repo, commit, "skipping tree entry: {reason}"),
-                }
+            files.extend(entries);
+            if files.len() > MAX_TREE_FILES {
+                return Err(HubError::Protocol(format!(
+                    "{what}: more than {MAX_TREE_FILES} files"
+                )));
             }
             next = following;
         }
-        Ok(tree.finish())
+        // Duplicates and file/directory clashes across pages are left for Manifest::build.
+        Ok(files)
     }
 
     fn remembered(&self, key: &RedirectKey) -> Option<Url> {
@@ -699,14 +701,128 @@ fn stall_timeout(read_timeout: Duration) -> Duration {
     (read_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(20))
 }
 
-/// `Retry-After` in seconds (the Hub never sends the HTTP-date form), capped; the normal
-/// backoff start when absent or unreadable.
+/// How long a 429 asks us to wait: `Retry-After` in seconds (the Hub never sends the
+/// HTTP-date form) or the reset time of the IETF `RateLimit` header the Hub sends since late
+/// 2025 (`"api";r=0;t=55`), whichever is later, since both mean "not before". Capped at
+/// [`RETRY_AFTER_CAP`]; the normal backoff start when neither is there or readable.
 fn retry_after(headers: &HeaderMap) -> Duration {
-    headers
+    let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(BACKOFF_START, |s| Duration::from_secs(s).min(RETRY_AFTER_CAP))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let reset = headers
+        .get_all(RATELIMIT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(ratelimit_reset)
+        .max();
+    match retry_after.max(reset) {
+        Some(secs) => Duration::from_secs(secs).min(RETRY_AFTER_CAP),
+        None => BACKOFF_START,
+    }
+}
+
+/// The `RateLimit` response header (draft-ietf-httpapi-ratelimit-headers-09), as the Hub
+/// sends it with a 429: a list of `"<policy>";r=<remaining>;t=<seconds to reset>`. Not in
+/// the `http` crate's list of names.
+const RATELIMIT: &str = "ratelimit";
+
+/// Seconds until the exhausted quota of one `RateLimit` value resets: the largest `t` among
+/// the items whose remaining `r` is 0 (the quota that caused the 429), or among all items when
+/// none says so. `None` when no item has a readable `t`.
+fn ratelimit_reset(value: &str) -> Option<u64> {
+    let mut exhausted = None;
+    let mut any = None;
+    // Items are separated by `,` and parameters by `;`; policy names are quoted tokens in
+    // practice, so a comma or semicolon inside quotes is not expected and would only make
+    // one item unreadable, not the others.
+    for item in value.split(',') {
+        let mut remaining = None;
+        let mut reset = None;
+        for param in item.split(';').skip(1) {
+            let Some((key, val)) = param.split_once('=') else { continue };
+            let val = val.trim();
+            if !(1..=19).contains(&val.len()) || !val.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            match key.trim() {
+                "r" => remaining = val.parse::<u64>().ok(),
+                "t" => reset = val.parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        if let Some(t) = reset {
+            any = any.max(Some(t));
+            if remaining == Some(0) {
+                exhausted = exhausted.max(Some(t));
+            }
+        }
+    }
+    exhausted.or(any)
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn ratelimit_values_as_the_hub_sends_them() {
+        assert_eq!(ratelimit_reset(r#""api";r=0;t=55"#), Some(55));
+        assert_eq!(ratelimit_reset(r#""api";r=489;t=189"#), Some(189));
+        assert_eq!(ratelimit_reset(r#""api";r=3;t=100, "resolvers";r=0;t=7"#), Some(7));
+        assert_eq!(ratelimit_reset(r#""a";r=0;t=7, "b";r=0;t=9"#), Some(9));
+        assert_eq!(ratelimit_reset(r#""api" ; r = 0 ; t = 12"#), Some(12));
+        for bad in ["", r#""api";r=0"#, r#""api";t=-1"#, r#""api";t=1.5"#, "t=5", "garbage"] {
+            assert_eq!(ratelimit_reset(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_the_later_of_both_headers_capped() {
+        assert_eq!(retry_after(&headers(&[])), BACKOFF_START);
+        assert_eq!(retry_after(&headers(&[("retry-after", "3")])), Duration::from_secs(3));
+        assert_eq!(
+            retry_after(&headers(&[
+                ("ratelimit", r#""api";r=0;t=12"#),
+                ("ratelimit-policy", r#""fixed window";"api";q=500;w=300"#),
+            ])),
+            Duration::from_secs(12)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "2"), ("ratelimit", r#""api";r=0;t=4"#)])),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("retry-after", "9"), ("ratelimit", r#""api";r=0;t=4"#)])),
+            Duration::from_secs(9)
+        );
+        assert_eq!(
+            retry_after(&headers(&[("ratelimit", r#""api";r=0;t=86400"#)])),
+            RETRY_AFTER_CAP
+        );
+        assert_eq!(retry_after(&headers(&[("retry-after", "soon")])), BACKOFF_START);
+    }
+
+    proptest! {
+        #[test]
+        fn ratelimit_round_trips(r in 0u64..1_000_000, t in 0u64..1_000_000, name in "[a-z]{1,10}") {
+            prop_assert_eq!(ratelimit_reset(&format!("\"{name}\";r={r};t={t}")), Some(t));
+        }
+
+        #[test]
+        fn ratelimit_never_panics(s in "\\PC{0,60}") {
+            let _ = ratelimit_reset(&s);
+        }
+    }
 }
 
 /// Delay before attempt `failures + 1`: exponential from [`BACKOFF_START`], capped at
@@ -757,8 +873,16 @@ impl Budget {
             Failure::Retry { error, after } => (error, after),
         };
         self.failures += 1;
-        let wait = after.unwrap_or_else(|| backoff(self.failures));
-        if wait >= self.remaining() {
+        let remaining = self.remaining();
+        // Our own backoff is shortened so that one last attempt still fits in the budget: a
+        // fault that clears just before the deadline is then served, and `EIO` comes only
+        // when the budget is really spent. A wait the server asked for is not: retrying
+        // before it would only be refused again.
+        let wait = match after {
+            Some(after) => after,
+            None => backoff(self.failures).min(remaining.saturating_sub(LAST_ATTEMPT)),
+        };
+        if wait >= remaining || remaining.saturating_sub(wait) < LAST_ATTEMPT {
             let spent = self.start.elapsed().as_secs_f64();
             let tail = format!("{} attempts in {spent:.1} s", self.failures);
             return Err(match error {
@@ -772,6 +896,7 @@ impl Budget {
             wait_ms = wait.as_millis() as u64,
             "{what}: {error}; retrying"
         );
+        crate::metrics::get().retry(&error, after.is_some());
         tokio::time::sleep(wait).await;
         Ok(())
     }
@@ -854,6 +979,95 @@ fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// Largest file size a listing may give: 2^53 bytes (8 PiB). No file on the Hub comes near it
+/// (LFS caps files at 50 GB), a JSON number above it cannot be exact for the many parsers that
+/// read numbers as doubles, and it keeps every `offset + length` computed from a size far from
+/// overflowing `u64` or the kernel's signed `off_t`.
+pub const MAX_FILE_SIZE: u64 = 1 << 53;
+
+/// Most files one listing may have: 20 times the 100k files per repo the Hub recommends as
+/// its limit. Bounds what a hostile or looping listing can make us hold (~100 bytes a file).
+pub const MAX_TREE_FILES: usize = 2_000_000;
+
+/// Skipped entries of one page logged one by one; the rest are counted in a single line, so a
+/// page of a million bad entries costs a few log lines, not a million.
+const MAX_SKIP_WARNINGS: usize = 20;
+
+/// Longest piece of Hub-supplied text (a path, an oid, a parser message quoting the input)
+/// put into a log line or an error: a 4 MB file name must not become a 4 MB log line.
+const MAX_QUOTED_BYTES: usize = 200;
+
+/// `s`, cut to [`MAX_QUOTED_BYTES`] on a character boundary, with its full length when cut.
+fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_QUOTED_BYTES {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut end = MAX_QUOTED_BYTES;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}... ({} bytes)", &s[..end], s.len()))
+}
+
+/// One page of a tree listing (`/api/models/{repo}/tree/{rev}`): the body must be a JSON
+/// array, or the whole page is a [`HubError::Protocol`] (invalid UTF-8, bad syntax, nesting
+/// deeper than serde_json's limit of 128, trailing bytes). Within it, every element that is a
+/// servable file becomes a [`TreeEntry`]; directories are left out silently, and any other
+/// element (missing or mistyped fields, unsafe or overlong path, size over
+/// [`MAX_FILE_SIZE`], malformed hash) is skipped with a warning.
+///
+/// Elements are converted one at a time as the array is read, so memory is the entries kept,
+/// not a parsed copy of the page. Paths are checked here with
+/// [`crate::names::valid_repo_path`]; duplicates and file/directory clashes between entries
+/// are left to [`crate::manifest::Manifest::build`], the one place that decides them.
+pub fn parse_tree_page(body: &[u8], repo: &RepoId) -> Result<Vec<TreeEntry>, HubError> {
+    let bad = |e: serde_json::Error| {
+        HubError::Protocol(format!(
+            "tree page of {repo} is not a JSON array of entries: {}",
+            clip(&e.to_string())
+        ))
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let files =
+        serde::Deserializer::deserialize_seq(&mut de, TreePageVisitor { repo }).map_err(bad)?;
+    de.end().map_err(bad)?;
+    Ok(files)
+}
+
+struct TreePageVisitor<'r> {
+    repo: &'r RepoId,
+}
+
+impl<'de> serde::de::Visitor<'de> for TreePageVisitor<'_> {
+    type Value = Vec<TreeEntry>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of tree entries")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let repo = self.repo;
+        let mut files = Vec::new();
+        let mut skipped = 0usize;
+        while let Some(value) = seq.next_element::<serde_json::Value>()? {
+            match parse_tree_entry(value) {
+                Ok(Some(entry)) => files.push(entry),
+                Ok(None) => {}
+                Err(reason) => {
+                    skipped += 1;
+                    if skipped <= MAX_SKIP_WARNINGS {
+                        warn!(%repo, "skipping tree entry: {}", clip(&reason));
+                    }
+                }
+            }
+        }
+        if skipped > MAX_SKIP_WARNINGS {
+            warn!(%repo, "skipping {} more tree entries of this page", skipped - MAX_SKIP_WARNINGS);
+        }
+        Ok(files)
+    }
+}
+
 /// One element of a tree page. Everything is optional because the Hub omits what does not
 /// apply (`lfs` on git files) and a missing field must skip one entry, not fail the listing.
 #[derive(Deserialize)]
@@ -872,33 +1086,44 @@ struct RawLfs {
     size: Option<u64>,
 }
 
-/// `Ok(None)` for what is not a file (directories); `Err` for a file entry that cannot be
+/// `Ok(None)` for a directory; `Err` for anything else that is not a file entry that can be
 /// served safely.
 fn parse_tree_entry(value: serde_json::Value) -> Result<Option<TreeEntry>, String> {
     let raw: RawTreeEntry =
         serde_json::from_value(value).map_err(|e| format!("malformed entry: {e}"))?;
-    if raw.kind.as_deref() != Some("file") {
-        return Ok(None);
+    match raw.kind.as_deref() {
+        Some("file") => {}
+        Some("directory") => return Ok(None),
+        Some(other) => return Err(format!("entry of unknown type {:?}", clip(other))),
+        None => return Err("entry without a type".into()),
     }
     let path = raw.path.ok_or("file entry without a path")?;
     if !crate::names::valid_repo_path(&path) {
-        return Err(format!("unsafe path {path:?}"));
+        return Err(format!("unsafe path {:?}", clip(&path)));
     }
+    let shown = clip(&path);
     // An `lfs` object decides: its hash must be valid; falling back to the git oid of the
     // pointer file would verify the pointer, not the contents.
     let (hash, size) = match raw.lfs {
         Some(lfs) => {
             let oid = lfs.oid.as_deref().and_then(decode_hex::<32>);
-            let hash = oid.ok_or_else(|| format!("{path:?}: malformed lfs.oid {:?}", lfs.oid))?;
+            let hash = oid.ok_or_else(|| {
+                format!("{shown:?}: malformed lfs.oid {:?}", lfs.oid.as_deref().map(clip))
+            })?;
             (FileHash::Lfs(hash), lfs.size.or(raw.size))
         }
         None => {
             let oid = raw.oid.as_deref().and_then(decode_hex::<20>);
-            let hash = oid.ok_or_else(|| format!("{path:?}: malformed oid {:?}", raw.oid))?;
+            let hash = oid.ok_or_else(|| {
+                format!("{shown:?}: malformed oid {:?}", raw.oid.as_deref().map(clip))
+            })?;
             (FileHash::Git(hash), raw.size)
         }
     };
-    let size = size.ok_or_else(|| format!("{path:?}: no size"))?;
+    let size = size.ok_or_else(|| format!("{shown:?}: no size"))?;
+    if size > MAX_FILE_SIZE {
+        return Err(format!("{shown:?}: size {size} is over {MAX_FILE_SIZE} bytes"));
+    }
     Ok(Some(TreeEntry { path, size, hash }))
 }
 
@@ -909,53 +1134,23 @@ fn decode_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The files of a listing, in path order, without conflicts: a path seen twice, or a file
-/// whose path is also a directory of another file, cannot both be presented, so the first one
-/// listed wins.
-#[derive(Default)]
-struct TreeAccumulator {
-    files: BTreeMap<String, TreeEntry>,
-    /// Every proper prefix directory of an accepted file.
-    dirs: HashSet<String>,
-}
-
-impl TreeAccumulator {
-    fn push(&mut self, entry: TreeEntry, repo: &RepoId) {
-        let path = entry.path.as_str();
-        let mut prefixes = path.match_indices('/').map(|(i, _)| &path[..i]);
-        let conflict = if self.files.contains_key(path) {
-            Some("listed twice")
-        } else if self.dirs.contains(path) {
-            Some("also a directory of another file")
-        } else if prefixes.any(|p| self.files.contains_key(p)) {
-            Some("under a path that is a file")
-        } else {
-            None
-        };
-        if let Some(why) = conflict {
-            warn!(%repo, path, "skipping tree entry: {why}");
-            return;
-        }
-        for (i, _) in path.match_indices('/') {
-            self.dirs.insert(path[..i].to_owned());
-        }
-        self.files.insert(entry.path.clone(), entry);
-    }
-
-    fn finish(self) -> Vec<TreeEntry> {
-        self.files.into_values().collect()
-    }
-}
-
-/// The `rel="next"` target among the `Link` headers, resolved against the page's URL.
-fn next_page(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, HubError> {
+/// The `rel="next"` target among the `Link` headers, resolved against the page's URL. A
+/// header that is not ASCII, or a target that is not an http(s) URL, is an error rather than
+/// the end of the listing: stopping there would present a repo with files missing.
+pub fn next_page(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, HubError> {
     for value in headers.get_all(LINK) {
         let value =
             value.to_str().map_err(|_| HubError::Protocol("Link header is not ASCII".into()))?;
         if let Some(target) = parse_link_next(value) {
             let url = base
                 .join(target)
-                .map_err(|e| HubError::Protocol(format!("Link target {target:?}: {e}")))?;
+                .map_err(|e| HubError::Protocol(format!("Link target {:?}: {e}", clip(target))))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(HubError::Protocol(format!(
+                    "Link target {:?} is not an http(s) URL",
+                    clip(target)
+                )));
+            }
             return Ok(Some(url));
         }
     }
@@ -964,7 +1159,8 @@ fn next_page(headers: &HeaderMap, base: &Url) -> Result<Option<Url>, HubError> {
 
 /// The URL of the `rel="next"` link in one `Link` header value (RFC 8288):
 /// `<url>; rel="next", <url2>; rel="prev"`. Quoted parameter values may contain `,` and `;`.
-fn parse_link_next(value: &str) -> Option<&str> {
+/// The target returned is always a slice of `value` that was between `<` and `>`.
+pub fn parse_link_next(value: &str) -> Option<&str> {
     let mut rest = value;
     loop {
         rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
@@ -972,42 +1168,50 @@ fn parse_link_next(value: &str) -> Option<&str> {
         let close = inner.find('>')?;
         let target = &inner[..close];
         rest = &inner[close + 1..];
-        // Parameters run to the next `,` outside quotes.
-        let mut end = rest.len();
-        let mut quoted = false;
-        let mut escaped = false;
-        for (i, c) in rest.char_indices() {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' if quoted => escaped = true,
-                '"' => quoted = !quoted,
-                ',' if !quoted => {
-                    end = i;
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let params = &rest[..end];
+        // Parameters run to the next `,` outside quotes, and are separated by `;` outside
+        // quotes: `title="x; rel=next"` is a title, not a rel.
+        let end = find_unquoted(rest, ',');
+        let mut params = &rest[..end];
         rest = &rest[end..];
-        let is_next = params.split(';').any(|param| {
-            let Some((name, val)) = param.split_once('=') else { return false };
-            name.trim().eq_ignore_ascii_case("rel")
+        let mut is_next = false;
+        while !params.is_empty() {
+            let cut = find_unquoted(params, ';');
+            let param = &params[..cut];
+            params = params.get(cut + 1..).unwrap_or("");
+            let Some((name, val)) = param.split_once('=') else { continue };
+            is_next |= name.trim().eq_ignore_ascii_case("rel")
                 && val
                     .trim()
                     .trim_matches('"')
                     .split_ascii_whitespace()
-                    .any(|rel| rel.eq_ignore_ascii_case("next"))
-        });
+                    .any(|rel| rel.eq_ignore_ascii_case("next"));
+        }
         if is_next {
             return Some(target);
         }
     }
 }
 
+/// Byte offset of the first `sep` in `s` outside a quoted string (`"..."`, in which `\`
+/// escapes the next character), or `s.len()` when there is none.
+fn find_unquoted(s: &str, sep: char) -> usize {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => return i,
+            _ => {}
+        }
+    }
+    s.len()
+}
+
 /// `bytes first-last/total` (`total` may be `*`) → `(first, last, total)`. Strict: anything
-/// else, or `last < first`, is `None`.
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+/// else, `last < first`, or `last >= total` (RFC 9110 calls that invalid), is `None`.
+pub fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     let (unit, rest) = value.trim().split_once(' ')?;
     if !unit.eq_ignore_ascii_case("bytes") {
         return None;
@@ -1019,7 +1223,7 @@ fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
     };
     let (first, last) = (number(first)?, number(last)?);
     let total = if total == "*" { None } else { Some(number(total)?) };
-    (first <= last).then_some((first, last, total))
+    (first <= last && total.is_none_or(|t| last < t)).then_some((first, last, total))
 }
 
 #[cfg(test)]
@@ -1050,6 +1254,8 @@ mod tests {
         assert_eq!(parse_link_next(""), None);
         assert_eq!(parse_link_next("garbage"), None);
         assert_eq!(parse_link_next("<unterminated; rel=next"), None);
+        assert_eq!(parse_link_next(r#"<x>; title="<y>; rel=next", <z>; rel=next"#), Some("z"));
+        assert_eq!(parse_link_next(r#"<x>; title="a\"; rel=next"; rel=prev"#), None);
     }
 
     #[test]
@@ -1088,6 +1294,8 @@ mod tests {
             "bytes +1-2/3",
             "bytes 1-2/3x",
             "bytes 1-99999999999999999999/3",
+            "bytes 0-10/10",
+            "bytes 0-0/0",
             "",
         ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
@@ -1289,25 +1497,73 @@ mod tests {
     }
 
     #[test]
-    fn tree_conflicts_keep_the_first() {
+    fn tree_pages_keep_files_and_skip_the_rest() {
         let repo = RepoId::new("o", "r");
-        let file = |p: &str, n: u8| TreeEntry {
-            path: p.into(),
-            size: n.into(),
-            hash: FileHash::Git([n; 20]),
-        };
-        let mut tree = TreeAccumulator::default();
-        for e in [
-            file("b/c", 1),
-            file("a", 2),
-            file("b/c", 3),
-            file("b", 4),
-            file("a/x", 5),
-            file("b/d", 6),
+        let git = "c".repeat(40);
+        let page = serde_json::json!([
+            {"type":"directory","path":"d","oid":git,"size":0},
+            {"type":"file","path":"d/ok.txt","oid":git,"size":3},
+            {"type":"file","path":"../escape","oid":git,"size":1},
+            {"type":"file","path":"/abs","oid":git,"size":1},
+            {"type":"file","path":"big","oid":git,"size":MAX_FILE_SIZE + 1},
+            {"type":"file","path":"edge","oid":git,"size":MAX_FILE_SIZE},
+            {"type":"file","path":"neg","oid":git,"size":-1},
+            {"path":"untyped","oid":git,"size":1},
+            {"type":"submodule","path":"sub","oid":git,"size":1},
+            {"type":"file","path":"d/ok.txt","oid":git,"size":4},
+        ])
+        .to_string();
+        let got = parse_tree_page(page.as_bytes(), &repo).unwrap();
+        let kept: Vec<(&str, u64)> = got.iter().map(|e| (e.path.as_str(), e.size)).collect();
+        // Duplicates are kept here: Manifest::build decides between them.
+        assert_eq!(kept, vec![("d/ok.txt", 3), ("edge", MAX_FILE_SIZE), ("d/ok.txt", 4)]);
+    }
+
+    #[test]
+    fn tree_pages_that_are_not_arrays_are_errors() {
+        let repo = RepoId::new("o", "r");
+        let deep = format!("[{}{}]", "[".repeat(200), "]".repeat(200));
+        for bad in [
+            &b""[..],
+            b"{}",
+            b"null",
+            b"[1,",
+            b"[] []",
+            b"[\"\xff\"]",
+            b"[{\"type\":\"file\",\"path\":\"\\ud800\"}]",
+            deep.as_bytes(),
         ] {
-            tree.push(e, &repo);
+            match parse_tree_page(bad, &repo) {
+                Err(HubError::Protocol(m)) => assert!(m.contains("o/r"), "{m}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bad)),
+            }
         }
-        assert_eq!(tree.finish(), vec![file("a", 2), file("b/c", 1), file("b/d", 6)]);
+        assert_eq!(parse_tree_page(b" [ ] ", &repo).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn quoted_hub_text_is_clipped() {
+        assert_eq!(clip("short"), "short");
+        let long = "é".repeat(1000);
+        let shown = clip(&long);
+        assert!(shown.len() < MAX_QUOTED_BYTES + 30, "{}", shown.len());
+        assert!(shown.ends_with("... (2000 bytes)"), "{shown}");
+        let huge = "x".repeat(10_000);
+        let reason =
+            entry(serde_json::json!({"type":"file","path":huge,"oid":"0","size":1})).unwrap_err();
+        assert!(reason.len() < 300, "{}", reason.len());
+    }
+
+    #[test]
+    fn next_page_refuses_non_http_targets_and_non_ascii() {
+        let base = Url::parse("http://127.0.0.1:9/api/models/o/r/tree/c").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(LINK, HeaderValue::from_static(r#"<file:///etc/passwd>; rel="next""#));
+        assert!(matches!(next_page(&headers, &base), Err(HubError::Protocol(_))));
+        headers.insert(LINK, HeaderValue::from_bytes(b"<http://h/\xff>; rel=next").unwrap());
+        assert!(matches!(next_page(&headers, &base), Err(HubError::Protocol(_))));
+        headers.insert(LINK, HeaderValue::from_static(r#"<http://[::1>; rel="next""#));
+        assert!(matches!(next_page(&headers, &base), Err(HubError::Protocol(_))));
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct MdbxStore {
     write_lock: Mutex<()>,
     path: PathBuf,
     chunk_size: u64,
+    /// The environment's data file, opened again read-only, for warm reads that `pread` chunk
+    /// data instead of touching the map ([`direct`]); `None` where that is not possible.
+    data_file: Option<direct::DataFile>,
 }
 
 impl fmt::Debug for MdbxStore {
@@ -160,8 +163,13 @@ impl MdbxStore {
         };
         let db = Database::<NoWriteMap>::open_with_options(dir, options)
             .map_err(|e| open_err(e.to_string()))?;
-        let mut store =
-            MdbxStore { db, write_lock: Mutex::new(()), path: dir.to_path_buf(), chunk_size: 0 };
+        let mut store = MdbxStore {
+            db,
+            write_lock: Mutex::new(()),
+            path: dir.to_path_buf(),
+            chunk_size: 0,
+            data_file: direct::DataFile::open(dir),
+        };
 
         // Creating the tables and recording the chunk size in one write transaction settles
         // races between processes creating the same store: the first to commit wins.
@@ -233,6 +241,38 @@ impl MdbxStore {
         Ok(value)
     }
 
+    /// Look chunk `index` of `content` up in one read transaction and hand its stored value
+    /// to `serve`, which checks and delivers bytes `range` of it while the transaction is
+    /// still open: the value's pages (in the map, and in the data file that [`direct`] reads)
+    /// cannot be reused by a writer until it ends. A value `serve` finds corrupt is dropped
+    /// and reported as absent.
+    fn serve_chunk(
+        &self,
+        content: &ContentId,
+        index: u64,
+        range: Range<usize>,
+        serve: &mut dyn FnMut(&[u8]) -> Result<(), ReadError>,
+    ) -> Result<bool, StoreError> {
+        let key = format::chunk_key(content, index);
+        // The value is borrowed from the map (a read transaction never sees dirty pages).
+        let outcome = self.read(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
+                return Ok(None);
+            };
+            Ok(Some(serve(&value)))
+        })?;
+        match outcome {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(ReadError::OutOfChunk { len })) => Err(format::out_of_chunk(&range, len)),
+            Some(Err(ReadError::Corrupt(reason))) => {
+                self.drop_corrupt(content, index, &range, &reason)?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Drop chunk `index` of `content` after a read found it corrupt, and take its bytes out
     /// of the file's record. The chunk is checked again inside the write transaction: another
     /// thread or process may have dropped it and stored a good copy since our read.
@@ -266,6 +306,7 @@ impl MdbxStore {
             Ok(true)
         })?;
         if dropped {
+            crate::metrics::get().chunk_checksum_failed();
             tracing::error!(
                 content = %content.to_hex(),
                 index,
@@ -393,7 +434,14 @@ impl ChunkStore for MdbxStore {
         range: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<bool, StoreError> {
-        self.visit_chunk(content, index, range, &mut |bytes| out.extend_from_slice(bytes))
+        self.serve_chunk(content, index, range.clone(), &mut |value| {
+            if let Some(file) = &self.data_file {
+                if direct::append(file, value, &range, out) {
+                    return Ok(());
+                }
+            }
+            format::read_range(value, range.clone(), out)
+        })
     }
 
     fn visit_chunk(
@@ -403,26 +451,14 @@ impl ChunkStore for MdbxStore {
         range: Range<usize>,
         visit: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, StoreError> {
-        let key = format::chunk_key(content, index);
-        // The value is borrowed from the map (a read transaction never sees dirty pages), so
-        // the visitor sees the stored bytes themselves, and only the blocks the range touches
-        // are checksummed.
-        let outcome = self.read(|txn| {
-            let chunks = txn.open_table(Some(CHUNKS))?;
-            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
-                return Ok(None);
-            };
-            Ok(Some(format::visit_range(&value, range.clone(), visit)))
-        })?;
-        match outcome {
-            None => Ok(false),
-            Some(Ok(())) => Ok(true),
-            Some(Err(ReadError::OutOfChunk { len })) => Err(format::out_of_chunk(&range, len)),
-            Some(Err(ReadError::Corrupt(reason))) => {
-                self.drop_corrupt(content, index, &range, &reason)?;
-                Ok(false)
+        self.serve_chunk(content, index, range.clone(), &mut |value| {
+            if let Some(file) = &self.data_file {
+                if direct::visit(file, value, &range, visit) {
+                    return Ok(());
+                }
             }
-        }
+            format::visit_range(value, range.clone(), visit)
+        })
     }
 
     fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError> {
@@ -571,6 +607,347 @@ impl ChunkStore for MdbxStore {
             }
             Ok(repos.into_iter().collect())
         })
+    }
+
+    fn commits(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| keys_of_repo(txn, MANIFESTS, repo))
+    }
+
+    fn refs(&self, repo: &RepoId) -> Result<Vec<(String, RefRecord)>, StoreError> {
+        let revs = self.read(|txn| keys_of_repo(txn, REFS, repo))?;
+        let mut out = Vec::with_capacity(revs.len());
+        for rev in revs {
+            if let Some(record) = self.get_ref(repo, &rev)? {
+                out.push((rev, record));
+            }
+        }
+        Ok(out)
+    }
+
+    fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError> {
+        self.read(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            let mut cursor = txn.cursor(&files)?;
+            let mut out = Vec::new();
+            for item in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
+                let (key, value) = item?;
+                let Ok(id) = <[u8; 32]>::try_from(key.as_ref()) else {
+                    tracing::warn!(len = key.len(), "file record with a malformed key, skipped");
+                    continue;
+                };
+                match format::decode_file_record(&value) {
+                    Ok(record) => out.push((ContentId(id), record)),
+                    Err(e) => tracing::warn!(content = %hex::encode(id), error = %e, "unreadable file record, skipped"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn touch(&self, content: &ContentId) -> Result<(), StoreError> {
+        let now = format::now_secs();
+        self.write(|txn| {
+            let files = txn.open_table(Some(FILES))?;
+            if let Some(record) = get_record(txn, &files, content)? {
+                put_record(txn, &files, content, &FileRecord { last_access: now, ..record })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError> {
+        self.write(|txn| {
+            let chunks = txn.open_table(Some(CHUNKS))?;
+            let mut freed = 0u64;
+            for chunk in chunks_of(txn, &chunks, content)? {
+                freed += chunk.len.unwrap_or(0) as u64;
+                txn.del(&chunks, chunk.key, None)?;
+            }
+            let files = txn.open_table(Some(FILES))?;
+            txn.del(&files, content.0, None)?;
+            Ok(freed)
+        })
+    }
+}
+
+/// The revisions under which `table` (manifests or refs) holds records of `repo`, sorted: its
+/// keys are `org/name@rev`, so they are one cursor range starting at `org/name@`.
+fn keys_of_repo<K: TransactionKind>(
+    txn: &Transaction<'_, K, NoWriteMap>,
+    table: &str,
+    repo: &RepoId,
+) -> Result<Vec<String>, StoreError> {
+    let table = txn.open_table(Some(table))?;
+    let prefix = format::repo_key(repo, "");
+    let mut cursor = txn.cursor(&table)?;
+    let mut out = Vec::new();
+    for item in cursor.iter_from::<Cow<'_, [u8]>, ()>(prefix.as_bytes()) {
+        let (key, ()) = item?;
+        let Some(rev) = key.strip_prefix(prefix.as_bytes()) else { break };
+        match std::str::from_utf8(rev) {
+            Ok(rev) => out.push(rev.to_owned()),
+            Err(_) => {
+                tracing::warn!(key = ?String::from_utf8_lossy(&key), "record key is not UTF-8, skipped")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Warm reads with `pread` from the environment's data file instead of through libmdbx's map.
+///
+/// Through the map, a read whose pages were dropped from the page cache takes a page fault
+/// per few pages, each a synchronous read-around on the faulting thread, and leaves the pages
+/// mapped into the daemon (they count in its RSS and `drop_caches` cannot drop them). A
+/// `pread` of the same bytes goes through the file's own read-ahead instead. libmdbx still
+/// finds the value (the b-tree pages and the first page of the value's overflow run are
+/// touched through the map) and lends it as a slice of the map; the slice's address gives its
+/// offset in the file, because this process's mappings of the file are linear: address `a` of
+/// a mapping that starts at `start` with file offset `pgoff` shows byte `a - start + pgoff`.
+/// A large value's overflow pages are contiguous, so one `pread` reads the data.
+///
+/// Correctness never rests on the offset being right: the header (length, crcs) is read from
+/// the map, the crcs are checked on the bytes `pread` returned, and whatever does not check
+/// out (an unknown address, a short read, a crc mismatch, say because the map moved) falls
+/// back to the map, which alone decides that a chunk is corrupt. The read transaction is open
+/// throughout, so no writer can reuse the value's pages while they are read. With
+/// `NoWriteMap` writers `pwrite` the same file, so the map, `pread` and writes all see one
+/// page cache.
+mod direct {
+    use std::cell::RefCell;
+    use std::fs::File;
+    use std::ops::Range;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    use std::path::Path;
+
+    use super::format;
+    use crate::store::CRC_BLOCK;
+
+    /// libmdbx's name for the data file of an environment in a directory.
+    const DATA_FILE: &str = "mdbx.dat";
+
+    /// Largest buffer a thread keeps between reads: a kernel read is at most 1 MiB, plus the
+    /// partial crc blocks at either end. Longer reads (none on the warm path) allocate anew.
+    const KEPT_BUFFER: usize = (1 << 20) + 2 * CRC_BLOCK;
+
+    thread_local! {
+        /// Where [`visit`] reads to: reused, so a warm read allocates nothing.
+        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) struct DataFile {
+        file: File,
+        /// This process's mappings of the file when the store was opened.
+        maps: Vec<Mapping>,
+    }
+
+    /// One address range of a mapping of the data file, and the file offset it starts at.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) struct Mapping {
+        pub(super) start: usize,
+        pub(super) end: usize,
+        pub(super) offset: u64,
+    }
+
+    impl DataFile {
+        /// Open the data file of the environment in `dir`, read-only, and find the map
+        /// libmdbx made of it (the environment must be open). `None`, logged, when either
+        /// fails: reads then go through the map only.
+        pub(super) fn open(dir: &Path) -> Option<DataFile> {
+            if std::env::var_os("MODELFS_AB_NO_DIRECT").is_some() {
+                return None;
+            } // TEMP A/B
+            let opened = (|| {
+                let file = File::open(dir.join(DATA_FILE))?;
+                let meta = file.metadata()?;
+                let maps = std::fs::read_to_string("/proc/self/maps")?;
+                let dev = (libc::major(meta.dev()) as u64, libc::minor(meta.dev()) as u64);
+                Ok::<_, std::io::Error>((file, mappings_of(&maps, dev, meta.ino())))
+            })();
+            match opened {
+                Ok((file, maps)) if !maps.is_empty() => {
+                    // The kernel's read-ahead window for this descriptor: warm reads of a
+                    // chunk are sequential in the file, so let it grow to its maximum.
+                    // Advice only; nothing depends on it being taken.
+                    let _ = unsafe {
+                        libc::posix_fadvise(
+                            std::os::fd::AsRawFd::as_raw_fd(&file),
+                            0,
+                            0,
+                            libc::POSIX_FADV_SEQUENTIAL,
+                        )
+                    };
+                    Some(DataFile { file, maps })
+                }
+                Ok(_) => {
+                    tracing::debug!(dir = %dir.display(), "no mapping of the store's data file found; reads go through the map");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %dir.display(), error = %e, "store data file not opened for direct reads");
+                    None
+                }
+            }
+        }
+
+        /// Pretend the mappings start `by` bytes further into the file: how tests make every
+        /// direct read land on the wrong bytes.
+        #[cfg(test)]
+        pub(super) fn misplace(&mut self, by: u64) {
+            for m in &mut self.maps {
+                m.offset += by;
+            }
+        }
+
+        /// Offset in the file of `bytes`, a slice of one of the mappings; `None` otherwise.
+        fn offset_of(&self, bytes: &[u8]) -> Option<u64> {
+            offset_in(&self.maps, bytes.as_ptr() as usize, bytes.len())
+        }
+    }
+
+    /// Where `len` bytes at address `at` lie in the file, if one of `maps` holds them all.
+    pub(super) fn offset_in(maps: &[Mapping], at: usize, len: usize) -> Option<u64> {
+        let end = at.checked_add(len)?;
+        let m = maps.iter().find(|m| m.start <= at && end <= m.end)?;
+        Some(m.offset + (at - m.start) as u64)
+    }
+
+    /// The mappings of the file `(dev, ino)` in a `/proc/PID/maps` listing, adjacent ones
+    /// that continue each other (libmdbx's `madvise` calls split one map into several
+    /// entries) merged, so that a value spanning a split is still found.
+    pub(super) fn mappings_of(listing: &str, dev: (u64, u64), ino: u64) -> Vec<Mapping> {
+        let mut maps: Vec<Mapping> = Vec::new();
+        for line in listing.lines() {
+            let Some(m) = parse_line(line, dev, ino) else { continue };
+            match maps.last_mut() {
+                Some(last)
+                    if last.end == m.start
+                        && last.offset + (last.end - last.start) as u64 == m.offset =>
+                {
+                    last.end = m.end
+                }
+                _ => maps.push(m),
+            }
+        }
+        maps
+    }
+
+    /// `start-end perms offset major:minor inode path`, all numbers but the inode in hex.
+    fn parse_line(line: &str, dev: (u64, u64), ino: u64) -> Option<Mapping> {
+        let mut fields = line.split_ascii_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let _perms = fields.next()?;
+        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+        let (major, minor) = fields.next()?.split_once(':')?;
+        let line_dev = (u64::from_str_radix(major, 16).ok()?, u64::from_str_radix(minor, 16).ok()?);
+        let line_ino: u64 = fields.next()?.parse().ok()?;
+        if line_dev != dev || line_ino != ino || ino == 0 {
+            return None;
+        }
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        (start < end).then_some(Mapping { start, end, offset })
+    }
+
+    /// What a direct read of `range` of a stored value reads: whole crc blocks.
+    struct Covering {
+        /// File offset of the first covering block.
+        offset: u64,
+        /// The covering blocks, in data coordinates.
+        blocks: Range<usize>,
+        first_block: usize,
+    }
+
+    /// `None` when the value is malformed, the range empty or outside it, or the value not in
+    /// a known mapping: the map path then answers (and reports what is wrong).
+    fn covering(file: &DataFile, value: &[u8], range: &Range<usize>) -> Option<Covering> {
+        let len = format::data_len(value).ok()?;
+        if range.is_empty() || range.end > len {
+            return None;
+        }
+        let first_block = range.start / CRC_BLOCK;
+        let blocks = first_block * CRC_BLOCK..range.end.div_ceil(CRC_BLOCK) * CRC_BLOCK;
+        let blocks = blocks.start..blocks.end.min(len);
+        let offset = file.offset_of(value)? + (format::header_len(len) + blocks.start) as u64;
+        Some(Covering { offset, blocks, first_block })
+    }
+
+    /// Read the covering blocks into `dst` (exactly their length) and check their crcs
+    /// against the header in `value`.
+    fn fill(file: &DataFile, value: &[u8], cov: &Covering, dst: &mut [u8]) -> bool {
+        if let Err(e) = file.file.read_exact_at(dst, cov.offset) {
+            tracing::debug!(error = %e, "direct read of a chunk failed; reading through the map");
+            return false;
+        }
+        // The crcs follow the fixed header, which is what a header of no data is.
+        let crcs = format::header_len(0);
+        let good = dst.chunks(CRC_BLOCK).zip(cov.first_block..).all(|(bytes, block)| {
+            let at = crcs + 4 * block;
+            value
+                .get(at..at + 4)
+                .and_then(|c| <[u8; 4]>::try_from(c).ok())
+                .is_some_and(|c| crc32c::crc32c(bytes) == u32::from_le_bytes(c))
+        });
+        if !good {
+            tracing::debug!("direct read of a chunk failed its crc; reading through the map");
+        }
+        good
+    }
+
+    /// Show bytes `range` of the chunk stored as `value` to `visit`, read from the file and
+    /// checked. `false` (and `visit` not called) when they could not be: read through the map.
+    pub(super) fn visit(
+        file: &DataFile,
+        value: &[u8],
+        range: &Range<usize>,
+        visit: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        let Some(cov) = covering(file, value, range) else { return false };
+        let wanted = range.start - cov.blocks.start..range.end - cov.blocks.start;
+        let mut serve = |buf: &mut Vec<u8>| {
+            let n = cov.blocks.len();
+            // Grown, never cleared: only the bytes read are looked at.
+            if buf.len() < n {
+                buf.resize(n, 0);
+            }
+            let ok = fill(file, value, &cov, &mut buf[..n]);
+            if ok {
+                visit(&buf[wanted.clone()]);
+            }
+            ok
+        };
+        BUFFER.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                let ok = serve(&mut buf);
+                if buf.len() > KEPT_BUFFER {
+                    *buf = Vec::new();
+                }
+                ok
+            }
+            // A visitor that reads the store again: give it a buffer of its own.
+            Err(_) => serve(&mut Vec::new()),
+        })
+    }
+
+    /// Append bytes `range` of the chunk stored as `value` to `out`, read from the file and
+    /// checked. `false`, with `out` as it was, when they could not be: read through the map.
+    pub(super) fn append(
+        file: &DataFile,
+        value: &[u8],
+        range: &Range<usize>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(cov) = covering(file, value, range) else { return false };
+        let old = out.len();
+        out.resize(old + cov.blocks.len(), 0);
+        if !fill(file, value, &cov, &mut out[old..]) {
+            out.truncate(old);
+            return false;
+        }
+        // Keep only the range: drop the ends of partial blocks (none for aligned reads).
+        out.truncate(old + range.end - cov.blocks.start);
+        out.drain(old..old + range.start - cov.blocks.start);
+        true
     }
 }
 
@@ -1172,6 +1549,88 @@ mod tests {
         assert!(!called);
     }
 
+    /// Reads go to the data file (the store found its map), serve exactly the stored bytes
+    /// for ranges that start and end anywhere in a crc block, and leave `out` as it was
+    /// before the call's bytes.
+    #[test]
+    fn direct_reads_serve_the_stored_bytes() {
+        let (_dir, store) = fresh(SMALL_CHUNK);
+        assert!(store.data_file.is_some(), "the data file or its mapping was not found");
+        let id = content(7);
+        let size = 3 * SMALL_CHUNK - 17;
+        let bytes = file_bytes(7, size);
+        put_file(&store, &id, &bytes);
+        let block = CRC_BLOCK;
+        let chunk = SMALL_CHUNK as usize;
+        for (index, range) in [
+            (0, 0..chunk),
+            (1, 1..2),
+            (1, block - 1..block + 1),
+            (1, block..2 * block),
+            (2, 3..chunk - 17),
+            (2, chunk - 18..chunk - 17),
+        ] {
+            let start = index as usize * chunk;
+            let expected = &bytes[start + range.start..start + range.end];
+            let mut out = vec![0xAA; 3];
+            assert!(store.read_chunk(&id, index, range.clone(), &mut out).unwrap());
+            assert_eq!(out.len(), 3 + range.len());
+            assert!(out[..3] == [0xAA; 3] && out[3..] == *expected, "read {index} {range:?}");
+            let mut seen: Vec<u8> = Vec::new();
+            assert!(store
+                .visit_chunk(&id, index, range.clone(), &mut |b| seen.extend_from_slice(b))
+                .unwrap());
+            assert!(seen == expected, "visit {index} {range:?}");
+        }
+    }
+
+    /// A direct read that lands on the wrong bytes (the map moved, say) fails its crcs and is
+    /// answered through the map: the right bytes, and the good chunk is not dropped.
+    #[test]
+    fn misplaced_direct_reads_fall_back_to_the_map() {
+        let (_dir, mut store) = fresh(SMALL_CHUNK);
+        let id = content(8);
+        let bytes = file_bytes(8, 2 * SMALL_CHUNK);
+        put_file(&store, &id, &bytes);
+        store.data_file.as_mut().expect("direct reads available").misplace(4096);
+        let chunk = SMALL_CHUNK as usize;
+        let mut out = Vec::new();
+        assert!(store.read_chunk(&id, 1, 10..chunk, &mut out).unwrap());
+        assert!(out == bytes[chunk + 10..]);
+        let mut seen: Vec<u8> = Vec::new();
+        assert!(store
+            .visit_chunk(&id, 0, 0..CRC_BLOCK + 1, &mut |b| seen.extend_from_slice(b))
+            .unwrap());
+        assert!(seen == bytes[..CRC_BLOCK + 1]);
+        assert!(store.has_chunk(&id, 0).unwrap() && store.has_chunk(&id, 1).unwrap());
+        assert_eq!(store.file_record(&id).unwrap().unwrap().cached_bytes, 2 * SMALL_CHUNK);
+    }
+
+    #[test]
+    fn mappings_of_the_data_file_are_found_and_merged() {
+        let listing = "\
+7f0000000000-7f0000001000 r--s 00000000 fd:01 1234 /s/mdbx.dat
+7f0000001000-7f0000003000 r--s 00001000 fd:01 1234 /s/mdbx.dat
+7f0000003000-7f0000004000 r--s 00005000 fd:01 1234 /s/mdbx.dat
+7f0000004000-7f0000005000 r--s 00006000 fd:02 1234 /other/mdbx.dat
+7f0000005000-7f0000006000 r--s 00000000 fd:01 1235 /s/mdbx.lck
+7f0000006000-7f0000007000 rw-p 00000000 00:00 0
+garbage line
+";
+        let maps = direct::mappings_of(listing, (0xfd, 1), 1234);
+        let m = |start, end, offset| direct::Mapping { start, end, offset };
+        assert_eq!(
+            maps,
+            [m(0x7f0000000000, 0x7f0000003000, 0), m(0x7f0000003000, 0x7f0000004000, 0x5000)]
+        );
+        // A value across the merged split is found; one across the discontinuity is not.
+        assert_eq!(direct::offset_in(&maps, 0x7f0000000ff0, 0x20), Some(0xff0));
+        assert_eq!(direct::offset_in(&maps, 0x7f0000003010, 0x10), Some(0x5010));
+        assert_eq!(direct::offset_in(&maps, 0x7f0000002ff0, 0x20), None);
+        assert_eq!(direct::offset_in(&maps, 0x7f0000004000, 1), None);
+        assert_eq!(direct::offset_in(&maps, usize::MAX, 2), None);
+    }
+
     #[test]
     fn chunk_values_have_the_documented_layout() {
         let data = file_bytes(1, CRC_BLOCK as u64 + 3);
@@ -1191,6 +1650,47 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Direct reads of any range of any chunk serve exactly the stored bytes.
+        #[test]
+        fn direct_reads_of_any_range(index in 0u64..3, a in 0usize..SMALL_CHUNK as usize, b in 0usize..SMALL_CHUNK as usize) {
+            static STORE: std::sync::OnceLock<(tempfile::TempDir, MdbxStore)> = std::sync::OnceLock::new();
+            const SIZE: u64 = 3 * SMALL_CHUNK - 1000;
+            let (_, store) = STORE.get_or_init(|| {
+                let (dir, store) = fresh(SMALL_CHUNK);
+                put_file(&store, &content(9), &file_bytes(9, SIZE));
+                (dir, store)
+            });
+            let bytes = file_bytes(9, SIZE);
+            let len = crate::store::chunk_len(SIZE, SMALL_CHUNK, index) as usize;
+            let range = a.min(b).min(len)..a.max(b).min(len);
+            let start = index as usize * SMALL_CHUNK as usize;
+            let mut out = Vec::new();
+            proptest::prop_assert!(store.read_chunk(&content(9), index, range.clone(), &mut out).unwrap());
+            proptest::prop_assert!(out == bytes[start + range.start..start + range.end]);
+        }
+
+        /// An address is placed in the file by the mapping that holds all its bytes, or not
+        /// at all.
+        #[test]
+        fn offsets_come_from_the_mapping_that_holds_the_bytes(
+            starts in proptest::collection::vec((0usize..1 << 20, 1usize..1 << 16, 0u64..1 << 30), 0..4),
+            at in 0usize..1 << 21,
+            len in 0usize..1 << 16,
+        ) {
+            let maps: Vec<direct::Mapping> = starts
+                .iter()
+                .map(|&(start, size, offset)| direct::Mapping { start, end: start + size, offset })
+                .collect();
+            match direct::offset_in(&maps, at, len) {
+                Some(offset) => {
+                    let m = maps.iter().find(|m| m.start <= at && at + len <= m.end);
+                    let m = m.expect("an offset without a mapping");
+                    proptest::prop_assert_eq!(offset, m.offset + (at - m.start) as u64);
+                }
+                None => proptest::prop_assert!(maps.iter().all(|m| at < m.start || at + len > m.end)),
+            }
+        }
+
         /// Any value, however mangled, is either read correctly or reported: never a panic,
         /// never bytes that are not the stored data.
         #[test]

@@ -232,6 +232,57 @@ impl ChunkStore for MemoryStore {
             keys.filter_map(|k| format::repo_of_key(k.as_bytes())).collect();
         Ok(repos.into_iter().collect())
     }
+
+    fn commits(&self, repo: &RepoId) -> Result<Vec<String>, StoreError> {
+        let inner = self.inner()?;
+        Ok(revs_of(&inner.manifests, repo).map(|(rev, _)| rev).collect())
+    }
+
+    fn refs(&self, repo: &RepoId) -> Result<Vec<(String, RefRecord)>, StoreError> {
+        let inner = self.inner()?;
+        Ok(revs_of(&inner.refs, repo).map(|(rev, record)| (rev, record.clone())).collect())
+    }
+
+    fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError> {
+        let inner = self.inner()?;
+        let mut out: Vec<_> = inner.files.iter().map(|(c, r)| (*c, *r)).collect();
+        out.sort_by_key(|(c, _)| *c);
+        Ok(out)
+    }
+
+    fn touch(&self, content: &ContentId) -> Result<(), StoreError> {
+        let now = format::now_secs();
+        if let Some(record) = self.inner()?.files.get_mut(content) {
+            record.last_access = now;
+        }
+        Ok(())
+    }
+
+    fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError> {
+        let mut inner = self.inner()?;
+        let keys: Vec<_> = inner.chunks_of(content).map(|(k, _)| *k).collect();
+        let mut freed = 0u64;
+        for key in keys {
+            if let Some(value) = inner.chunks.remove(&key) {
+                freed += format::data_len(&value).unwrap_or(0) as u64;
+            }
+        }
+        inner.files.remove(content);
+        Ok(freed)
+    }
+}
+
+/// The revisions of `repo` among keys `org/name@rev`, in key order, as the mdbx store's
+/// cursor range finds them.
+fn revs_of<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    repo: &RepoId,
+) -> impl Iterator<Item = (String, &'a V)> + 'a {
+    let prefix = format::repo_key(repo, "");
+    let n = prefix.len();
+    map.range(prefix.clone()..)
+        .take_while(move |(k, _)| k.starts_with(&prefix))
+        .map(move |(k, v)| (k[n..].to_owned(), v))
 }
 
 /// The behaviour every [`ChunkStore`] must have, as functions over a fresh, empty store.
@@ -326,6 +377,11 @@ pub(crate) mod conformance {
             fn conformance_repos_sorted_and_deduplicated() {
                 let (_guard, store) = ($make)($crate::store::memory::conformance::SMALL_CHUNK);
                 $crate::store::memory::conformance::repos_sorted_and_deduplicated(&store);
+            }
+            #[test]
+            fn conformance_listing_and_eviction() {
+                let (_guard, store) = ($make)($crate::store::memory::conformance::SMALL_CHUNK);
+                $crate::store::memory::conformance::listing_and_eviction(&store);
             }
             #[test]
             fn conformance_corrupt_chunks_are_dropped() {
@@ -695,6 +751,58 @@ pub(crate) mod conformance {
                 RepoId::new("b", "x"),
             ]
         );
+    }
+
+    /// `commits` and `refs` list one repo's records only (not those of a repo whose name
+    /// extends it), sorted; `files` lists every record; `evict_file` removes a whole file, so
+    /// it reads as never fetched, and frees exactly its stored bytes; `touch` only moves the
+    /// access time.
+    pub(crate) fn listing_and_eviction(store: &dyn ChunkStore) {
+        let repo = RepoId::new("a", "b");
+        let r = |c: char, at| RefRecord { commit: c.to_string().repeat(40), resolved_at: at };
+        store.put_ref(&repo, "v1.0", &r('a', 1)).unwrap();
+        store.put_ref(&repo, "main", &r('b', 2)).unwrap();
+        store.put_ref(&RepoId::new("a", "b-c"), "main", &r('c', 3)).unwrap();
+        store.put_ref(&RepoId::new("a", "bb"), "main", &r('c', 3)).unwrap();
+        store.put_manifest(&sample_manifest("a", "b", 'e')).unwrap();
+        store.put_manifest(&sample_manifest("a", "b", 'd')).unwrap();
+        store.put_manifest(&sample_manifest("a", "b-c", 'f')).unwrap();
+        assert_eq!(store.commits(&repo).unwrap(), vec!["d".repeat(40), "e".repeat(40)]);
+        assert_eq!(
+            store.refs(&repo).unwrap(),
+            vec![("main".to_string(), r('b', 2)), ("v1.0".to_string(), r('a', 1))]
+        );
+        assert_eq!(store.commits(&RepoId::new("x", "y")).unwrap(), Vec::<String>::new());
+        assert_eq!(store.refs(&RepoId::new("a", "")).unwrap(), vec![]);
+
+        let cs = store.chunk_size();
+        let (one, two) = (content(0xE1), content(0xE0));
+        let big = file_bytes(0xE1, 2 * cs + 5);
+        put_file(store, &one, &big);
+        store.put_chunk(&two, cs + 1, 1, &[7]).unwrap();
+        let listed = store.files().unwrap();
+        assert_eq!(
+            listed.iter().map(|(c, r)| (*c, r.cached_bytes, r.state)).collect::<Vec<_>>(),
+            vec![(two, 1, FileState::Partial), (one, 2 * cs + 5, FileState::Complete)]
+        );
+        let before = store.file_record(&one).unwrap().unwrap();
+        store.touch(&one).unwrap();
+        let after = store.file_record(&one).unwrap().unwrap();
+        assert!(after.last_access >= before.last_access);
+        assert_eq!(FileRecord { last_access: before.last_access, ..after }, before);
+        store.touch(&content(0xEE)).unwrap();
+        assert_eq!(store.file_record(&content(0xEE)).unwrap(), None);
+
+        assert_eq!(store.evict_file(&one).unwrap(), 2 * cs + 5);
+        assert_eq!(store.file_record(&one).unwrap(), None);
+        for index in 0..3 {
+            assert!(!store.has_chunk(&one, index).unwrap());
+            assert!(!store.read_chunk(&one, index, 0..1, &mut Vec::new()).unwrap());
+        }
+        assert_eq!(store.evict_file(&one).unwrap(), 0);
+        assert_eq!(store.files().unwrap().len(), 1);
+        // Refetched after eviction, the file is recorded afresh from its chunks.
+        assert_eq!(put_file(store, &one, &big).cached_bytes, 2 * cs + 5);
     }
 
     /// A corrupt chunk is dropped when a read touches the damage (and only then: other blocks

@@ -13,7 +13,9 @@
 //! synchronous tests and from inside `#[tokio::test]` alike, and so that it owns its sockets:
 //! [`MockHub::stop`] closes the listeners *and* every open connection, which is what an offline
 //! test needs (a pooled keep-alive connection must not keep the "network" alive). Faults are
-//! injected per request through [`MockHub::inject`] ([`FaultRule`], [`Fault`]).
+//! injected per request through [`MockHub::inject`] ([`FaultRule`], [`Fault`]), or at random
+//! with a seeded generator through [`MockHub::inject_random`] ([`RandomFaults`]); every fault
+//! that changed an answer is counted ([`MockHub::faults_injected`]).
 
 #![allow(dead_code)]
 
@@ -312,6 +314,9 @@ pub struct RecordedRequest {
     pub authorization: Option<String>,
     /// The status sent; 0 when the connection was dropped without an answer.
     pub status: u16,
+    /// Every request header as received (names lowercase, values lossily decoded), so
+    /// tests can check what each origin was told, the token above all.
+    pub headers: Vec<(String, String)>,
 }
 
 /// What goes wrong with one answer.
@@ -330,6 +335,66 @@ pub enum Fault {
     Stall(Duration),
     /// Send the real headers and a body of the right length with its first byte flipped.
     WrongBytes,
+    /// 429 with the IETF `RateLimit` headers the Hub sends since late 2025
+    /// (`RateLimit: "api";r=0;t=<reset_secs>` and `RateLimit-Policy`), and no `Retry-After`.
+    RateLimitedIetf { reset_secs: u64 },
+    /// A range answer whose `Content-Range` is not the range asked for (see [`RangeSkew`]).
+    /// Only requests with a `Range` header that would get a 206 are affected.
+    WrongContentRange(RangeSkew),
+    /// Ignore the `Range` header and send the whole file with 200, as a server or proxy
+    /// without range support does. Only requests that would get a 206 are affected.
+    FullBody,
+    /// 403 from the CDN with the body S3/CloudFront send for a signed URL past its expiry.
+    Expired,
+    /// Send the headers and the first `after` body bytes, then nothing for `pause`, then
+    /// the rest: a connection that goes quiet mid-body.
+    StallAfter { after: usize, pause: Duration },
+    /// This status with `X-Error-Code: code`, as the Hub's own errors (`GatedRepo`, ...).
+    Coded { status: u16, code: String },
+}
+
+/// How a [`Fault::WrongContentRange`] answer differs from the range asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RangeSkew {
+    /// The bytes and header of the range one byte later (`a+1-b+1`), a misaligned server.
+    Shifted,
+    /// The bytes and header of a shorter range (`a-b-1`, or `a-a` for one byte asked).
+    Short,
+    /// The right bytes, but a `Content-Range` total one byte off: another size of the file.
+    WrongTotal,
+}
+
+impl Fault {
+    /// A short name per kind, for counting.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Reset => "reset",
+            Fault::Status(_) => "status",
+            Fault::RateLimited { .. } => "429-retry-after",
+            Fault::Truncate { .. } => "truncate",
+            Fault::Stall(_) => "stall",
+            Fault::WrongBytes => "wrong-bytes",
+            Fault::RateLimitedIetf { .. } => "429-ratelimit",
+            Fault::WrongContentRange(_) => "wrong-content-range",
+            Fault::FullBody => "200-not-206",
+            Fault::Expired => "cdn-expired",
+            Fault::StallAfter { .. } => "stall-mid-body",
+            Fault::Coded { .. } => "coded-error",
+        }
+    }
+}
+
+/// Faults drawn at random: each matching request gets one with `probability`, chosen
+/// uniformly among the `kinds` allowed for its origin, from a generator seeded by the test so
+/// a failing run can be replayed (up to thread interleaving).
+#[derive(Debug)]
+pub struct RandomFaults {
+    pub seed: u64,
+    pub probability: f64,
+    /// Only requests with a `Range` header (chunk fetches), when set.
+    pub ranged_only: bool,
+    /// Each kind with the origin it may hit (`None`: both).
+    pub kinds: Vec<(Option<Origin>, Fault)>,
 }
 
 /// When a [`Fault`] applies: to the next `times` requests that match.
@@ -361,19 +426,40 @@ impl FaultRule {
 #[derive(Debug, Default)]
 struct Faults {
     rules: Vec<FaultRule>,
+    random: Option<(RandomFaults, rand::rngs::StdRng)>,
+    /// Faults that changed an answer, by [`Fault::kind`].
+    injected: BTreeMap<&'static str, usize>,
 }
 
 impl Faults {
-    /// The first rule that matches and has uses left is spent by one.
+    /// The first rule that matches and has uses left is spent by one; when none does, the
+    /// random faults (if any) get a chance.
     fn take(&mut self, origin: Origin, path_and_query: &str, ranged: bool) -> Option<Fault> {
         let rule = self.rules.iter_mut().find(|r| {
             r.times > 0
                 && r.origin.is_none_or(|o| o == origin)
                 && (!r.ranged_only || ranged)
                 && path_and_query.contains(&r.path_contains)
-        })?;
-        rule.times -= 1;
-        Some(rule.fault.clone())
+        });
+        if let Some(rule) = rule {
+            rule.times -= 1;
+            return Some(rule.fault.clone());
+        }
+        use rand::Rng;
+        let (random, rng) = self.random.as_mut()?;
+        if (random.ranged_only && !ranged) || !rng.gen_bool(random.probability) {
+            return None;
+        }
+        let allowed: Vec<&Fault> = random
+            .kinds
+            .iter()
+            .filter(|(o, _)| o.is_none_or(|o| o == origin))
+            .map(|(_, f)| f)
+            .collect();
+        if allowed.is_empty() {
+            return None;
+        }
+        Some(allowed[rng.gen_range(0..allowed.len())].clone())
     }
 }
 
@@ -567,8 +653,35 @@ impl MockHub {
         lock(&self.shared.faults).rules.push(rule);
     }
 
+    /// Stop injecting: drop every rule and the random faults (the counts stay).
     pub fn clear_faults(&self) {
-        lock(&self.shared.faults).rules.clear();
+        let mut faults = lock(&self.shared.faults);
+        faults.rules.clear();
+        faults.random = None;
+    }
+
+    /// Drop the rules whose `path_contains` is exactly `path_contains`.
+    pub fn remove_faults(&self, path_contains: &str) {
+        lock(&self.shared.faults).rules.retain(|r| r.path_contains != path_contains);
+    }
+
+    /// Uses left of the rules whose `path_contains` is exactly `path_contains`: 0 once a
+    /// fault injected for N requests was served N times.
+    pub fn faults_left(&self, path_contains: &str) -> usize {
+        let faults = lock(&self.shared.faults);
+        faults.rules.iter().filter(|r| r.path_contains == path_contains).map(|r| r.times).sum()
+    }
+
+    /// Draw faults at random for requests that no rule matches, until [`Self::clear_faults`].
+    pub fn inject_random(&self, faults: RandomFaults) {
+        use rand::SeedableRng;
+        let rng = rand::rngs::StdRng::seed_from_u64(faults.seed);
+        lock(&self.shared.faults).random = Some((faults, rng));
+    }
+
+    /// How many answers each kind of fault changed so far, by [`Fault::kind`].
+    pub fn faults_injected(&self) -> BTreeMap<&'static str, usize> {
+        lock(&self.shared.faults).injected.clone()
     }
 
     /// Stop answering: close the listeners (new connections are refused) and every open
@@ -720,6 +833,11 @@ async fn handle(
     let range = header_str(header::RANGE);
     let authorization = header_str(header::AUTHORIZATION);
     let host = header_str(header::HOST);
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
     let fault = lock(&shared.faults).take(origin, &path_and_query, range.is_some());
 
     let record = |status: u16| {
@@ -730,19 +848,30 @@ async fn handle(
             range: range.clone(),
             authorization: authorization.clone(),
             status,
+            headers: headers.clone(),
         })
     };
+    let count =
+        |fault: &Fault| *lock(&shared.faults).injected.entry(fault.kind()).or_default() += 1;
     if fault == Some(Fault::Reset) {
+        count(&Fault::Reset);
         record(0);
         return Err(ResetByFault);
     }
 
+    // Range faults change the request the routes see: a server that ignored the range, or
+    // answered a neighbouring one.
+    let routed_range = match (&fault, range.as_deref()) {
+        (Some(Fault::FullBody), _) => None,
+        (Some(Fault::WrongContentRange(skew)), Some(r)) => Some(skewed_range(*skew, r)),
+        _ => range.clone(),
+    };
     let reply = if method != Method::GET && method != Method::HEAD {
         Reply::error(StatusCode::METHOD_NOT_ALLOWED, None, "Method not allowed")
     } else {
         let ctx = Ctx {
             shared: &shared,
-            range: range.as_deref(),
+            range: routed_range.as_deref(),
             authorization: authorization.as_deref(),
             host: host.as_deref(),
         };
@@ -751,17 +880,70 @@ async fn handle(
             Origin::Cdn => route_cdn(&ctx, &path_and_query),
         }
     };
+    let mut applied = match &fault {
+        None | Some(Fault::Reset) => false,
+        Some(Fault::FullBody) => range.is_some() && reply.status == StatusCode::OK,
+        Some(Fault::WrongContentRange(_)) => {
+            range.is_some() && reply.status == StatusCode::PARTIAL_CONTENT
+        }
+        Some(
+            Fault::Truncate { .. } | Fault::Stall(_) | Fault::WrongBytes | Fault::StallAfter { .. },
+        ) => !reply.body.is_empty() && method == Method::GET,
+        Some(_) => true,
+    };
     let reply = match &fault {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Reply::error(status, None, "Injected failure")
         }
+        Some(Fault::Coded { status, code }) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            Reply::error(status, Some(code), "Injected failure")
+        }
         Some(Fault::RateLimited { retry_after_secs }) => {
             Reply::error(StatusCode::TOO_MANY_REQUESTS, None, "Too many requests")
                 .header(header::RETRY_AFTER, retry_after_secs.to_string())
         }
+        // As huggingface.co sends them (huggingface_hub#3553): the exhausted group, nothing
+        // remaining, seconds to the window's end; the policy names the window.
+        Some(Fault::RateLimitedIetf { reset_secs }) => Reply::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            "We had to rate limit you, you hit the quota of 500 api requests per 5 minutes period.",
+        )
+        .header("ratelimit", format!("\"api\";r=0;t={reset_secs}"))
+        .header("ratelimit-policy", "\"fixed window\";\"api\";q=500;w=300"),
+        Some(Fault::Expired) => {
+            Reply::new(StatusCode::FORBIDDEN).header(header::CONTENT_TYPE, "application/xml").body(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code>\
+                 <Message>Request has expired</Message></Error>",
+            )
+        }
+        Some(Fault::WrongContentRange(RangeSkew::WrongTotal)) if applied => {
+            let mut reply = reply;
+            for (name, value) in &mut reply.headers {
+                if *name == header::CONTENT_RANGE {
+                    if let Some((span, total)) = value.rsplit_once('/') {
+                        let total = total.parse::<u64>().map_or(0, |t| t + 1);
+                        *value = format!("{span}/{total}");
+                    }
+                }
+            }
+            reply
+        }
         _ => reply,
     };
+    if let (Some(Fault::WrongContentRange(_)), StatusCode::RANGE_NOT_SATISFIABLE) =
+        (&fault, reply.status)
+    {
+        // Shifted past the end: a 416 is a different fault from the one asked for.
+        applied = true;
+    }
+    if applied {
+        if let Some(f) = &fault {
+            count(f);
+        }
+    }
     record(reply.status.as_u16());
 
     let mut response = Response::builder().status(reply.status);
@@ -775,9 +957,9 @@ async fn handle(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
+        use futures::StreamExt;
         match fault {
             Some(Fault::Truncate { after }) => {
-                use futures::StreamExt;
                 let head = reply.body.slice(..after.min(reply.body.len()));
                 // hyper flushes what it has buffered only when the body is pending: without
                 // the pause the error would discard the headers and the head of the body too.
@@ -794,6 +976,15 @@ async fn handle(
                     Ok::<_, Infallible>(data)
                 }))
             }
+            Some(Fault::StallAfter { after, pause }) => {
+                let split = after.min(reply.body.len());
+                let (head, tail) = (reply.body.slice(..split), reply.body.slice(split..));
+                let rest = futures::stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Ok::<_, Infallible>(tail)
+                });
+                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
+            }
             Some(Fault::WrongBytes) if !reply.body.is_empty() => {
                 let mut data = reply.body.to_vec();
                 data[0] ^= 0xff;
@@ -804,6 +995,21 @@ async fn handle(
     };
     // The builder only fails on invalid parts, and every part above was checked.
     Ok(response.body(body).unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// The `Range` header a [`Fault::WrongContentRange`] answers instead of `range`; unchanged
+/// when it is not a plain `bytes=a-b`.
+fn skewed_range(skew: RangeSkew, range: &str) -> String {
+    let parsed = range
+        .trim()
+        .strip_prefix("bytes=")
+        .and_then(|s| s.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    match (skew, parsed) {
+        (RangeSkew::Shifted, Some((a, b))) => format!("bytes={}-{}", a + 1, b + 1),
+        (RangeSkew::Short, Some((a, b))) => format!("bytes={a}-{}", b.saturating_sub(1).max(a)),
+        _ => range.to_owned(),
+    }
 }
 
 struct Ctx<'a> {
@@ -1461,5 +1667,84 @@ mod tests {
 
         let statuses: Vec<u16> = hub.requests().iter().map(|r| r.status).collect();
         assert_eq!(statuses, [503, 200, 429, 200, 206, 0]);
+    }
+
+    #[test]
+    fn range_rate_limit_and_expiry_faults() {
+        let hub = MockHub::start(MockConfig::default());
+        let data: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        hub.add_repo(MockRepo::new("org/f", vec![MockFile::lfs("w.bin", data.clone())]));
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let cdn = format!("{}/lfs/{sha256}", hub.cdn_origin());
+        let range = [("Range", "bytes=10-19")];
+        let once = |fault: Fault| hub.inject(FaultRule::new(Some(Origin::Cdn), "/lfs/", 1, fault));
+
+        once(Fault::WrongContentRange(RangeSkew::Shifted));
+        let (s, h, b) = get(&cdn, &range);
+        assert_eq!((s, header(&h, "content-range")), (206, Some("bytes 11-20/3000")));
+        assert_eq!(b, &data[11..=20]);
+        once(Fault::WrongContentRange(RangeSkew::Short));
+        let (s, h, b) = get(&cdn, &range);
+        assert_eq!((s, header(&h, "content-range")), (206, Some("bytes 10-18/3000")));
+        assert_eq!(b, &data[10..=18]);
+        once(Fault::WrongContentRange(RangeSkew::WrongTotal));
+        let (s, h, b) = get(&cdn, &range);
+        assert_eq!((s, header(&h, "content-range")), (206, Some("bytes 10-19/3001")));
+        assert_eq!(b, &data[10..=19]);
+        once(Fault::FullBody);
+        let (s, h, b) = get(&cdn, &range);
+        assert_eq!((s, header(&h, "content-range"), b.len()), (200, None, 3000));
+        once(Fault::RateLimitedIetf { reset_secs: 12 });
+        let (s, h, _) = get(&cdn, &range);
+        assert_eq!(
+            (s, header(&h, "ratelimit"), header(&h, "retry-after")),
+            (429, Some(r#""api";r=0;t=12"#), None)
+        );
+        assert_eq!(header(&h, "ratelimit-policy"), Some(r#""fixed window";"api";q=500;w=300"#));
+        once(Fault::Expired);
+        let (s, _, b) = get(&cdn, &range);
+        assert_eq!(s, 403);
+        assert!(String::from_utf8(b).unwrap().contains("Request has expired"));
+        once(Fault::StallAfter { after: 4, pause: Duration::from_millis(50) });
+        let (s, _, b) = get(&cdn, &range);
+        assert_eq!((s, b.as_slice()), (206, &data[10..=19]));
+        // A fault that cannot apply (no range asked) is not counted.
+        once(Fault::FullBody);
+        assert_eq!(get(&cdn, &[]).0, 200);
+        let counted: Vec<(&str, usize)> = hub.faults_injected().into_iter().collect();
+        assert_eq!(
+            counted,
+            [
+                ("200-not-206", 1),
+                ("429-ratelimit", 1),
+                ("cdn-expired", 1),
+                ("stall-mid-body", 1),
+                ("wrong-content-range", 3)
+            ]
+        );
+        // Headers are recorded per request, as received.
+        let last = hub.requests().pop().unwrap();
+        assert!(last.headers.iter().any(|(k, v)| k == "host" && !v.is_empty()), "{last:?}");
+    }
+
+    #[test]
+    fn random_faults_follow_their_origin_and_probability() {
+        let hub = MockHub::start(MockConfig::default());
+        let data = vec![7u8; 100];
+        hub.add_repo(MockRepo::new("org/f", vec![MockFile::lfs("w.bin", data.clone())]));
+        let cdn = format!("{}/lfs/{}", hub.cdn_origin(), hex::encode(Sha256::digest(&data)));
+        hub.inject_random(RandomFaults {
+            seed: 1,
+            probability: 1.0,
+            ranged_only: true,
+            kinds: vec![(Some(Origin::Hub), Fault::Status(500)), (None, Fault::Status(503))],
+        });
+        for _ in 0..5 {
+            assert_eq!(get(&cdn, &[("Range", "bytes=0-9")]).0, 503, "only 503 may hit the CDN");
+            assert_eq!(get(&cdn, &[]).0, 200, "unranged requests are spared");
+        }
+        hub.clear_faults();
+        assert_eq!(get(&cdn, &[("Range", "bytes=0-9")]).0, 206);
+        assert_eq!(hub.faults_injected().get("status"), Some(&5));
     }
 }

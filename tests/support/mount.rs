@@ -17,6 +17,8 @@ pub struct Mounted {
     log: PathBuf,
     /// Holds the mountpoint and the log; dropped after the mount is gone.
     _dir: TestDir,
+    /// Set by [`Mounted::kill9`]: the dead mount is left for the next daemon to clear.
+    leave_mount: bool,
 }
 
 /// A fresh directory under the target dir, removed when dropped, unless the test is failing:
@@ -38,7 +40,7 @@ impl AsRef<Path> for TestDir {
 
 impl Drop for TestDir {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if !std::thread::panicking() && !self.0.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
@@ -76,11 +78,24 @@ impl Mounted {
     }
 
     pub fn start_env(endpoint: &str, store: &Path, args: &[&str], env: &[(&str, &str)]) -> Mounted {
+        Self::start_in(temp_dir("mnt"), endpoint, store, args, env)
+    }
+
+    /// Like [`Mounted::start_env`], on `dir/models` with the log in `dir`: how a test starts
+    /// a daemon on the mountpoint a killed one left behind (see [`Mounted::kill9`]).
+    pub fn start_in(
+        dir: TestDir,
+        endpoint: &str,
+        store: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mounted {
         assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: these tests need FUSE");
-        let dir = temp_dir("mnt");
         let mountpoint = dir.join("models");
         let log = dir.join("modelfs.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
+        // Appended to: the log of a daemon started where a killed one ran keeps both.
+        let log_file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_modelfs"));
         cmd.arg("mount")
             .arg(&mountpoint)
@@ -100,10 +115,18 @@ impl Mounted {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn modelfs");
-        let mut m =
-            Mounted { mountpoint, store: store.to_path_buf(), child: Some(child), log, _dir: dir };
+        let mut m = Mounted {
+            mountpoint,
+            store: store.to_path_buf(),
+            child: Some(child),
+            log,
+            _dir: dir,
+            leave_mount: false,
+        };
         let start = Instant::now();
-        while !is_mounted(&m.mountpoint) {
+        // A dead mount left by a killed daemon is listed too, but answers ENOTCONN (to statfs:
+        // stat may be answered from the kernel's attribute cache).
+        while !(is_mounted(&m.mountpoint) && nix::sys::statfs::statfs(&m.mountpoint).is_ok()) {
             if let Some(status) = m.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("modelfs exited with {status} before mounting:\n{}", m.log());
             }
@@ -119,6 +142,21 @@ impl Mounted {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kill the daemon with SIGKILL, as a crash would: its mount stays behind, dead
+    /// (`ENOTCONN`). Returns the directory of the mountpoint, for [`Mounted::start_in`].
+    pub fn kill9(mut self) -> TestDir {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        self.leave_mount = true;
+        std::mem::replace(&mut self._dir, TestDir(PathBuf::new()))
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Stop the daemon with SIGTERM and return how it exited; the mount must be gone.
@@ -152,7 +190,7 @@ impl Drop for Mounted {
         if self.child.is_some() {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.terminate()));
         }
-        if is_mounted(&self.mountpoint) {
+        if !self.leave_mount && is_mounted(&self.mountpoint) {
             let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
         }
     }

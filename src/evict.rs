@@ -1,0 +1,632 @@
+//! Eviction: keeping the store under `--max-cache-size`, and making room when the disk or the
+//! map is full (SPEC §4).
+//!
+//! The unit of eviction is a whole file, least recently used first (`FileRecord::last_access`,
+//! moved on every open and chunk write): a file is either as the Hub has it or absent, never
+//! a patchwork that verification would have to redo. Two kinds of file are never evicted:
+//!
+//! - files that are **open**, in this process (counted on `open`/`release`) or in any other
+//!   process on the same store (a mount, a second mount): each process that serves files
+//!   publishes the set it has open in `<store>/leases/`, next to a lock file it holds with
+//!   `flock` for as long as it lives. A lease whose lock can be taken belongs to a dead process
+//!   and is removed; so a `kill -9` never pins files forever, and pid reuse cannot fake a lease.
+//! - files of **pinned** repos (config `[[repo]] pin = true`): every file of every stored
+//!   manifest of such a repo.
+//!
+//! The daemon keeps an estimate of the bytes stored, grown by its own chunk writes and reset by
+//! a full scan of the file records at each eviction pass; when the estimate passes the bound a
+//! pass evicts down to [`LOW_WATER`] of it, so that a store at its bound is not scanned on every
+//! chunk. Nothing here holds a store transaction across anything: each record listing and
+//! each file removal is one short transaction of its own.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::manifest::{ContentId, RepoId};
+use crate::store::{ChunkStore, StoreError};
+
+/// An eviction pass brings the store down to this fraction of its bound: 90% leaves room for
+/// a few hundred MiB of new chunks on a typical bound before the next pass, without evicting
+/// much more than needed.
+pub const LOW_WATER: f64 = 0.9;
+
+/// Own chunk writes after which the estimate is refreshed by a scan even below the bound, so
+/// that bytes written by other processes (a `pull`) are noticed: 1 GiB, a few seconds of a
+/// fast download, one record scan each.
+const RESCAN_EVERY: u64 = 1 << 30;
+
+/// Resolution of access times kept for LRU, in seconds: eviction orders files by minutes and
+/// hours of disuse, so finer times would only cost write transactions.
+const TOUCH_GRANULARITY: u64 = 60;
+
+/// Directory of the store where serving processes publish their open files.
+const LEASES_DIR: &str = "leases";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvictError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("leases in {path}: {source}")]
+    Leases { path: String, source: io::Error },
+}
+
+/// What may be evicted, and down to what. Reloadable (SIGHUP).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `None`: no bound; eviction runs only to make room when the store is full.
+    pub max_cache_size: Option<u64>,
+    /// Repos none of whose files are ever evicted.
+    pub pinned: Vec<RepoId>,
+}
+
+/// What one eviction pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EvictReport {
+    /// Bytes stored before and after the pass.
+    pub before: u64,
+    pub after: u64,
+    pub evicted_files: usize,
+    pub evicted_bytes: u64,
+    /// Files that would have gone but were open somewhere, or pinned.
+    pub kept_open: usize,
+    pub kept_pinned: usize,
+}
+
+/// The daemon's side of eviction: open-file accounting, the bound, and passes.
+pub struct Evictor {
+    store: Arc<dyn ChunkStore>,
+    policy: RwLock<Policy>,
+    /// Open handles per content in this process.
+    open: Mutex<HashMap<ContentId, usize>>,
+    leases: Option<Leases>,
+    /// Bytes stored, as of the last scan plus this process's writes since.
+    estimate: AtomicU64,
+    /// Own writes since the last scan.
+    since_scan: AtomicU64,
+    /// One pass at a time; a trigger during a pass is covered by the pass.
+    running: AtomicBool,
+    /// The last lease publication failed (logged once, not at every open).
+    publish_failing: AtomicBool,
+}
+
+impl std::fmt::Debug for Evictor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evictor")
+            .field("policy", &self.policy())
+            .field("estimate", &self.stored_estimate())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Evictor {
+    /// `store_dir`: where the leases live (the store's directory); `None` for a store without
+    /// one (the in-memory double), which then only knows this process's open files.
+    pub fn new(
+        store: Arc<dyn ChunkStore>,
+        store_dir: Option<&Path>,
+        policy: Policy,
+    ) -> Result<Arc<Self>, EvictError> {
+        let leases = store_dir.map(Leases::acquire).transpose()?;
+        let estimate = stored_bytes(store.as_ref())?;
+        crate::metrics::get().set_cache_bytes(estimate);
+        crate::metrics::get().set_cache_bound(policy.max_cache_size);
+        Ok(Arc::new(Self {
+            store,
+            policy: RwLock::new(policy),
+            open: Mutex::default(),
+            leases,
+            estimate: AtomicU64::new(estimate),
+            since_scan: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            publish_failing: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Apply a new bound and pin list (config reload). A lower bound takes effect at the next
+    /// write, or at once through [`Evictor::evict_to_bound`].
+    pub fn set_policy(&self, policy: Policy) {
+        crate::metrics::get().set_cache_bound(policy.max_cache_size);
+        *self.policy.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    /// Bytes stored, as last estimated.
+    pub fn stored_estimate(&self) -> u64 {
+        self.estimate.load(Ordering::Relaxed)
+    }
+
+    /// A handle on `content` was opened: it cannot be evicted until closed.
+    pub fn opened(&self, content: &ContentId) {
+        let first = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = open.entry(*content).or_default();
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.publish();
+        }
+        self.touch(content);
+    }
+
+    /// Move the access time that drives LRU, at most once per [`TOUCH_GRANULARITY`]: a touch
+    /// is a write transaction, and a loader opening one file a hundred times needs one.
+    fn touch(&self, content: &ContentId) {
+        let now = crate::store::unix_now();
+        let fresh = match self.store.file_record(content) {
+            Ok(Some(record)) => now.saturating_sub(record.last_access) < TOUCH_GRANULARITY,
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        // A failed write only makes the file look older than it is.
+        if !fresh {
+            if let Err(e) = self.store.touch(content) {
+                tracing::debug!(content = %content.to_hex(), error = %e, "access time not updated");
+            }
+        }
+    }
+
+    /// A handle on `content` was released.
+    pub fn closed(&self, content: &ContentId) {
+        let last = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            match open.get_mut(content) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    open.remove(content);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let Some(leases) = &self.leases else { return };
+        let open: Vec<ContentId> = {
+            let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            open.keys().copied().collect()
+        };
+        match leases.publish(&open) {
+            // Logged once per failure spell (a full disk fails every open): another process's
+            // pass could then evict a file open here; this process's passes never will.
+            Err(e) if !self.publish_failing.swap(true, Ordering::Relaxed) => {
+                tracing::warn!(error = %e, "open files not published to other processes")
+            }
+            Err(_) => {}
+            Ok(()) => {
+                if self.publish_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("open files published to other processes again");
+                }
+            }
+        }
+    }
+
+    /// This process stored `bytes` more. True when the store is now over its bound and a pass
+    /// should run ([`Evictor::evict_to_bound`], off the async workers).
+    pub fn stored(&self, bytes: u64) -> bool {
+        let estimate = self.estimate.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        crate::metrics::get().set_cache_bytes(estimate);
+        let since = self.since_scan.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        match self.policy().max_cache_size {
+            Some(bound) => estimate > bound || since >= RESCAN_EVERY,
+            None => false,
+        }
+    }
+
+    /// Evict down to [`LOW_WATER`] of the bound if the store is over it. Runs at most one pass
+    /// at a time: `None` when another pass was already running (it covers this call).
+    pub fn evict_to_bound(&self) -> Result<Option<EvictReport>, EvictError> {
+        let Some(bound) = self.policy().max_cache_size else { return Ok(None) };
+        self.exclusive(|| {
+            let before = stored_bytes(self.store.as_ref())?;
+            if before <= bound {
+                return Ok(EvictReport { before, after: before, ..EvictReport::default() });
+            }
+            self.evict(before, (bound as f64 * LOW_WATER) as u64, 0)
+        })
+    }
+
+    /// The store is full (map or disk): evict least recently used files until at least `need`
+    /// bytes are freed, whatever the bound. `Ok(0)`-freed reports mean nothing could go; the
+    /// caller then serves without storing.
+    pub fn make_room(&self, need: u64) -> Result<Option<EvictReport>, EvictError> {
+        self.exclusive(|| {
+            let before = stored_bytes(self.store.as_ref())?;
+            self.evict(before, before.saturating_sub(need), need)
+        })
+    }
+
+    fn exclusive(
+        &self,
+        pass: impl FnOnce() -> Result<EvictReport, EvictError>,
+    ) -> Result<Option<EvictReport>, EvictError> {
+        if self.running.swap(true, Ordering::Acquire) {
+            return Ok(None);
+        }
+        let result = pass();
+        self.running.store(false, Ordering::Release);
+        let report = result?;
+        let metrics = crate::metrics::get();
+        metrics.set_cache_bytes(report.after);
+        if report.evicted_files > 0 {
+            // Per pass, not per file: the counter counts files, the bytes are exact either way.
+            for _ in 1..report.evicted_files {
+                metrics.evicted(0);
+            }
+            metrics.evicted(report.evicted_bytes);
+        }
+        self.estimate.store(report.after, Ordering::Relaxed);
+        self.since_scan.store(0, Ordering::Relaxed);
+        if report.evicted_files > 0 {
+            tracing::info!(
+                files = report.evicted_files,
+                bytes = report.evicted_bytes,
+                after = report.after,
+                kept_open = report.kept_open,
+                kept_pinned = report.kept_pinned,
+                "evicted least recently used files"
+            );
+        }
+        Ok(Some(report))
+    }
+
+    fn evict(&self, before: u64, target: u64, need: u64) -> Result<EvictReport, EvictError> {
+        let mut open: HashSet<ContentId> = {
+            let own = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            own.keys().copied().collect()
+        };
+        if let Some(leases) = &self.leases {
+            open.extend(leases.others()?);
+        }
+        let pinned = pinned_contents(self.store.as_ref(), &self.policy().pinned)?;
+        evict_lru(self.store.as_ref(), before, target, need, &open, &pinned)
+    }
+}
+
+/// `modelfs gc`: one pass down to the bound (to the bound itself, not [`LOW_WATER`] of it:
+/// an operator asking for 50G expects 50G), respecting every serving process's open files.
+pub fn gc(
+    store_dir: &Path,
+    store: Arc<dyn ChunkStore>,
+    policy: Policy,
+) -> Result<EvictReport, EvictError> {
+    let before = stored_bytes(store.as_ref())?;
+    let Some(bound) = policy.max_cache_size else {
+        return Ok(EvictReport { before, after: before, ..EvictReport::default() });
+    };
+    let open = Leases::read_all(&store_dir.join(LEASES_DIR), None)?;
+    let pinned = pinned_contents(store.as_ref(), &policy.pinned)?;
+    evict_lru(store.as_ref(), before, bound, 0, &open, &pinned)
+}
+
+/// Bytes of data stored, from the file records (which every chunk write keeps exact).
+pub fn stored_bytes(store: &dyn ChunkStore) -> Result<u64, StoreError> {
+    Ok(store.files()?.iter().map(|(_, r)| r.cached_bytes).sum())
+}
+
+/// Every content of every stored manifest of the `pinned` repos.
+fn pinned_contents(
+    store: &dyn ChunkStore,
+    pinned: &[RepoId],
+) -> Result<HashSet<ContentId>, StoreError> {
+    let mut out = HashSet::new();
+    for repo in pinned {
+        for commit in store.commits(repo)? {
+            if let Some(manifest) = store.manifest(repo, &commit)? {
+                out.extend(manifest.files.iter().map(|f| f.hash.content_id()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Evict files, least recently used first, until at most `target` bytes remain and at least
+/// `need` were freed. Records without bytes (a `failed` marker) are left alone: they cost
+/// nothing and keep a bad file from being served again.
+fn evict_lru(
+    store: &dyn ChunkStore,
+    before: u64,
+    target: u64,
+    need: u64,
+    open: &HashSet<ContentId>,
+    pinned: &HashSet<ContentId>,
+) -> Result<EvictReport, EvictError> {
+    let mut files = store.files()?;
+    // Oldest first; the content id breaks ties so that a pass is deterministic.
+    files.sort_by_key(|(content, record)| (record.last_access, *content));
+    let mut report = EvictReport { before, after: before, ..EvictReport::default() };
+    for (content, record) in files {
+        if report.after <= target && report.evicted_bytes >= need {
+            break;
+        }
+        if record.cached_bytes == 0 {
+            continue;
+        }
+        if open.contains(&content) {
+            report.kept_open += 1;
+            continue;
+        }
+        if pinned.contains(&content) {
+            report.kept_pinned += 1;
+            continue;
+        }
+        let freed = store.evict_file(&content)?;
+        report.evicted_files += 1;
+        report.evicted_bytes += freed;
+        report.after = report.after.saturating_sub(freed);
+    }
+    Ok(report)
+}
+
+/// This process's lease: `<store>/leases/<pid>-<nonce>.lock`, held with an exclusive `flock`
+/// for the life of the process, and `<pid>-<nonce>.open`, the hex content ids it has open,
+/// replaced atomically (write, then rename) on every change.
+struct Leases {
+    dir: PathBuf,
+    name: String,
+    /// Holds the lock; closing it (at exit, however the process ends) releases it.
+    _lock: File,
+}
+
+impl Leases {
+    fn acquire(store_dir: &Path) -> Result<Leases, EvictError> {
+        let dir = store_dir.join(LEASES_DIR);
+        let err = |source| EvictError::Leases { path: dir.display().to_string(), source };
+        std::fs::create_dir_all(&dir).map_err(err)?;
+        let name = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let lock = File::create(dir.join(format!("{name}.lock"))).map_err(err)?;
+        flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(err)?;
+        Ok(Leases { dir, name, _lock: lock })
+    }
+
+    fn publish(&self, open: &[ContentId]) -> io::Result<()> {
+        let mut text = String::with_capacity(open.len() * 65);
+        for content in open {
+            text.push_str(&content.to_hex());
+            text.push('\n');
+        }
+        let tmp = self.dir.join(format!("{}.open.tmp", self.name));
+        let mut file = File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        // No fsync: leases matter only while their process lives, and a crash releases them.
+        std::fs::rename(&tmp, self.dir.join(format!("{}.open", self.name)))
+    }
+
+    /// Files open in every other live process.
+    fn others(&self) -> Result<HashSet<ContentId>, EvictError> {
+        Self::read_all(&self.dir, Some(&self.name))
+    }
+
+    /// Files open in every live process with a lease in `dir` except `skip`; leases of dead
+    /// processes are removed on the way.
+    fn read_all(dir: &Path, skip: Option<&str>) -> Result<HashSet<ContentId>, EvictError> {
+        let err = |source| EvictError::Leases { path: dir.display().to_string(), source };
+        let mut open = HashSet::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(open),
+            Err(e) => return Err(err(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(err)?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let Some(name) = name.strip_suffix(".lock") else { continue };
+            if Some(name) == skip {
+                continue;
+            }
+            let Ok(lock) = File::open(&path) else { continue };
+            let data = dir.join(format!("{name}.open"));
+            if flock(&lock, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+                // Nobody holds it: its process is gone.
+                let _ = std::fs::remove_file(&data);
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let text = match std::fs::read_to_string(&data) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(err(e)),
+            };
+            for line in text.lines() {
+                match hex::decode(line).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                    Some(id) => {
+                        open.insert(ContentId(id));
+                    }
+                    None => tracing::warn!(lease = name, line, "malformed lease line, ignored"),
+                }
+            }
+        }
+        Ok(open)
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{FileEntry, FileHash, Manifest};
+    use crate::store::memory::MemoryStore;
+    use proptest::prelude::*;
+
+    const CS: u64 = 1024;
+
+    fn id(n: u8) -> ContentId {
+        ContentId([n; 32])
+    }
+
+    /// Store `n` chunks of content `c`, a file of `n * CS` bytes.
+    fn put(store: &dyn ChunkStore, c: u8, n: u64) {
+        for i in 0..n {
+            store.put_chunk(&id(c), n * CS, i, &vec![c; CS as usize]).unwrap();
+        }
+    }
+
+    /// Access times have one-second resolution, so files put in one test share one: the
+    /// content id breaks the tie (lower ids are "older").
+    fn cached(store: &dyn ChunkStore, c: u8) -> u64 {
+        store.file_record(&id(c)).unwrap().map_or(0, |r| r.cached_bytes)
+    }
+
+    #[test]
+    fn lru_pass_evicts_whole_files_down_to_the_target() {
+        let store = MemoryStore::new(CS);
+        for c in 1..=5 {
+            put(&store, c, 2);
+        }
+        let none = HashSet::new();
+        let report = evict_lru(&store, 10 * CS, 7 * CS, 0, &none, &none).unwrap();
+        // Same access second: the content id orders them, 1 and 2 go (4 chunks), 6 remain.
+        assert_eq!(report.evicted_files, 2);
+        assert_eq!(report.evicted_bytes, 4 * CS);
+        assert_eq!(report.after, 6 * CS);
+        assert_eq!((cached(&store, 1), cached(&store, 2), cached(&store, 3)), (0, 0, 2 * CS));
+        assert_eq!(stored_bytes(&store).unwrap(), 6 * CS);
+    }
+
+    #[test]
+    fn open_and_pinned_files_are_never_evicted() {
+        let store = MemoryStore::new(CS);
+        for c in 1..=4 {
+            put(&store, c, 1);
+        }
+        let open: HashSet<_> = [id(1)].into();
+        let pinned: HashSet<_> = [id(2)].into();
+        let report = evict_lru(&store, 4 * CS, 0, 0, &open, &pinned).unwrap();
+        assert_eq!((report.evicted_files, report.kept_open, report.kept_pinned), (2, 1, 1));
+        assert_eq!(report.after, 2 * CS);
+        assert_eq!((cached(&store, 1), cached(&store, 2)), (CS, CS));
+    }
+
+    #[test]
+    fn evictor_counts_open_handles_and_pins_manifest_files() {
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
+        for c in 1..=3 {
+            put(store.as_ref(), c, 1);
+        }
+        let repo = RepoId::new("o", "pinned");
+        let manifest = Manifest::build(
+            repo.clone(),
+            "c".repeat(40),
+            None,
+            vec![FileEntry { path: "w.bin".into(), size: CS, hash: FileHash::Lfs([3; 32]) }],
+        );
+        store.put_manifest(&manifest).unwrap();
+        let policy = Policy { max_cache_size: Some(CS), pinned: vec![repo] };
+        let ev = Evictor::new(store.clone(), None, policy).unwrap();
+        ev.opened(&id(1));
+        ev.opened(&id(1));
+        ev.closed(&id(1));
+        // Still open once: only content 2 can go, leaving 2 KiB over a 1 KiB bound.
+        assert!(ev.stored(0));
+        let report = ev.evict_to_bound().unwrap().unwrap();
+        assert_eq!((report.evicted_files, report.kept_open, report.kept_pinned), (1, 1, 1));
+        assert_eq!(ev.stored_estimate(), 2 * CS);
+        ev.closed(&id(1));
+        let report = ev.evict_to_bound().unwrap().unwrap();
+        assert_eq!(report.evicted_files, 1);
+        assert_eq!((cached(store.as_ref(), 1), cached(store.as_ref(), 3)), (0, CS));
+    }
+
+    #[test]
+    fn make_room_ignores_the_bound_but_not_open_files() {
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
+        for c in 1..=3 {
+            put(store.as_ref(), c, 1);
+        }
+        let ev = Evictor::new(store.clone(), None, Policy::default()).unwrap();
+        assert!(!ev.stored(1 << 40), "no bound: never over it");
+        ev.opened(&id(1));
+        let report = ev.make_room(CS + 1).unwrap().unwrap();
+        assert_eq!((report.evicted_files, report.evicted_bytes), (2, 2 * CS));
+        let report = ev.make_room(1).unwrap().unwrap();
+        assert_eq!((report.evicted_files, report.kept_open), (0, 1));
+    }
+
+    #[test]
+    fn leases_are_seen_by_others_and_dropped_with_their_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Leases::acquire(dir.path()).unwrap();
+        let b = Leases::acquire(dir.path()).unwrap();
+        a.publish(&[id(7), id(8)]).unwrap();
+        assert_eq!(b.others().unwrap(), HashSet::from([id(7), id(8)]));
+        assert_eq!(a.others().unwrap(), HashSet::new());
+        // `gc` (no lease of its own) sees everyone's.
+        b.publish(&[id(9)]).unwrap();
+        let all = Leases::read_all(&dir.path().join(LEASES_DIR), None).unwrap();
+        assert_eq!(all, HashSet::from([id(7), id(8), id(9)]));
+        // A process that ends releases its lock; its lease files are cleaned up by the next
+        // reader. (flock locks belong to the open file description: dropping it is the same
+        // as the process dying.)
+        drop(a);
+        assert_eq!(b.others().unwrap(), HashSet::new());
+        let names: Vec<_> = std::fs::read_dir(dir.path().join(LEASES_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with(&b.name)), "{names:?}");
+    }
+
+    proptest! {
+        /// Whatever the sizes, a pass stops as soon as both goals are met, frees exactly what
+        /// the records held, and leaves protected files alone.
+        #[test]
+        fn passes_meet_their_goal_and_no_more(
+            chunks in proptest::collection::vec(1u64..4, 1..12),
+            target_frac in 0.0f64..1.0,
+            protect in proptest::collection::vec(any::<bool>(), 12),
+        ) {
+            let store = MemoryStore::new(CS);
+            for (i, n) in chunks.iter().enumerate() {
+                put(&store, i as u8 + 1, *n);
+            }
+            let before = stored_bytes(&store).unwrap();
+            let target = (before as f64 * target_frac) as u64;
+            let open: HashSet<_> =
+                (0..chunks.len()).filter(|&i| protect[i]).map(|i| id(i as u8 + 1)).collect();
+            let report = evict_lru(&store, before, target, 0, &open, &HashSet::new()).unwrap();
+            prop_assert_eq!(report.after, stored_bytes(&store).unwrap());
+            prop_assert_eq!(report.before - report.after, report.evicted_bytes);
+            for c in &open {
+                prop_assert!(store.file_record(c).unwrap().is_some());
+            }
+            let evictable: u64 = chunks.iter().enumerate()
+                .filter(|(i, _)| !protect[*i]).map(|(_, n)| n * CS).sum();
+            if report.after > target {
+                // Missed only because everything evictable is gone.
+                prop_assert_eq!(report.evicted_bytes, evictable);
+            } else {
+                // Stopped at the first file that got it under: without the last one evicted,
+                // it would still be over.
+                let last = chunks.iter().enumerate()
+                    .filter(|(i, _)| !protect[*i] && store.file_record(&id(*i as u8 + 1)).unwrap().is_none())
+                    .map(|(_, n)| n * CS).last();
+                if let Some(last) = last {
+                    prop_assert!(report.after + last > target);
+                }
+            }
+        }
+    }
+}

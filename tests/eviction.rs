@@ -1,0 +1,186 @@
+//! Eviction and full disks (issue 5, SPEC §4): `--max-cache-size` keeps the store under its
+//! bound by evicting least recently used whole files, never one that is open; a full disk
+//! turns into eviction and retry, and when nothing can be evicted reads still succeed,
+//! streamed without caching. No read ever returns a wrong byte.
+
+mod support;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo};
+use support::mount::{bytes, sha256_hex, temp_dir, Mounted};
+
+const MIB: usize = 1 << 20;
+
+fn repo(files: usize, size: usize) -> (MockHub, Vec<(String, Vec<u8>)>) {
+    let data: Vec<(String, Vec<u8>)> = (0..files)
+        .map(|i| (format!("shard-{i:02}.safetensors"), bytes(i as u64 + 1, size + i)))
+        .collect();
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new(
+        "evict/repo",
+        data.iter().map(|(p, d)| MockFile::lfs(p, d.clone())).collect(),
+    ));
+    (hub, data)
+}
+
+fn cached_bytes(path: &Path) -> u64 {
+    let v = xattr::get(path, "user.modelfs.cached_bytes").unwrap().unwrap();
+    String::from_utf8(v).unwrap().parse().unwrap()
+}
+
+/// Sum of what every file has cached, as the mount reports it: the store's own records.
+fn stored(m: &Mounted, files: &[(String, Vec<u8>)]) -> u64 {
+    files.iter().map(|(p, _)| cached_bytes(&m.path(&format!("evict/repo/all/{p}")))).sum()
+}
+
+/// Wait for background eviction to bring the store to at most `bound`.
+fn settles_under(m: &Mounted, files: &[(String, Vec<u8>)], bound: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = stored(m, files);
+        if now <= bound {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "store stays at {now} bytes over a bound of {bound}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_small_bound_filled_many_times_over_keeps_open_files() {
+    // 16 files of 3 MiB against a 10 MiB bound: three rounds store ~14 times the bound.
+    let (hub, files) = repo(16, 3 * MIB);
+    let store = temp_dir("evict-store");
+    let bound = 10 * MIB as u64;
+    let m =
+        Mounted::start(&hub.endpoint(), &store, &["--chunk-size", "1M", "--max-cache-size", "10M"]);
+    let path = |p: &str| m.path(&format!("evict/repo/all/{p}"));
+
+    // Two files stay open (and fully read) throughout: they must never be evicted.
+    let held: Vec<(File, &Vec<u8>, String)> = files[..2]
+        .iter()
+        .map(|(p, d)| {
+            let f = File::open(path(p)).unwrap();
+            let mut got = vec![0; d.len()];
+            f.read_exact_at(&mut got, 0).unwrap();
+            assert!(got == *d);
+            (f, d, p.clone())
+        })
+        .collect();
+
+    let mut read_total = 0u64;
+    for round in 0..3 {
+        for (p, d) in &files[2..] {
+            let got = std::fs::read(path(p)).unwrap();
+            assert!(got == *d, "round {round}: {p} read wrong");
+            read_total += got.len() as u64;
+            for (_, want, held_path) in &held {
+                assert_eq!(
+                    cached_bytes(&path(held_path)),
+                    want.len() as u64,
+                    "{held_path} evicted while open"
+                );
+            }
+        }
+        let now = settles_under(&m, &files, bound);
+        eprintln!("round {round}: {read_total} bytes read so far, {now} stored (bound {bound})");
+    }
+    assert!(read_total > 10 * bound, "the bound was not filled many times over");
+    // The held files still read right from an open handle, and from the store.
+    for (f, want, _) in &held {
+        let mut got = vec![0; want.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == **want);
+    }
+    // Once closed, they are ordinary: the oldest go first when room is needed again.
+    drop(held);
+    for (p, d) in &files[2..6] {
+        assert!(std::fs::read(path(p)).unwrap() == *d);
+    }
+    settles_under(&m, &files, bound);
+    assert!(m.log().contains("evicted least recently used files"), "{}", m.log());
+    m.stop();
+}
+
+/// Mount a tmpfs of `size` at `dir`: a disk that really fills up.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_evicts_and_then_streams_without_caching() {
+    // 20 files of 4 MiB on a 24 MiB disk, no bound: the disk is the bound.
+    let (hub, files) = repo(20, 4 * MIB);
+    let base = temp_dir("evict-full");
+    let _disk = Tmpfs::mount(&base.join("store"), "24m");
+    let store = base.join("store/db");
+    let m = Mounted::start(&hub.endpoint(), &store, &["--chunk-size", "1M"]);
+    let path = |p: &str| m.path(&format!("evict/repo/all/{p}"));
+    let (first, second) = files.split_at(12);
+
+    // Reading 48 MiB one file at a time overflows the disk twice: eviction makes room.
+    for (p, d) in first {
+        assert!(std::fs::read(path(p)).unwrap() == *d, "{p} read wrong on a full disk");
+    }
+    let log = m.log();
+    assert!(log.contains("evicted least recently used files"), "no eviction:\n{log}");
+
+    // 32 MiB of files never read (so not in the page cache either), all open at once:
+    // once the rest is evicted nothing more can be, yet every read succeeds, streamed.
+    let open: Vec<File> = second.iter().map(|(p, _)| File::open(path(p)).unwrap()).collect();
+    std::thread::scope(|s| {
+        for (f, (p, d)) in open.iter().zip(second) {
+            s.spawn(move || {
+                let mut got = vec![0; d.len()];
+                f.read_exact_at(&mut got, 0).unwrap();
+                assert_eq!(
+                    sha256_hex(&got),
+                    sha256_hex(d),
+                    "{p} read wrong with nothing evictable"
+                );
+            });
+        }
+    });
+    drop(open);
+    assert!(
+        m.log().contains("serving it without caching"),
+        "reads with a full store were not streamed:\n{}",
+        m.log()
+    );
+    // What the store kept is right: with the Hub gone, every cached file reads exactly.
+    assert!(m.stop().success());
+    hub.stop();
+    let m = Mounted::start(&hub.endpoint(), &store, &["--offline"]);
+    let mut served = 0;
+    for (p, d) in &files {
+        let p = m.path(&format!("evict/repo/all/{p}"));
+        if cached_bytes(&p) == d.len() as u64 {
+            assert!(std::fs::read(&p).unwrap() == *d);
+            served += 1;
+        }
+    }
+    eprintln!("{served} of {} files served from the full store with the Hub gone", files.len());
+    assert!(served > 0);
+    m.stop();
+}

@@ -1,0 +1,368 @@
+//! `--metrics-addr` on a real mount: what `/metrics` says after cold and warm reads, Hub
+//! faults and errors, parsed by the official Python Prometheus client's OpenMetrics parser
+//! (the format the endpoint declares); `/healthz` and `/readyz` through a start and a stop.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo};
+use support::mount::{bytes, errno, sha256_hex, temp_dir, Mounted};
+
+/// Small chunks, so that a 260 KiB file is five fetches.
+const CHUNK: usize = 64 << 10;
+const CHUNK_ARG: &str = "65536";
+
+/// The token the daemon is given: it must never show in what the endpoint serves.
+const TOKEN: &str = "hf_MetricsMarkerToken7d2c";
+
+/// Label names the exposition may use; their values come from fixed sets in src/metrics.rs.
+const LABELS: [&str; 6] = ["source", "result", "reason", "errno", "le", "version"];
+
+/// One file per retry reason the mock Hub can provoke, with the fault that provokes it.
+fn faults() -> Vec<(&'static str, Fault, &'static str)> {
+    vec![
+        ("retry/status.bin", Fault::Status(503), "status_5xx"),
+        ("retry/limited.bin", Fault::RateLimited { retry_after_secs: 0 }, "rate_limited"),
+        ("retry/reset.bin", Fault::Reset, "reset"),
+        ("retry/truncated.bin", Fault::Truncate { after: 10 }, "truncated"),
+        // The client gives up on a stalled body after a quarter of --read-timeout (1 s here).
+        ("retry/stalled.bin", Fault::Stall(Duration::from_secs(3)), "timeout"),
+    ]
+}
+
+const BIG: &str = "weights/model.safetensors";
+const BIG_LEN: usize = 4 * CHUNK + 17;
+const WRONG: &str = "bad/wrong.bin";
+
+fn repo() -> (MockRepo, HashMap<String, Vec<u8>>) {
+    let mut files =
+        vec![MockFile::lfs(BIG, bytes(1, BIG_LEN)), MockFile::git(WRONG, bytes(2, 999))];
+    for (i, (path, _, _)) in faults().into_iter().enumerate() {
+        files.push(MockFile::git(path, bytes(10 + i as u64, 1000 + i)));
+    }
+    let data = files.iter().map(|f| (f.path.clone(), f.data.clone())).collect();
+    (MockRepo::new("test-org/metrics", files), data)
+}
+
+// ------------------------------------------------------------------------------ HTTP, parsing
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// One HTTP/1.1 GET on a fresh connection.
+fn get(addr: &str, path: &str) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    Ok(Answer { status, head: head.to_owned(), body: body.to_owned() })
+}
+
+/// `/metrics`, parsed by `prometheus_client.openmetrics.parser` (strict: it rejects anything
+/// that is not valid OpenMetrics, `# EOF` included). Samples by `name{label="value",...}`,
+/// labels sorted by name.
+struct Scrape {
+    text: String,
+    samples: HashMap<String, f64>,
+    /// Family name → type, as the parser read them.
+    types: HashMap<String, String>,
+    labels: Vec<BTreeMap<String, String>>,
+}
+
+impl Scrape {
+    fn get(&self, series: &str) -> f64 {
+        *self.samples.get(series).unwrap_or_else(|| panic!("{series} missing from:\n{}", self.text))
+    }
+}
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {"samples": [], "types": {}}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    out["types"][family.name] = family.type
+    for s in family.samples:
+        out["samples"].append([s.name, s.labels, s.value])
+print(json.dumps(out))
+"#;
+
+fn scrape(addr: &str) -> Scrape {
+    let answer = get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert!(
+        answer
+            .head
+            .to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{}",
+        answer.head
+    );
+    let mut child = Command::new("python3")
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 cannot be run ({e}); run scripts/setup.sh"));
+    child.stdin.take().unwrap().write_all(answer.body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser rejected the exposition (is prometheus-client installed? \
+         scripts/setup.sh installs tests/python/requirements.txt):\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        answer.body
+    );
+    #[derive(serde::Deserialize)]
+    struct Parsed {
+        samples: Vec<(String, BTreeMap<String, String>, f64)>,
+        types: HashMap<String, String>,
+    }
+    let parsed: Parsed = serde_json::from_slice(&out.stdout).unwrap();
+    let mut samples = HashMap::new();
+    let mut labels = Vec::new();
+    for (name, l, value) in parsed.samples {
+        let key = if l.is_empty() {
+            name
+        } else {
+            let inner: Vec<String> = l.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", inner.join(","))
+        };
+        assert!(samples.insert(key.clone(), value).is_none(), "{key} twice");
+        labels.push(l);
+    }
+    Scrape { text: answer.body, samples, types: parsed.types, labels }
+}
+
+/// The address the daemon logged: `metrics listening on http://ADDR`.
+fn metrics_addr(m: &Mounted) -> String {
+    let log = m.log();
+    let rest = log
+        .split("metrics listening on http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+    rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Drop a file's pages from the page cache, so that the next read reaches the daemon (the
+/// mount keeps the page cache across opens).
+fn drop_page_cache(path: &Path) {
+    let f = File::open(path).unwrap();
+    // SAFETY: a valid descriptor; fadvise only drops clean cached pages.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
+/// The pid of the daemon serving `mountpoint` (the test support keeps its child private).
+fn daemon_pid(mountpoint: &Path) -> i32 {
+    let want = mountpoint.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.get(1) == Some(&&b"mount"[..]) && args.get(2) == Some(&want) {
+            return pid;
+        }
+    }
+    panic!("no daemon serves {}", mountpoint.display());
+}
+
+// ------------------------------------------------------------------------------ the tests
+
+#[test]
+fn metrics_tell_what_readers_and_the_hub_did() {
+    let hub = MockHub::start(MockConfig { valid_tokens: vec![TOKEN.into()], ..Default::default() });
+    let (repo, data) = repo();
+    hub.add_repo(repo);
+    let store = temp_dir("store");
+    let m = Mounted::start_env(
+        &hub.endpoint(),
+        &store,
+        &["--chunk-size", CHUNK_ARG, "--read-timeout", "4", "--metrics-addr", "127.0.0.1:0"],
+        &[("HF_TOKEN", TOKEN)],
+    );
+    let addr = metrics_addr(&m);
+    let health = get(&addr, "/healthz").unwrap();
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    wait_for("/readyz to answer 200", || get(&addr, "/readyz").unwrap().status == 200);
+    assert_eq!(get(&addr, "/nothing").unwrap().status, 404);
+
+    let s0 = scrape(&addr);
+    for (family, kind) in [
+        ("modelfs_read_bytes", "counter"),
+        ("modelfs_fetches", "counter"),
+        ("modelfs_fetch_duration_seconds", "histogram"),
+        ("modelfs_fetched_bytes", "counter"),
+        ("modelfs_retries", "counter"),
+        ("modelfs_cache_bytes", "gauge"),
+        ("modelfs_open_handles", "gauge"),
+        ("modelfs_fuse_errors", "counter"),
+        ("modelfs_file_verifications", "counter"),
+        ("modelfs_build", "info"),
+    ] {
+        assert_eq!(s0.types.get(family).map(String::as_str), Some(kind), "{family}");
+    }
+    let delta = |s: &Scrape, series: &str| s.get(series) - s0.get(series);
+    let network = "modelfs_read_bytes_total{source=\"network\"}";
+    let store_bytes = "modelfs_read_bytes_total{source=\"store\"}";
+    let fetched_ok = "modelfs_fetches_total{result=\"ok\"}";
+    let fetched_err = "modelfs_fetches_total{result=\"error\"}";
+    let count = "modelfs_fetch_duration_seconds_count";
+
+    // Cold: every chunk fetched once; every byte read either waited for the network or found
+    // its chunk already stored by read-ahead.
+    let big = m.path(&format!("test-org/metrics/all/{BIG}"));
+    assert_eq!(sha256_hex(&std::fs::read(&big).unwrap()), sha256_hex(&data[BIG]));
+    let s1 = scrape(&addr);
+    assert_eq!(delta(&s1, fetched_ok), 5.0, "one fetch per chunk");
+    assert_eq!(delta(&s1, fetched_err), 0.0);
+    assert_eq!(delta(&s1, count), 5.0, "histogram count == fetches");
+    assert_eq!(delta(&s1, "modelfs_fetched_bytes_total"), BIG_LEN as f64);
+    assert!(delta(&s1, network) > 0.0, "the first read waited for the Hub");
+    assert_eq!(delta(&s1, network) + delta(&s1, store_bytes), BIG_LEN as f64);
+    assert_eq!(delta(&s1, "modelfs_retries_total{reason=\"status_5xx\"}"), 0.0);
+    wait_for("the handle to be released", || scrape(&addr).get("modelfs_open_handles") == 0.0);
+
+    // Warm, with the page cache dropped: every byte from the store, nothing fetched.
+    drop_page_cache(&big);
+    assert_eq!(sha256_hex(&std::fs::read(&big).unwrap()), sha256_hex(&data[BIG]));
+    let s2 = scrape(&addr);
+    assert_eq!(s2.get(store_bytes) - s1.get(store_bytes), BIG_LEN as f64);
+    assert_eq!(s2.get(network), s1.get(network));
+    assert_eq!(s2.get(fetched_ok), s1.get(fetched_ok));
+    assert_eq!(s2.get(count), s1.get(count));
+
+    // An open handle shows; a missing name is one ENOENT.
+    let held = File::open(&big).unwrap();
+    assert_eq!(scrape(&addr).get("modelfs_open_handles"), 1.0);
+    let missing = std::fs::metadata(m.path("test-org/metrics/all/missing.bin")).unwrap_err();
+    assert_eq!(errno(&missing), libc::ENOENT);
+    let s3 = scrape(&addr);
+    assert_eq!(
+        s3.get("modelfs_fuse_errors_total{errno=\"ENOENT\"}")
+            - s2.get("modelfs_fuse_errors_total{errno=\"ENOENT\"}"),
+        1.0
+    );
+    assert_eq!(s3.get("modelfs_fuse_errors_total{errno=\"EIO\"}"), 0.0);
+    drop(held);
+
+    // Each fault costs one retry, counted under its reason, and the read still succeeds.
+    for (path, fault, reason) in faults() {
+        let series = format!("modelfs_retries_total{{reason=\"{reason}\"}}");
+        let before = scrape(&addr);
+        hub.inject(FaultRule {
+            origin: None,
+            path_contains: path.to_owned(),
+            ranged_only: true,
+            times: 1,
+            fault,
+        });
+        let read = std::fs::read(m.path(&format!("test-org/metrics/all/{path}")))
+            .unwrap_or_else(|e| panic!("{path}: {e}\n{}", m.log()));
+        assert_eq!(read, data[path], "{path}");
+        let after = scrape(&addr);
+        assert_eq!(after.get(&series) - before.get(&series), 1.0, "{path}: {series}");
+        let retries = |s: &Scrape| {
+            s.samples
+                .iter()
+                .filter(|(k, _)| k.starts_with("modelfs_retries_total"))
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        assert_eq!(retries(&after) - retries(&before), 1.0, "{path}: only one retry in all");
+        assert_eq!(after.get(fetched_ok) - before.get(fetched_ok), 1.0, "{path}: one fetch");
+        assert_eq!(after.get(count) - before.get(count), 1.0, "{path}");
+    }
+
+    // Wrong bytes from the Hub: the completed file fails its whole-file check.
+    hub.inject(FaultRule {
+        origin: None,
+        path_contains: WRONG.to_owned(),
+        ranged_only: true,
+        times: 1,
+        fault: Fault::WrongBytes,
+    });
+    let _ = std::fs::read(m.path(&format!("test-org/metrics/all/{WRONG}")));
+    let failed = "modelfs_file_verifications_total{result=\"failed\"}";
+    let verified = "modelfs_file_verifications_total{result=\"verified\"}";
+    wait_for("the failed verification", || delta(&scrape(&addr), failed) == 1.0);
+    // The big file and the five fault files are complete and matched.
+    wait_for("six verified files", || delta(&scrape(&addr), verified) == 6.0);
+
+    // Nothing secret and nothing unbounded: no token, no URL, no path, known label names.
+    let last = scrape(&addr);
+    assert!(!last.text.contains(TOKEN), "the token leaked:\n{}", last.text);
+    assert!(!m.log().contains(TOKEN), "the token is in the log");
+    for labels in &last.labels {
+        for (k, v) in labels {
+            assert!(LABELS.contains(&k.as_str()), "label {k}");
+            assert!(
+                v.chars().all(|c| c.is_ascii_alphanumeric() || "._+".contains(c)),
+                "label value {v:?}"
+            );
+        }
+    }
+
+    // Shutdown: with a file still open the daemon lingers (grace period) and says it is not
+    // ready; once it is gone nothing answers.
+    let held = File::open(&big).unwrap();
+    let pid = nix::unistd::Pid::from_raw(daemon_pid(&m.mountpoint));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    wait_for("/readyz to answer 503", || get(&addr, "/readyz").is_ok_and(|a| a.status == 503));
+    assert_eq!(get(&addr, "/healthz").map(|a| a.status).ok(), Some(200));
+    drop(held);
+    m.stop();
+    match get(&addr, "/readyz") {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(a) => panic!("/readyz answered {} after the daemon stopped", a.status),
+    }
+}
+
+#[test]
+fn a_busy_metrics_address_fails_the_start_before_mounting() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = temp_dir("busy");
+    let mountpoint = dir.join("models");
+    let out = Command::new(env!("CARGO_BIN_EXE_modelfs"))
+        .arg("mount")
+        .arg(&mountpoint)
+        .arg("--store")
+        .arg(dir.join("store"))
+        .args(["--endpoint", "http://127.0.0.1:9", "--metrics-addr", &addr])
+        .env_remove("HF_TOKEN")
+        .env("HF_HOME", dir.join("hf-home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started anyway:\n{stderr}");
+    assert!(stderr.contains(&format!("--metrics-addr {addr}")), "{stderr}");
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(mountpoint.to_str().unwrap()), "mounted anyway");
+}
