@@ -17,14 +17,14 @@ mod snapshot;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use inode::{Node, ROOT_INO};
 pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 
 use crate::evict::Evictor;
 use crate::fetch::{ChunkFetcher, FetchError, FileRef, PrefetchLimits, ReadAhead};
-use crate::hub::{HubError, RangeFetcher, RemoteFile, RepoSource};
+use crate::hub::{HubError, RangeFetcher, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
 use crate::names;
 use crate::store::{chunk_len, ChunkStore, FileState, RefRecord, StoreError};
@@ -499,7 +499,7 @@ impl ModelFs {
         rev: &str,
         previous: Option<Arc<Snapshot>>,
     ) -> Result<Arc<Snapshot>, FsError> {
-        let now = unix_now();
+        let now = crate::store::unix_now();
         let stored_ref = if names::is_commit(rev) {
             Some(RefRecord { commit: rev.to_string(), resolved_at: now })
         } else {
@@ -579,16 +579,7 @@ impl ModelFs {
         if write {
             return Err(FsError::ReadOnly);
         }
-        let entry = snap.file(*file).ok_or(FsError::NotFound)?;
-        let file = FileRef {
-            remote: RemoteFile {
-                repo: snap.manifest.repo.clone(),
-                commit: snap.manifest.commit.clone(),
-                path: entry.path.clone(),
-                size: entry.size,
-            },
-            hash: entry.hash,
-        };
+        let file = snap.file_ref(*file).ok_or(FsError::NotFound)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if let Some(evictor) = &self.evictor {
             evictor.opened(&file.content());
@@ -851,10 +842,6 @@ pub fn pieces(file_size: u64, chunk_size: u64, offset: u64, size: u32) -> Vec<Pi
     out
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -864,6 +851,7 @@ mod tests {
     use super::*;
     use crate::fetch::{verify_file, Verdict};
     use crate::hub::memory::MemoryHub;
+    use crate::hub::RemoteFile;
     use crate::store::memory::MemoryStore;
     use proptest::prelude::*;
 

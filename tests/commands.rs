@@ -16,7 +16,7 @@ use modelfs::store::ChunkStore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo, Origin};
-use support::mount::{bytes, errno, run, sha256_hex, temp_dir, Mounted};
+use support::mount::{bytes, run, sha256_hex, temp_dir, Mounted};
 
 /// Small chunks: multi-chunk files stay small, and a pull has many steps to watch.
 const CHUNK: usize = 64 << 10;
@@ -109,20 +109,13 @@ fn progress(view: &Value) -> (u64, u64) {
     (view["cached_bytes"].as_u64().unwrap(), view["total_bytes"].as_u64().unwrap())
 }
 
+/// A `user.modelfs.` xattr of `path`.
 fn getfattr(path: &Path, name: &str) -> Result<String, i32> {
-    match xattr::get(path, format!("user.modelfs.{name}")) {
-        Ok(Some(v)) => Ok(String::from_utf8(v).expect("utf-8 xattr")),
-        Ok(None) => Err(libc::ENODATA),
-        Err(e) => Err(errno(&e)),
-    }
+    support::mount::getfattr(path, &format!("user.modelfs.{name}"))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    support::mount::wait_for(what, support::mount::SETTLE, f)
 }
 
 /// A repo of every kind of file a pull meets: git-stored and LFS, empty, one byte, exactly

@@ -38,20 +38,14 @@ const READ_TIMEOUT: Duration = Duration::from_secs(4);
 const LONG_STALL: Duration = Duration::from_secs(30);
 
 fn getfattr(path: &Path, name: &str) -> Option<String> {
-    xattr::get(path, name).ok().flatten().map(|v| String::from_utf8(v).expect("utf-8 xattr"))
+    support::mount::getfattr(path, name).ok()
 }
 
 fn status(path: &Path) -> Option<String> {
     getfattr(path, "user.modelfs.status")
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use support::mount::wait_for;
 
 /// `len` bytes at `offset` (fewer only at the end of the file), or the error of the first
 /// failing `pread`.

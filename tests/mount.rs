@@ -52,20 +52,10 @@ fn hub_with(repos: Vec<MockRepo>) -> MockHub {
     hub
 }
 
-fn getfattr(path: &Path, name: &str) -> Result<String, i32> {
-    match xattr::get(path, name) {
-        Ok(Some(v)) => Ok(String::from_utf8(v).expect("utf-8 xattr")),
-        Ok(None) => Err(libc::ENODATA),
-        Err(e) => Err(errno(&e)),
-    }
-}
+use support::mount::getfattr;
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    support::mount::wait_for(what, support::mount::SETTLE, f)
 }
 
 #[test]

@@ -155,7 +155,7 @@ pub async fn pull_into(
         .await
         .map_err(|e| resolve_error(target, e))?;
     let selected = select_files(&snap, &request.quants, globs.as_ref())?;
-    let files: Vec<FileRef> = selected.iter().filter_map(|&i| file_ref(&snap, i)).collect();
+    let files: Vec<FileRef> = selected.iter().filter_map(|&i| snap.file_ref(i)).collect();
     let plans = {
         let store = store.clone();
         blocking(move || plan(store.as_ref(), files)).await?
@@ -272,19 +272,6 @@ pub fn build_globs(patterns: &[String]) -> Result<Option<GlobSet>, CommandError>
     set.build().map(Some).map_err(|e| CommandError::BadGlob {
         pattern: patterns.join(" "),
         reason: e.kind().to_string(),
-    })
-}
-
-fn file_ref(snap: &Snapshot, index: usize) -> Option<FileRef> {
-    let entry = snap.file(index)?;
-    Some(FileRef {
-        remote: RemoteFile {
-            repo: snap.manifest.repo.clone(),
-            commit: snap.manifest.commit.clone(),
-            path: entry.path.clone(),
-            size: entry.size,
-        },
-        hash: entry.hash,
     })
 }
 

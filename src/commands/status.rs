@@ -134,7 +134,7 @@ pub(super) fn run(args: StatusArgs) -> Result<(), CommandError> {
         json.push('\n');
         json
     } else {
-        render_table(&report, unix_now())
+        render_table(&report, crate::store::unix_now())
     };
     use std::io::Write;
     std::io::stdout().write_all(out.as_bytes()).map_err(CommandError::Output)
@@ -360,10 +360,6 @@ fn ago(secs: u64) -> String {
         3600..86400 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -160,4 +160,18 @@ impl Snapshot {
     pub fn file(&self, index: usize) -> Option<&FileEntry> {
         self.manifest.files.get(index)
     }
+
+    /// What fetching file `index` needs: where it is on the Hub (at this commit) and its hash.
+    pub fn file_ref(&self, index: usize) -> Option<crate::fetch::FileRef> {
+        let entry = self.file(index)?;
+        Some(crate::fetch::FileRef {
+            remote: crate::hub::RemoteFile {
+                repo: self.manifest.repo.clone(),
+                commit: self.manifest.commit.clone(),
+                path: entry.path.clone(),
+                size: entry.size,
+            },
+            hash: entry.hash,
+        })
+    }
 }

@@ -159,6 +159,7 @@ impl MdbxStore {
             }),
             // Default `NoWriteMap`: pages are written with pwrite, so a stray write through a
             // pointer into the map cannot corrupt the database.
+            no_rdahead: std::env::var_os("MODELFS_AB_NORDAHEAD").is_some(), // TEMP A/B
             ..DatabaseOptions::default()
         };
         let db = Database::<NoWriteMap>::open_with_options(dir, options)
@@ -1554,19 +1555,22 @@ mod tests {
     /// before the call's bytes.
     #[test]
     fn direct_reads_serve_the_stored_bytes() {
-        let (_dir, store) = fresh(SMALL_CHUNK);
+        // Chunks of three crc blocks and a bit, so that ranges can start and end in each.
+        const CHUNK: u64 = 3 * CRC_BLOCK as u64 + 5;
+        let (_dir, store) = fresh(CHUNK);
         assert!(store.data_file.is_some(), "the data file or its mapping was not found");
         let id = content(7);
-        let size = 3 * SMALL_CHUNK - 17;
+        let size = 3 * CHUNK - 17;
         let bytes = file_bytes(7, size);
         put_file(&store, &id, &bytes);
         let block = CRC_BLOCK;
-        let chunk = SMALL_CHUNK as usize;
+        let chunk = CHUNK as usize;
         for (index, range) in [
             (0, 0..chunk),
             (1, 1..2),
             (1, block - 1..block + 1),
             (1, block..2 * block),
+            (1, 2 * block + 1..chunk),
             (2, 3..chunk - 17),
             (2, chunk - 18..chunk - 17),
         ] {

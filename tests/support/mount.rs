@@ -224,6 +224,27 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// An xattr's value as text; `Err(errno)` when it has none (`ENODATA`) or cannot be read.
+pub fn getfattr(path: &Path, name: &str) -> Result<String, i32> {
+    match xattr::get(path, name) {
+        Ok(Some(v)) => Ok(String::from_utf8(v).expect("utf-8 xattr")),
+        Ok(None) => Err(libc::ENODATA),
+        Err(e) => Err(errno(&e)),
+    }
+}
+
+/// Poll `f` until it holds; fail the test naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// How long tests wait for background work (verification, eviction) on a busy CI machine.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
 /// The errno of an io::Error, for asserting exact error codes.
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or_else(|| panic!("not an OS error: {e}"))
