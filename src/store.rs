@@ -115,8 +115,9 @@ pub trait ChunkStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Like [`ChunkStore::read_chunk`], but show the bytes to `visit` instead of copying them
-    /// out: a store that can (libmdbx) passes its own memory, so the warm read path copies
-    /// once, into the kernel. `visit` is called at most once, only with checked bytes.
+    /// out, so that a store can lend a buffer of its own (libmdbx: a per-thread buffer it
+    /// `pread`s into) and the warm read path allocates nothing. `visit` is called at most
+    /// once, only with checked bytes.
     fn visit_chunk(
         &self,
         content: &ContentId,

@@ -159,7 +159,6 @@ impl MdbxStore {
             }),
             // Default `NoWriteMap`: pages are written with pwrite, so a stray write through a
             // pointer into the map cannot corrupt the database.
-            no_rdahead: std::env::var_os("MODELFS_AB_NORDAHEAD").is_some(), // TEMP A/B
             ..DatabaseOptions::default()
         };
         let db = Database::<NoWriteMap>::open_with_options(dir, options)
@@ -202,7 +201,11 @@ impl MdbxStore {
         if !(1..=MAX_CHUNK_SIZE).contains(&stored) {
             return Err(open_err(format!("stored chunk size {stored} is out of range")));
         }
-        if stored != chunk_size_if_new {
+        if stored != chunk_size_if_new && chunk_size_if_new == super::DEFAULT_CHUNK_SIZE {
+            // Nobody asked for another size: every command opening a store made with one
+            // would otherwise warn.
+            tracing::debug!(path = %dir.display(), stored, "store chunk size");
+        } else if stored != chunk_size_if_new {
             tracing::warn!(
                 path = %dir.display(),
                 stored,
@@ -755,9 +758,6 @@ mod direct {
         /// libmdbx made of it (the environment must be open). `None`, logged, when either
         /// fails: reads then go through the map only.
         pub(super) fn open(dir: &Path) -> Option<DataFile> {
-            if std::env::var_os("MODELFS_AB_NO_DIRECT").is_some() {
-                return None;
-            } // TEMP A/B
             let opened = (|| {
                 let file = File::open(dir.join(DATA_FILE))?;
                 let meta = file.metadata()?;
@@ -770,6 +770,7 @@ mod direct {
                     // The kernel's read-ahead window for this descriptor: warm reads of a
                     // chunk are sequential in the file, so let it grow to its maximum.
                     // Advice only; nothing depends on it being taken.
+                    // SAFETY: a plain syscall on a descriptor that `file` owns and keeps open.
                     let _ = unsafe {
                         libc::posix_fadvise(
                             std::os::fd::AsRawFd::as_raw_fd(&file),
