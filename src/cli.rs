@@ -357,6 +357,7 @@ impl MountConfig {
             max_cache_size: self.max_cache_size,
             pinned: self.pinned.clone(),
             log_filter: self.log_filter.clone(),
+            revalidate: self.revalidate,
         }
     }
 
@@ -370,7 +371,6 @@ impl MountConfig {
             ("offline", self.offline != new.offline),
             ("allow_other", self.allow_other != new.allow_other),
             ("read_timeout", self.read_timeout != new.read_timeout),
-            ("revalidate", self.revalidate != new.revalidate),
             ("chunk_size", self.chunk_size != new.chunk_size),
             ("max_connections", self.max_connections != new.max_connections),
             ("max_inflight_bytes", self.max_inflight_bytes != new.max_inflight_bytes),
@@ -750,8 +750,10 @@ mod tests {
             Some("max_cache_size = \"2G\"\nthreads = 8\nrevalidate = 5\n[[repo]]\nid = \"o/r\"\npin = true\n"),
             &[],
         );
-        // threads is set on the command line: the file cannot change it.
-        assert_eq!(old.needs_restart(&new), ["revalidate"]);
+        // threads is set on the command line: the file cannot change it; revalidate, like
+        // the bound and the pins, applies live.
+        assert!(old.needs_restart(&new).is_empty(), "{:?}", old.needs_restart(&new));
+        assert_eq!(new.live_settings().revalidate, Duration::from_secs(5));
         assert_eq!(new.live_settings().max_cache_size, Some(2 << 30));
         assert_eq!(new.live_settings().pinned, [crate::manifest::RepoId::new("o", "r")]);
         assert!(old.needs_restart(&old).is_empty());

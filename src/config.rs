@@ -214,6 +214,8 @@ pub struct LiveSettings {
     pub pinned: Vec<RepoId>,
     /// The log filter in force (`RUST_LOG` syntax).
     pub log_filter: String,
+    /// How long a resolved branch is trusted.
+    pub revalidate: std::time::Duration,
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     options.n_threads = Some(cfg.threads);
     options.clone_fd = true;
 
-    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
     let session = fuser::Session::new(adapter, &mp, &options)
         .map_err(|source| DaemonError::Mount { path: mp_str.clone(), source })?;
     let signal_ready = ready.clone();
@@ -436,7 +436,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         }
         std::process::exit(0);
     });
-    rt.spawn(reload_on_hangup(cfg.clone(), evictor, logging));
+    rt.spawn(reload_on_hangup(cfg.clone(), evictor, fs.clone(), logging));
 
     // READY means "the mount answers", which Session::new does not promise: the kernel holds
     // every request until the session loop has answered FUSE_INIT. So a probe thread stats
@@ -505,6 +505,7 @@ fn wait_until_answering(mp: &Path) -> bool {
 async fn reload_on_hangup(
     mut running: MountConfig,
     evictor: Arc<crate::evict::Evictor>,
+    fs: Arc<ModelFs>,
     logging: Logging,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -530,6 +531,10 @@ async fn reload_on_hangup(
         }
         if after.pinned != before.pinned {
             changed.push("pinned");
+        }
+        if after.revalidate != before.revalidate {
+            fs.set_revalidate(after.revalidate);
+            changed.push("revalidate");
         }
         if after.log_filter != before.log_filter {
             match logging.set_filter(&after.log_filter) {
@@ -560,6 +565,7 @@ async fn reload_on_hangup(
         running.max_cache_size = after.max_cache_size;
         running.pinned = after.pinned;
         running.log_filter = after.log_filter;
+        running.revalidate = after.revalidate;
         let restart = running.needs_restart(&new);
         let file = running.config_file.as_deref().map(|p| p.display().to_string());
         tracing::info!(

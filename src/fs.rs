@@ -184,6 +184,8 @@ pub struct ModelFs {
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     evictor: Option<Arc<Evictor>>,
+    /// `FsConfig::revalidate` in seconds, changeable while mounted (SIGHUP).
+    revalidate_secs: AtomicU64,
     prefetch: PrefetchLimits,
     next_fh: AtomicU64,
     /// mtime of everything: the Hub gives no per-file times that matter to readers, and a
@@ -202,6 +204,7 @@ impl ModelFs {
     ) -> Self {
         let chunks = ChunkFetcher::new(store.clone(), origin, read_timeout, prefetch);
         Self {
+            revalidate_secs: AtomicU64::new(config.revalidate.as_secs()),
             config,
             store,
             source,
@@ -424,7 +427,7 @@ impl ModelFs {
         let remaining = slot.and_then(|slot| {
             let state = slot.try_lock().ok()?;
             let age = state.resolved.as_ref()?.checked.elapsed();
-            self.config.revalidate.checked_sub(age)
+            self.revalidate().checked_sub(age)
         });
         remaining.unwrap_or_default().max(BRANCH_TTL)
     }
@@ -468,7 +471,7 @@ impl ModelFs {
         };
         let mut state = slot.lock().await;
         if let Some(r) = state.resolved.as_ref() {
-            if names::is_commit(rev) || r.checked.elapsed() < self.config.revalidate {
+            if names::is_commit(rev) || r.checked.elapsed() < self.revalidate() {
                 return Ok(r.snap.clone());
             }
         }
@@ -505,8 +508,7 @@ impl ModelFs {
         } else {
             self.store.get_ref(repo, rev)?
         };
-        let fresh =
-            |r: &RefRecord| now.saturating_sub(r.resolved_at) < self.config.revalidate.as_secs();
+        let fresh = |r: &RefRecord| now.saturating_sub(r.resolved_at) < self.revalidate().as_secs();
         if let Some(r) = stored_ref.as_ref().filter(|r| self.config.offline || fresh(r)) {
             if let Some(m) = self.store.manifest(repo, &r.commit)? {
                 return Ok(reuse_or_new(previous, m));
@@ -598,6 +600,17 @@ impl ModelFs {
         if let (Some(evictor), Some(handle)) = (&self.evictor, handle) {
             evictor.closed(&handle.file.content());
         }
+    }
+
+    /// How long a resolved branch is trusted before the Hub is asked again.
+    fn revalidate(&self) -> Duration {
+        Duration::from_secs(self.revalidate_secs.load(Ordering::Relaxed))
+    }
+
+    /// Change the revalidation interval of a running mount (config reload). Branches resolved
+    /// before are judged by the new interval from their next lookup on.
+    pub fn set_revalidate(&self, interval: Duration) {
+        self.revalidate_secs.store(interval.as_secs(), Ordering::Relaxed);
     }
 
     /// Whether the kernel may keep this file's pages across opens: only once the whole file has
@@ -1095,6 +1108,19 @@ mod tests {
         );
         let repo = walk(&w.fs, "org/repo").await.unwrap();
         assert_eq!(w.fs.getxattr(repo, "user.modelfs.revision").await.unwrap(), C2);
+    }
+
+    /// A reloaded `revalidate` applies to branches already resolved: trusted for ten minutes,
+    /// the moved branch is not seen; with the interval set to zero it is, at the next lookup.
+    #[tokio::test]
+    async fn a_new_revalidate_interval_applies_to_resolved_branches() {
+        let w = world(FsConfig::default());
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        let moved = vec![("config.json", data(9, 10), false)];
+        w.hub.add_repo(RepoId::new("org", "repo"), C2, "main", None, moved);
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        w.fs.set_revalidate(Duration::ZERO);
+        assert_eq!(read_all(&w.fs, "org/repo/all/config.json").await.unwrap(), data(9, 10));
     }
 
     #[tokio::test]
