@@ -38,12 +38,24 @@ struct Args {
     /// e.g. an nginx serving the same blobs by sha256 (scripts/bench.sh does this).
     #[arg(long, value_name = "URL")]
     cdn_url: Option<String>,
+    /// Milliseconds every answer of the mock's own CDN waits before its first byte (a real
+    /// CDN's time to first byte).
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    cdn_first_byte_ms: u64,
+    /// Bytes per second each answer of the mock's own CDN is paced at (a per-connection cap).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    cdn_rate: Option<u64>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let config =
-        MockConfig { page_size: args.page_size, cdn_base: args.cdn_url, ..MockConfig::default() };
+    let config = MockConfig {
+        page_size: args.page_size,
+        cdn_base: args.cdn_url,
+        cdn_first_byte: std::time::Duration::from_millis(args.cdn_first_byte_ms),
+        cdn_rate: args.cdn_rate,
+        ..MockConfig::default()
+    };
     let hub = MockHub::start_on(config, args.port, args.cdn_port)?;
     let ids = hub.load_dir_with_threshold(&args.dir, args.lfs_threshold)?;
     eprintln!(

@@ -154,63 +154,8 @@ log "data: $BIG ($BIG_SIZE bytes, sha256 $BIG_SHA), $TREE ($TREE_FILES files)"
 # Servers
 # ---------------------------------------------------------------------------------------------
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-# start_nginx NAME PORT LIMIT_RATE  (LIMIT_RATE 0 = uncapped; bytes/s per connection)
-start_nginx() {
-    local name=$1 port=$2 rate=$3 p="$W/nginx-$1"
-    mkdir -p "$p/tmp"
-    cat >"$p/nginx.conf" <<EOF
-user root root;
-worker_processes 2;
-pid $p/nginx.pid;
-error_log $p/error.log warn;
-events { worker_connections 1024; }
-http {
-    default_type application/octet-stream;
-    log_format bench '\$request_method \$uri \$status "\$http_range" \$body_bytes_sent';
-    access_log $p/access.log bench;
-    client_body_temp_path $p/tmp/body;
-    proxy_temp_path $p/tmp/proxy;
-    fastcgi_temp_path $p/tmp/fastcgi;
-    uwsgi_temp_path $p/tmp/uwsgi;
-    scgi_temp_path $p/tmp/scgi;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 100000;
-    keepalive_timeout 120s;
-    server {
-        listen 127.0.0.1:$port;
-        # limit_rate is per connection (per request on it): what a CDN edge caps.
-        location /files/ { alias $DATA/files/; autoindex on; limit_rate $rate; }
-        location /lfs/ { alias $DATA/lfs/; limit_rate $rate; }
-    }
-}
-EOF
-    nginx -c "$p/nginx.conf" -p "$p" -e "$p/error.log" -g 'daemon off;' >"$LOGS/nginx-$name.out" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 100); do
-        curl -sf -o /dev/null "http://127.0.0.1:$port/files/" && return 0
-        sleep 0.1
-    done
-    cat "$p/error.log" >&2
-    die "nginx $name did not start"
-}
-
-# start_hub NAME CDN_URL -> sets HUB_ENDPOINT (not printed: a $(...) subshell would lose the PID)
-start_hub() {
-    local name=$1 cdn=$2 out="$W/hub-$1.out"
-    : >"$out"
-    "$MOCK" --dir "$DATA/files" --port 0 --cdn-url "$cdn" >"$out" 2>"$LOGS/hub-$name.log" &
-    PIDS+=($!)
-    # Loading hashes the 1 GiB file (sha256 and git sha1): a few seconds.
-    for _ in $(seq 1800); do
-        grep -q '^endpoint ' "$out" && break
-        sleep 0.1
-    done
-    grep -q '^endpoint ' "$out" || { cat "$LOGS/hub-$name.log" >&2; die "mock Hub $name did not start"; }
-    HUB_ENDPOINT=$(awk '/^endpoint /{print $2}' "$out")
-}
+# shellcheck source=scripts/bench/origin.sh
+. "$ROOT/scripts/bench/origin.sh"
 
 NGX_U=$(free_port)
 start_nginx uncapped "$NGX_U" 0
@@ -468,6 +413,49 @@ for run in $(seq "$RUNS"); do
     hf_cold c "$HUB_C"
     rclone_cold c "$NGX_C"
 done
+
+# What keeping 1 GiB costs on this machine, whoever keeps it: curl to a file on the store's disk,
+# and writing 1 GiB of zeros to a new file (new page cache, no network). On a VM whose host
+# backs guest memory lazily, the first touch of a page is a host fault, and freed page cache
+# goes back to the host within seconds; both rows show how much of the cold rows that is.
+log "cold, uncapped: what keeping the bytes costs (curl -o file; dd to a new file)"
+for _ in $(seq "$RUNS"); do
+    warm_origin
+    rm -f "$W/kept.bin"
+    sync
+    timed cold.u.curlfile curl -sSf -o "$W/kept.bin" "http://127.0.0.1:$NGX_U/files/$BIG_REL"
+    rm -f "$W/kept.bin"
+    sync
+    timed newpages.dd dd if=/dev/zero of="$W/kept.bin" bs=1M count=1024
+    rm -f "$W/kept.bin"
+    sync
+done
+
+# Coalescing (issue 4): when connections rather than memory bound what is in flight, read-ahead
+# asks for runs of adjacent chunks in one streamed request, as long as the measured time to
+# first byte calls for. The mock Hub's own CDN adds that time and a per-connection rate (nginx
+# cannot add a first-byte delay); each case runs with runs as chosen and with one chunk per
+# request (--max-request-size 8M), 256 MiB, `scripts/bench/cold_probe.sh`.
+COALESCE_ARGS="--max-connections 4 --max-inflight-bytes 256M"
+for case in "150 100000000" "30 40000000"; do
+    read -r ttfb rate <<<"$case"
+    for mode in on off; do
+        extra=""
+        [ "$mode" = off ] && extra="--max-request-size 8M"
+        log "coalescing: first byte $ttfb ms, $((rate / 1000000)) MB/s per connection, $mode"
+        line=$(PROBE_DIR="$W/coalesce" PROBE_MIB=256 PROBE_RUNS="$RUNS" PROBE_ORIGIN=mock \
+            PROBE_FIRST_BYTE_MS="$ttfb" PROBE_CAP="$rate" MODELFS_ARGS="$COALESCE_ARGS $extra" \
+            timeout "$STEP_TIMEOUT" "$ROOT/scripts/bench/cold_probe.sh" 2>>"$LOGS/coalesce.log" |
+            grep '^median:' || true)
+        secs=$(awk '{print $3}' <<<"$line")
+        if [ -n "$secs" ]; then
+            record "coalesce.$ttfb.$mode" "$secs"
+        else
+            note "coalescing probe ($ttfb ms, $mode) failed; see $LOGS/coalesce.log"
+        fi
+    done
+done
+record meta.coalesce_args "$COALESCE_ARGS"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Warm reads through a mount of the kept store, vs the plain file

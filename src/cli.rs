@@ -151,10 +151,15 @@ pub struct MountArgs {
     /// Most parallel connections to one host (the Hub, or its CDN) [default: 16].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Most bytes read-ahead may hold in flight (each parallel fetch buffers one chunk), e.g.
-    /// 256M [default: 64M].
+    /// Most bytes read-ahead may hold in flight (each parallel fetch buffers its chunks
+    /// until they are stored), e.g. 256M [default: 48M].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_inflight_bytes: Option<u64>,
+    /// Longest read-ahead request. When --max-inflight-bytes allows more chunks in flight than
+    /// --max-connections, adjacent chunks are coalesced into requests up to this long, one
+    /// per connection; the chunk size turns coalescing off [default: 64M].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub max_request_size: Option<u64>,
     /// FUSE worker threads. Reads the store can answer run on them; everything that waits
     /// for the network runs on the async runtime instead [default: 4].
     #[arg(long, value_name = "N")]
@@ -205,6 +210,7 @@ pub struct MountConfig {
     pub chunk_size: u64,
     pub max_connections: usize,
     pub max_inflight_bytes: u64,
+    pub max_request_size: u64,
     pub threads: usize,
     pub max_cache_size: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
@@ -320,6 +326,10 @@ impl MountArgs {
                 .max_inflight_bytes
                 .or(f.max_inflight_bytes)
                 .unwrap_or(crate::fetch::DEFAULT_MAX_INFLIGHT_BYTES),
+            max_request_size: self
+                .max_request_size
+                .or(f.max_request_size)
+                .unwrap_or(crate::fetch::DEFAULT_MAX_REQUEST_BYTES),
             threads: self.threads.or(f.threads).unwrap_or(DEFAULT_THREADS).max(1),
             max_cache_size: self.max_cache_size.or(f.max_cache_size),
             metrics_addr: self.metrics_addr.or(f.metrics_addr),
@@ -374,6 +384,7 @@ impl MountConfig {
             ("chunk_size", self.chunk_size != new.chunk_size),
             ("max_connections", self.max_connections != new.max_connections),
             ("max_inflight_bytes", self.max_inflight_bytes != new.max_inflight_bytes),
+            ("max_request_size", self.max_request_size != new.max_request_size),
             ("threads", self.threads != new.threads),
             ("metrics_addr", self.metrics_addr != new.metrics_addr),
             ("daemon", self.daemon != new.daemon),

@@ -60,6 +60,8 @@ pub struct ConfigFile {
     pub max_connections: Option<usize>,
     #[serde(default, deserialize_with = "size")]
     pub max_inflight_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_request_size: Option<u64>,
     pub threads: Option<usize>,
     #[serde(default, deserialize_with = "size")]
     pub max_cache_size: Option<u64>,

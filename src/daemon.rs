@@ -366,8 +366,12 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
-    let limits =
-        PrefetchLimits::new(store.chunk_size(), cfg.max_inflight_bytes, cfg.max_connections);
+    let limits = PrefetchLimits::new(
+        store.chunk_size(),
+        cfg.max_inflight_bytes,
+        cfg.max_connections,
+        cfg.max_request_size,
+    );
     // Built inside the runtime so that read-ahead, triggered from FUSE threads, runs on it.
     // Every serving process evicts (when the store has a bound) and publishes its open files,
     // so that no process, nor `modelfs gc`, evicts a file open in another.

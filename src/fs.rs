@@ -864,7 +864,7 @@ mod tests {
     use super::*;
     use crate::fetch::{verify_file, Verdict};
     use crate::hub::memory::MemoryHub;
-    use crate::hub::RemoteFile;
+    use crate::hub::{LinkEstimate, RemoteFile};
     use crate::store::memory::MemoryStore;
     use proptest::prelude::*;
 
@@ -883,10 +883,8 @@ mod tests {
     }
 
     /// No read-ahead: fetch counts are exactly the reads' own.
-    const NO_READ_AHEAD: PrefetchLimits = PrefetchLimits { max_in_flight: 1, max_window: 0 };
-
     fn world(config: FsConfig) -> World {
-        world_with(config, NO_READ_AHEAD)
+        world_with(config, PrefetchLimits::NONE)
     }
 
     fn world_with(config: FsConfig, prefetch: PrefetchLimits) -> World {
@@ -1013,7 +1011,7 @@ mod tests {
 
     #[tokio::test]
     async fn sequential_reads_fetch_ahead_and_random_reads_do_not() {
-        let limits = PrefetchLimits { max_in_flight: 4, max_window: 4 * CS };
+        let limits = PrefetchLimits { max_in_flight: 4, max_window: 4 * CS, run_chunks: 1 };
         let w = world_with(FsConfig::default(), limits);
         w.hub.add_repo(
             RepoId::new("org", "big"),
@@ -1061,6 +1059,47 @@ mod tests {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(w.hub.fetch_count() - before, 4);
+    }
+
+    #[tokio::test]
+    async fn coalesced_read_ahead_asks_one_range_per_run_and_readers_join_it() {
+        // Memory for 8 chunks over 2 connections: runs of 4 adjacent chunks per request.
+        let limits = PrefetchLimits { max_in_flight: 2, max_window: 8 * CS, run_chunks: 4 };
+        let w = world_with(FsConfig::default(), limits);
+        let want = data(9, 20_000);
+        w.hub.add_repo(
+            RepoId::new("org", "big"),
+            C2,
+            "main",
+            None,
+            vec![("f.bin", want.clone(), true)],
+        );
+        let ino = walk(&w.fs, "org/big/all/f.bin").await.unwrap();
+        let fh = w.fs.open(ino, false).unwrap();
+        // Every request is slow, so the reader catches up with read-ahead still in flight, and
+        // the link looks slow to answer against what a chunk takes, so runs are the longest.
+        w.hub.set_fetch_delay(Duration::from_millis(150));
+        let slow = LinkEstimate { first_byte: Duration::from_secs(1), bytes_per_sec: 1e9 };
+        w.hub.set_link(Some(slow));
+        let mut off = 0u64;
+        while off < 20_000 {
+            let n = 700.min(20_000 - off) as u32;
+            let got = w.fs.read(fh, off, n).await.unwrap();
+            assert_eq!(got, want[off as usize..(off + n as u64) as usize], "at {off}");
+            off += n as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ranges: Vec<_> = w.hub.fetched_ranges().into_iter().map(|(_, r)| r).collect();
+        // Each chunk was asked for exactly once, whoever asked: readers that caught up with a
+        // run in flight waited for it instead of asking again.
+        let mut asked: Vec<u64> =
+            ranges.iter().flat_map(|r| r.start / CS..r.end.div_ceil(CS)).collect();
+        asked.sort_unstable();
+        assert_eq!(asked, (0..20).collect::<Vec<_>>(), "ranges asked: {ranges:?}");
+        // Read-ahead coalesced: some request carried more than one chunk, none more than four.
+        assert!(ranges.iter().any(|r| r.end - r.start > CS), "ranges asked: {ranges:?}");
+        assert!(ranges.iter().all(|r| r.end - r.start <= 4 * CS), "ranges asked: {ranges:?}");
+        assert!(ranges.len() < 20, "{} requests for 20 chunks", ranges.len());
     }
 
     #[tokio::test]
@@ -1143,7 +1182,7 @@ mod tests {
             Arc::new(crate::hub::OfflineHub),
             Arc::new(crate::hub::OfflineHub),
             Duration::from_secs(1),
-            NO_READ_AHEAD,
+            PrefetchLimits::NONE,
         );
         assert_eq!(read_all(&offline, "org/repo/all/config.json").await.unwrap(), data(1, 10));
         assert!(matches!(

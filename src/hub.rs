@@ -9,6 +9,7 @@ pub mod client;
 pub mod memory;
 
 use std::ops::Range;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -77,7 +78,21 @@ pub trait RepoSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<TreeEntry>, HubError>>;
 }
 
+/// What ranges have cost lately on the path to the bytes (the CDN, once its URL is known).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkEstimate {
+    /// From sending a range request to its answer's headers: paid once per request.
+    pub first_byte: Duration,
+    /// Body bytes per second of one request, once it is flowing: what one connection gets.
+    pub bytes_per_sec: f64,
+}
+
 pub trait RangeFetcher: Send + Sync + 'static {
+    /// Recent cost of a range request, when known; read-ahead sizes its requests by it.
+    fn link(&self) -> Option<LinkEstimate> {
+        None
+    }
+
     /// Exactly the bytes `range` of `file`, or an error once retries are spent.
     /// `range` is non-empty and inside the file.
     fn fetch_range<'a>(
@@ -85,6 +100,31 @@ pub trait RangeFetcher: Send + Sync + 'static {
         file: &'a RemoteFile,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, HubError>>;
+
+    /// The bytes `range` of `file` in consecutive pieces of `piece` bytes (the last may be
+    /// shorter), each handed to `sink` in order as soon as it is complete, so that the first
+    /// chunks of a long range can be stored and served while the rest is on its way. On an
+    /// error, the pieces handed over are right and the rest never comes. This default asks
+    /// for the whole range and cuts it up when it has all arrived.
+    fn fetch_pieces<'a>(
+        &'a self,
+        file: &'a RemoteFile,
+        range: Range<u64>,
+        piece: u64,
+        sink: &'a mut (dyn FnMut(Bytes) + Send),
+    ) -> BoxFuture<'a, Result<(), HubError>> {
+        Box::pin(async move {
+            let bytes = self.fetch_range(file, range).await?;
+            let piece = usize::try_from(piece.max(1)).unwrap_or(usize::MAX);
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = bytes.len().min(at.saturating_add(piece));
+                sink(bytes.slice(at..end));
+                at = end;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The Hub as seen with `--offline`: every call fails with [`HubError::Offline`] without

@@ -260,13 +260,13 @@ impl Metrics {
     /// Count one chunk fetch: its result, its duration and its bytes. Wrap the fetch future
     /// itself: a fetch dropped before it ends (the caller's read timeout fired) counts as an
     /// error, with the time it had run.
-    pub async fn timed_fetch<E>(
+    pub async fn timed_fetch<T: Fetched, E>(
         &'static self,
-        fetch: impl Future<Output = Result<Bytes, E>>,
-    ) -> Result<Bytes, E> {
+        fetch: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         let mut timer = FetchTimer { metrics: self, start: Instant::now(), done: false };
         let result = fetch.await;
-        timer.finish(result.as_ref().ok().map(Bytes::len));
+        timer.finish(result.as_ref().ok().map(Fetched::fetched_bytes));
         result
     }
 
@@ -354,6 +354,24 @@ impl EncodeMetric for OptionalGauge {
 }
 
 /// Records a fetch when it finishes, or as an error when it is dropped unfinished.
+/// What a fetch returns, as far as its byte count goes: the bytes themselves, or (for a range
+/// whose pieces went elsewhere as they arrived) how many there were.
+pub trait Fetched {
+    fn fetched_bytes(&self) -> usize;
+}
+
+impl Fetched for Bytes {
+    fn fetched_bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Fetched for usize {
+    fn fetched_bytes(&self) -> usize {
+        *self
+    }
+}
+
 struct FetchTimer {
     metrics: &'static Metrics,
     start: Instant,

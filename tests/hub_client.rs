@@ -444,6 +444,43 @@ async fn server_errors_resets_and_truncations_are_retried() {
 }
 
 #[tokio::test]
+async fn pieces_arrive_in_order_and_a_broken_body_resumes_after_the_last_whole_one() {
+    let f = fixture(MockConfig::default());
+    let c = default_client(&f.hub);
+    let model = remote(&f.commit, "onnx/model.onnx", f.model.len());
+    let whole = |range: std::ops::Range<usize>| f.model[range].to_vec();
+    f.hub.clear_requests();
+    // The CDN cuts the body after 150,000 bytes: three whole pieces of 50,000.
+    f.hub.inject(FaultRule::new(Some(Origin::Cdn), "/lfs/", 1, Fault::Truncate { after: 150_000 }));
+    let mut pieces: Vec<bytes::Bytes> = Vec::new();
+    c.fetch_pieces(&model, 10_000..265_000, 50_000, &mut |p| pieces.push(p)).await.unwrap();
+    let lens: Vec<usize> = pieces.iter().map(|p| p.len()).collect();
+    assert_eq!(lens, [50_000, 50_000, 50_000, 50_000, 50_000, 5_000]);
+    assert_eq!(pieces.concat(), whole(10_000..265_000));
+    // The second attempt asked only for what had not been delivered.
+    let ranges: Vec<Option<String>> = f
+        .hub
+        .requests()
+        .iter()
+        .filter(|r| r.origin == Origin::Cdn)
+        .map(|r| r.range.clone())
+        .collect();
+    assert_eq!(
+        ranges,
+        [Some("bytes=10000-264999".to_string()), Some("bytes=160000-264999".to_string())]
+    );
+    // A range of one piece, and pieces larger than the range: one piece each.
+    let mut one = Vec::new();
+    c.fetch_pieces(&model, 0..7, 1 << 20, &mut |p| one.push(p)).await.unwrap();
+    assert_eq!(one.concat(), whole(0..7));
+    assert_eq!(one.len(), 1);
+    // Nonsense is refused before any request.
+    let mut none = |_: bytes::Bytes| unreachable!("no piece for a refused range");
+    assert!(c.fetch_pieces(&model, 5..5, 10, &mut none).await.is_err());
+    assert!(c.fetch_pieces(&model, 0..10, 0, &mut none).await.is_err());
+}
+
+#[tokio::test]
 async fn an_expired_cdn_target_is_forgotten() {
     let f = fixture(MockConfig::default());
     let c = default_client(&f.hub);

@@ -178,6 +178,20 @@ def report(path):
             f"cold.{cond}.rclone", "rclone mount", one, 1 if cond == "c" else None)
         row(f"last 4 KiB of cold 1 GiB, {label}: **modelfs** dd", f"last4k.{cond}.modelfs",
             f"cold.{cond}.hf", "hf_hub_download (whole file)", None, 100)
+        if cond == "u":
+            # What keeping the bytes costs anyone on this machine (see BENCHMARKS.md).
+            row("cold 1 GiB, uncapped: curl -o file (kept on the store's disk)",
+                "cold.u.curlfile", "cold.u.curl", "curl, uncapped", one)
+            row("cold 1 GiB, uncapped: **modelfs** vs curl -o file", "cold.u.modelfs",
+                "cold.u.curlfile", "curl -o file", one)
+            row("write 1 GiB of new page cache (dd /dev/zero to a new file)", "newpages.dd",
+                None, None, one)
+    cargs = meta.get("coalesce_args", "")
+    for ttfb, rate in (("150", "100"), ("30", "40")):
+        what = f"cold 256 MiB, mock CDN {ttfb} ms first byte, {rate} MB/s/conn, {cargs}"
+        row(f"{what}: one chunk per request", f"coalesce.{ttfb}.off", None, None, 256 << 20)
+        row(f"{what}: **coalesced runs**", f"coalesce.{ttfb}.on", f"coalesce.{ttfb}.off",
+            "one chunk per request", 256 << 20)
     for state, label, tgt in (("store", "page cache dropped", 0.7), ("hot", "page cache hot", 0.9)):
         row(f"warm 1 GiB, {label}: plain file dd", f"warm.{state}.plain", None, None, one)
         row(f"warm 1 GiB, {label}: **modelfs** dd", f"warm.{state}.modelfs",

@@ -69,9 +69,6 @@ pub struct PullReport {
     pub failed: Vec<(String, String)>,
 }
 
-/// The pull asks for every chunk itself; read-ahead would only duplicate its requests.
-const NO_READ_AHEAD: PrefetchLimits = PrefetchLimits { max_in_flight: 1, max_window: 0 };
-
 /// How often the store is asked whether a downloaded file has been verified yet.
 const VERIFY_POLL: Duration = Duration::from_millis(50);
 
@@ -147,7 +144,7 @@ pub async fn pull_into(
         source,
         origin.clone(),
         request.read_timeout,
-        NO_READ_AHEAD,
+        PrefetchLimits::NONE,
     );
     let target = &request.target;
     let snap = fs
@@ -170,7 +167,13 @@ pub async fn pull_into(
     let already_bytes: u64 = plans.iter().map(|p| p.stored).sum();
     progress.start(total_bytes, already_bytes);
     let ctx = Arc::new(Ctx {
-        fetcher: ChunkFetcher::new(store.clone(), origin, request.read_timeout, NO_READ_AHEAD),
+        // The pull asks for every chunk itself; read-ahead would only duplicate its requests.
+        fetcher: ChunkFetcher::new(
+            store.clone(),
+            origin,
+            request.read_timeout,
+            PrefetchLimits::NONE,
+        ),
         store,
         progress: progress.clone(),
         fetched: AtomicU64::new(0),

@@ -155,7 +155,7 @@ pub async fn status_report(
         Arc::new(OfflineHub),
         Arc::new(OfflineHub),
         Duration::from_secs(1),
-        PrefetchLimits { max_in_flight: 1, max_window: 0 },
+        PrefetchLimits::NONE,
     );
     let repos = match target {
         Some(t) => vec![t.repo.clone()],

@@ -38,7 +38,9 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{HubError, RangeFetcher, RemoteFile, RepoSource, RevisionInfo, TreeEntry};
+use super::{
+    HubError, LinkEstimate, RangeFetcher, RemoteFile, RepoSource, RevisionInfo, TreeEntry,
+};
 use crate::manifest::{FileHash, RepoId};
 
 /// Where huggingface_hub goes when `HF_ENDPOINT` is not set.
@@ -201,7 +203,16 @@ pub struct HubClient {
     read_timeout: Duration,
     /// Final redirect target of each file already fetched, keyed by (repo, commit, path).
     redirects: Mutex<HashMap<RedirectKey, Url>>,
+    /// Moving averages of what requests to remembered (CDN) targets cost.
+    link: Mutex<Option<LinkEstimate>>,
 }
+
+/// Weight of the newest sample in [`HubClient::link`]'s moving averages: a few requests
+/// follow a change of link, one odd request does not swing it.
+const LINK_EWMA_WEIGHT: f64 = 0.2;
+
+/// A body shorter than this says little about a connection's rate (it is mostly latency).
+const LINK_MIN_SAMPLE_BYTES: u64 = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RedirectKey {
@@ -261,6 +272,7 @@ impl HubClient {
             auth,
             read_timeout: config.read_timeout,
             redirects: Mutex::new(HashMap::new()),
+            link: Mutex::new(None),
         })
     }
 
@@ -444,6 +456,26 @@ impl HubClient {
         }
     }
 
+    /// Fold one request to a remembered target into [`Self::link`]: its time to headers, and
+    /// its rate if its body was long enough to say.
+    fn observe_link(&self, first_byte: Duration, bytes: u64, flowing: Duration) {
+        let Ok(mut link) = self.link.lock() else { return };
+        let rate = (bytes >= LINK_MIN_SAMPLE_BYTES && !flowing.is_zero())
+            .then(|| bytes as f64 / flowing.as_secs_f64());
+        let ewma = |old: f64, new: f64| old + LINK_EWMA_WEIGHT * (new - old);
+        *link = match (*link, rate) {
+            (None, Some(rate)) => Some(LinkEstimate { first_byte, bytes_per_sec: rate }),
+            (None, None) => None,
+            (Some(old), rate) => Some(LinkEstimate {
+                first_byte: Duration::from_secs_f64(ewma(
+                    old.first_byte.as_secs_f64(),
+                    first_byte.as_secs_f64(),
+                )),
+                bytes_per_sec: rate.map_or(old.bytes_per_sec, |r| ewma(old.bytes_per_sec, r)),
+            }),
+        };
+    }
+
     fn forget(&self, key: &RedirectKey) {
         if let Ok(mut map) = self.redirects.lock() {
             map.remove(key);
@@ -455,11 +487,15 @@ impl HubClient {
         file: &RemoteFile,
         range: &Range<u64>,
         hub_url: &Url,
-        range_header: &HeaderValue,
-    ) -> Result<Bytes, Failure> {
+        out: &mut Pieces<'_>,
+    ) -> Result<(), Failure> {
+        let range_header =
+            &HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1))
+                .map_err(|e| fatal_protocol(format!("range header: {e}")))?;
         let key = RedirectKey::of(file);
         let target = Target { repo: &file.repo, rev: Some(&file.commit), path: Some(&file.path) };
         if let Some(remembered) = self.remembered(&key) {
+            let sent = Instant::now();
             match self.get(&remembered, Some(range_header)).send().await {
                 Ok(response)
                     if matches!(response.status().as_u16(), 403 | 404 | 410)
@@ -470,7 +506,15 @@ impl HubClient {
                     self.forget(&key);
                 }
                 Ok(response) => {
-                    let answer = self.read_range(response, file, range, &target).await;
+                    let before = *out.delivered;
+                    out.first_body = None;
+                    let answer = self.read_range(response, file, range, &target, out).await;
+                    // A CDN may send its headers before it has the bytes: the first byte of
+                    // the body is what the reader waits for.
+                    if let Some(first) = out.first_body {
+                        let bytes = *out.delivered - before;
+                        self.observe_link(first - sent, bytes, first.elapsed());
+                    }
                     if answer.is_err() {
                         // Whatever went wrong, the next attempt starts from the Hub.
                         self.forget(&key);
@@ -489,17 +533,18 @@ impl HubClient {
         if hops > 0 && matches!(response.status(), StatusCode::PARTIAL_CONTENT | StatusCode::OK) {
             self.remember(key, final_url);
         }
-        self.read_range(response, file, range, &target).await
+        self.read_range(response, file, range, &target, out).await
     }
 
-    /// Check an answer to a range request and read exactly its bytes.
+    /// Check an answer to a range request and hand exactly its bytes to `out`.
     async fn read_range(
         &self,
         response: Response,
         file: &RemoteFile,
         range: &Range<u64>,
         target: &Target<'_>,
-    ) -> Result<Bytes, Failure> {
+        out: &mut Pieces<'_>,
+    ) -> Result<(), Failure> {
         let len = range.end - range.start;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -517,7 +562,7 @@ impl HubClient {
                         )))
                     }
                 }
-                read_exact(response, len, target).await
+                read_exact(response, len, target, out).await
             }
             StatusCode::OK => {
                 if *range != (0..file.size) {
@@ -527,7 +572,7 @@ impl HubClient {
                         range.end - 1
                     )));
                 }
-                read_exact(response, file.size, target).await
+                read_exact(response, file.size, target, out).await
             }
             _ => Err(self.status_failure(&response, target)),
         }
@@ -601,15 +646,38 @@ impl RepoSource for HubClient {
 }
 
 impl RangeFetcher for HubClient {
+    fn link(&self) -> Option<LinkEstimate> {
+        self.link.lock().ok().and_then(|link| *link)
+    }
+
     fn fetch_range<'a>(
         &'a self,
         file: &'a RemoteFile,
         range: Range<u64>,
     ) -> BoxFuture<'a, Result<Bytes, HubError>> {
         Box::pin(async move {
-            if range.start >= range.end || range.end > file.size {
+            let len = range.end.saturating_sub(range.start);
+            let mut whole = None;
+            self.fetch_pieces(file, range, len, &mut |bytes| whole = Some(bytes)).await?;
+            whole.ok_or_else(|| HubError::Protocol("a range ended without its bytes".into()))
+        })
+    }
+
+    /// One request for the whole range; its body is cut into pieces as it arrives. An attempt
+    /// that fails after delivering pieces is followed by one for the rest only, and delivered
+    /// pieces count as progress: the time budget starts over after each attempt that delivered
+    /// any, so a long range on a slow link is bounded by time without progress, not in total.
+    fn fetch_pieces<'a>(
+        &'a self,
+        file: &'a RemoteFile,
+        range: Range<u64>,
+        piece: u64,
+        sink: &'a mut (dyn FnMut(Bytes) + Send),
+    ) -> BoxFuture<'a, Result<(), HubError>> {
+        Box::pin(async move {
+            if range.start >= range.end || range.end > file.size || piece == 0 {
                 return Err(HubError::Protocol(format!(
-                    "range {range:?} is empty or outside {} ({} bytes)",
+                    "range {range:?} of {} ({} bytes) in pieces of {piece}",
                     file.path, file.size
                 )));
             }
@@ -617,14 +685,38 @@ impl RangeFetcher for HubClient {
                 vec![file.repo.org.as_str(), &file.repo.name, "resolve", &file.commit];
             segments.extend(file.path.split('/'));
             let hub_url = self.url(&segments, "")?;
-            let range_header =
-                HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1))
-                    .map_err(|e| HubError::Protocol(format!("range header: {e}")))?;
             let what = format!("fetching {} of {}@{}", file.path, file.repo, file.commit);
-            self.with_retries(&what, || self.fetch_once(file, &range, &hub_url, &range_header))
-                .await
+            let mut budget = Budget::new(self.read_timeout);
+            let mut next = range.start;
+            loop {
+                let before = next;
+                let mut out =
+                    Pieces { piece, sink: &mut *sink, delivered: &mut next, first_body: None };
+                let rest = before..range.end;
+                let answer = budget.run(self.fetch_once(file, &rest, &hub_url, &mut out)).await;
+                match answer {
+                    Ok(()) => return Ok(()),
+                    Err(failure) => {
+                        if next > before {
+                            budget = Budget::new(self.read_timeout);
+                        }
+                        budget.after_failure(failure, &what).await?;
+                    }
+                }
+            }
         })
     }
+}
+
+/// Where a body's bytes go: cut into pieces of `piece` bytes (the last one of the range may
+/// be shorter), each handed to `sink` whole, in order, the moment it is complete.
+/// `delivered` is the file offset up to which pieces have been handed over.
+struct Pieces<'s> {
+    piece: u64,
+    sink: &'s mut (dyn FnMut(Bytes) + Send),
+    delivered: &'s mut u64,
+    /// When the first byte of the current answer's body arrived.
+    first_body: Option<Instant>,
 }
 
 /// The resource a request is about, for error messages.
@@ -915,12 +1007,15 @@ async fn read_limited(mut response: Response, limit: usize) -> Result<Bytes, Fai
     Ok(body.freeze())
 }
 
-/// Read a body that must be exactly `expected` bytes; anything else is retryable.
+/// Read a body that must be exactly `expected` bytes into `out`'s pieces; anything else is
+/// retryable. A piece is handed over only when complete: a body that breaks off leaves the
+/// pieces before the break delivered and the partial one dropped.
 async fn read_exact(
     mut response: Response,
     expected: u64,
     target: &Target<'_>,
-) -> Result<Bytes, Failure> {
+    out: &mut Pieces<'_>,
+) -> Result<(), Failure> {
     let url = response.url().clone();
     if let Some(declared) = response
         .headers()
@@ -934,25 +1029,39 @@ async fn read_exact(
             )));
         }
     }
-    let capacity = usize::try_from(expected)
+    let piece = usize::try_from(out.piece.min(expected))
         .map_err(|_| fatal_protocol(format!("{target}: {expected} bytes do not fit in memory")))?;
-    let mut body = BytesMut::with_capacity(capacity);
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport(e, &url))? {
-        if body.len() + chunk.len() > capacity {
+    let mut left = expected;
+    let mut body = BytesMut::with_capacity(piece);
+    while let Some(mut chunk) = response.chunk().await.map_err(|e| transport(e, &url))? {
+        out.first_body.get_or_insert_with(Instant::now);
+        if chunk.len() as u64 > left {
             return Err(retry_protocol(format!("{target}: more than the {expected} bytes asked")));
         }
-        body.extend_from_slice(&chunk);
+        left -= chunk.len() as u64;
+        while !chunk.is_empty() {
+            // The piece being filled: a full piece, or what is left of the body if less.
+            let want =
+                piece.min(body.len() + usize::try_from(left).unwrap_or(usize::MAX) + chunk.len());
+            let take = (want - body.len()).min(chunk.len());
+            body.extend_from_slice(&chunk.split_to(take));
+            if body.len() == want {
+                *out.delivered += want as u64;
+                (out.sink)(body.split().freeze());
+                body.reserve(piece.min(usize::try_from(left).unwrap_or(usize::MAX) + chunk.len()));
+            }
+        }
     }
-    if body.len() != capacity {
+    if left != 0 {
         return Err(Failure::Retry {
             error: HubError::Unavailable(format!(
                 "{target}: body ended after {} of {expected} bytes",
-                body.len()
+                expected - left
             )),
             after: None,
         });
     }
-    Ok(body.freeze())
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -19,7 +19,9 @@ use futures::future::BoxFuture;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use super::{HubError, RangeFetcher, RemoteFile, RepoSource, RevisionInfo, TreeEntry};
+use super::{
+    HubError, LinkEstimate, RangeFetcher, RemoteFile, RepoSource, RevisionInfo, TreeEntry,
+};
 use crate::manifest::{FileHash, RepoId};
 
 /// An in-memory Hub. All methods take `&self`, so one `Arc<MemoryHub>` can be handed to the
@@ -39,6 +41,8 @@ struct State {
     fetch_delay: Duration,
     /// Every `fetch_range` call, in call order.
     log: Vec<(RemoteFile, Range<u64>)>,
+    /// What [`RangeFetcher::link`] reports.
+    link: Option<LinkEstimate>,
 }
 
 #[derive(Default)]
@@ -145,6 +149,11 @@ impl MemoryHub {
     /// overlap in tests.
     pub fn set_fetch_delay(&self, delay: Duration) {
         self.state().fetch_delay = delay;
+    }
+
+    /// Report `link` as the cost of a range request, as a real client measures it.
+    pub fn set_link(&self, link: Option<LinkEstimate>) {
+        self.state().link = link;
     }
 
     /// How many times `fetch_range` was called, whether it succeeded or not.
@@ -286,6 +295,10 @@ impl RepoSource for MemoryHub {
 }
 
 impl RangeFetcher for MemoryHub {
+    fn link(&self) -> Option<LinkEstimate> {
+        self.state().link
+    }
+
     fn fetch_range<'a>(
         &'a self,
         file: &'a RemoteFile,

@@ -286,6 +286,12 @@ pub struct MockConfig {
     /// serves the same blobs by sha256, so that the bytes come from a real static server
     /// with a per-connection rate cap, as a real CDN's do.
     pub cdn_base: Option<String>,
+    /// What the mock's own CDN makes every download wait before its answer (headers and
+    /// first byte): a real CDN's time to first byte (the round trip plus the edge's lookup),
+    /// paid per request.
+    pub cdn_first_byte: Duration,
+    /// Bytes per second each CDN download is paced at, as an edge caps a connection.
+    pub cdn_rate: Option<u64>,
 }
 
 impl Default for MockConfig {
@@ -294,6 +300,8 @@ impl Default for MockConfig {
             page_size: DEFAULT_PAGE_SIZE,
             valid_tokens: vec!["hf_mock_token".to_owned()],
             cdn_base: None,
+            cdn_first_byte: Duration::ZERO,
+            cdn_rate: None,
         }
     }
 }
@@ -945,6 +953,14 @@ async fn handle(
         }
     }
     record(reply.status.as_u16());
+    let paced_cdn = origin == Origin::Cdn
+        && method == Method::GET
+        && fault.is_none()
+        && reply.status.is_success()
+        && !reply.body.is_empty();
+    if paced_cdn && !shared.config.cdn_first_byte.is_zero() {
+        tokio::time::sleep(shared.config.cdn_first_byte).await;
+    }
 
     let mut response = Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
@@ -990,12 +1006,43 @@ async fn handle(
                 data[0] ^= 0xff;
                 Body::from(data)
             }
+            None if paced_cdn => paced(reply.body, shared.config.cdn_rate),
             _ => Body::from(reply.body),
         }
     };
     // The builder only fails on invalid parts, and every part above was checked.
     Ok(response.body(body).unwrap_or_else(|_| Response::new(Body::empty())))
 }
+
+/// A CDN answer's body at `rate` bytes per second (in pieces of [`PACE_PIECE`], each sent on
+/// schedule), or all at once without a rate.
+fn paced(data: Bytes, rate: Option<u64>) -> Body {
+    use futures::StreamExt;
+    if rate.is_none() {
+        return Body::from(data);
+    }
+    let pieces: Vec<Bytes> = (0..data.len())
+        .step_by(PACE_PIECE)
+        .map(|at| data.slice(at..(at + PACE_PIECE).min(data.len())))
+        .collect();
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    Body::from_stream(futures::stream::iter(pieces).then(move |piece| {
+        // Each piece leaves when the bytes before it would have at `rate`.
+        let due = start
+            + rate
+                .map_or(Duration::ZERO, |r| Duration::from_secs_f64(sent as f64 / r.max(1) as f64));
+        sent += piece.len() as u64;
+        async move {
+            tokio::time::sleep_until(due).await;
+            Ok::<_, Infallible>(piece)
+        }
+    }))
+}
+
+/// Pacing granularity of [`paced`]: small against a chunk, large enough that the timer is
+/// not the bottleneck.
+const PACE_PIECE: usize = 256 << 10;
 
 /// The `Range` header a [`Fault::WrongContentRange`] answers instead of `range`; unchanged
 /// when it is not a plain `bytes=a-b`.
