@@ -146,11 +146,13 @@ impl Default for PrefetchLimits {
     }
 }
 
-/// Default bound on read-ahead memory: 6 chunks of 8 MiB. Six parallel ranges already
-/// fill a link whose CDN caps each connection at a sixth of its capacity, and 48 MiB keeps
-/// the daemon's peak RSS under 128 MiB while streaming (64 MiB measured 140-155 MiB, for no
-/// gain in throughput on the benchmark's origin; doc/BENCHMARKS.md).
-pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 48 << 20;
+/// Default bound on read-ahead memory: 5 chunks of 8 MiB. Five parallel ranges fill a link
+/// whose CDN caps each connection at a fifth of its capacity (250 MB/s at a 50 MB/s cap), and
+/// 40 MiB keeps the daemon's peak RSS under 128 MiB while streaming. Measured on the
+/// benchmark's capped origin (`scripts/bench/cold_probe.sh`, 134 MB/s per connection): 64,
+/// 48, 40 and 32 MiB gave a peak RSS of 140-155, 120-150, 98-116 and 98-106 MiB, and the
+/// same cold time within noise from 48 MiB down to 40 (3.2 and 3.3 s; 32 MiB: 3.5 s).
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 40 << 20;
 
 /// Default cap on one coalesced read-ahead request: 64 MiB holds a connection for about a
 /// second at 64 MB/s, so a reader who stops early wastes at most that, and a failed request
@@ -1011,8 +1013,8 @@ mod tests {
         let default = PrefetchLimits::default();
         assert_eq!(
             (default.max_in_flight, default.run_chunks),
-            (6, 1),
-            "48M of 8M chunks over 16 connections"
+            (5, 1),
+            "40M of 8M chunks over 16 connections"
         );
         let few = PrefetchLimits::new(8 * MIB, 256 * MIB, 4, DEFAULT_MAX_REQUEST_BYTES);
         assert_eq!((few.max_in_flight, few.run_chunks), (4, 8), "32 chunks over 4 connections");

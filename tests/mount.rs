@@ -590,3 +590,51 @@ fn sigterm_with_a_file_open_still_unmounts_and_exits() {
     drop(map);
     drop(f);
 }
+
+/// Over a CDN that is slow to answer (300 ms to first byte) against what a chunk takes at its
+/// per-connection rate, with memory for more chunks than connections, sequential reads make
+/// read-ahead ask for runs of adjacent chunks in one streamed request each: fewer requests
+/// than chunks, no byte asked for twice, and every byte right.
+#[test]
+fn read_ahead_coalesces_runs_over_a_slow_to_answer_cdn() {
+    const MIB: usize = 1 << 20;
+    let config = MockConfig {
+        cdn_first_byte: Duration::from_millis(300),
+        cdn_rate: Some(40_000_000),
+        ..MockConfig::default()
+    };
+    let hub = MockHub::start(config);
+    let data = bytes(77, 24 * MIB);
+    hub.add_repo(MockRepo::new("slow/cdn", vec![MockFile::lfs("model.safetensors", data.clone())]));
+    let store = temp_dir("store");
+    let args = ["--chunk-size", "1M", "--max-connections", "2", "--max-inflight-bytes", "16M"];
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    let path = m.path("slow/cdn/all/model.safetensors");
+    let file = File::open(&path).unwrap();
+    let mut got = vec![0u8; data.len()];
+    for (i, piece) in got.chunks_mut(MIB).enumerate() {
+        file.read_exact_at(piece, (i * MIB) as u64).unwrap();
+    }
+    assert!(got == data, "bytes differ");
+    drop(file);
+    m.stop();
+
+    let ranges: Vec<(u64, u64)> = hub
+        .requests()
+        .iter()
+        .filter(|r| r.origin == Origin::Cdn && r.status == 206)
+        .filter_map(|r| {
+            let (a, b) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse::<u64>().ok()? + 1))
+        })
+        .collect();
+    let mut asked: Vec<u64> =
+        ranges.iter().flat_map(|&(a, b)| a / MIB as u64..b.div_ceil(MIB as u64)).collect();
+    asked.sort_unstable();
+    assert_eq!(asked, (0..24).collect::<Vec<u64>>(), "chunks asked: {ranges:?}");
+    assert!(
+        ranges.iter().any(|&(a, b)| b - a >= 2 * MIB as u64),
+        "no request carried a run of chunks: {ranges:?}"
+    );
+    assert!(ranges.len() < 24, "{} requests for 24 chunks: {ranges:?}", ranges.len());
+}
