@@ -17,11 +17,23 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{ConfigFile, LiveSettings, Loaded, LogFormat, RepoEntry};
 use crate::store::DEFAULT_CHUNK_SIZE;
 
+/// What every command reads from the environment, shown under `--help`.
+pub const ENVIRONMENT_HELP: &str = "\
+Environment (read as huggingface_hub reads it):
+  HF_ENDPOINT      Hub endpoint [default: https://huggingface.co]
+  HF_TOKEN         access token for gated and private repos (sent to the Hub's host only)
+  HF_TOKEN_PATH    file holding the token [default: $HF_HOME/token]
+  HF_HOME          huggingface_hub's home [default: $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface]
+  HF_HUB_OFFLINE   1: never contact the Hub (as --offline)
+  MODELFS_STORE    store directory (as --store)
+  RUST_LOG         log filter, e.g. modelfs=debug [default: info]";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "modelfs",
     version,
-    about = "HuggingFace Hub model repos as a lazily fetched, read-only filesystem"
+    about = "HuggingFace Hub model repos as a lazily fetched, read-only filesystem",
+    after_help = ENVIRONMENT_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,11 +44,16 @@ pub struct Cli {
 pub enum Command {
     /// Mount the model namespace at MOUNTPOINT and serve it in the foreground until
     /// SIGINT/SIGTERM (or `modelfs unmount`).
+    #[command(after_help = ENVIRONMENT_HELP)]
     Mount(MountArgs),
     /// Unmount a modelfs mount (also clears a mount left by a killed daemon).
-    Unmount { mountpoint: PathBuf },
+    Unmount {
+        /// Where the mount is, e.g. /models.
+        mountpoint: PathBuf,
+    },
     /// Download a repo (or some quants of it) into the store now, with progress bars. Works
     /// while a daemon serves the same store; its progress shows in the mount's xattrs.
+    #[command(after_help = ENVIRONMENT_HELP)]
     Pull(PullArgs),
     /// What the store holds: repos, revisions, quants, cached/total bytes and state.
     Status(StatusArgs),
@@ -49,8 +66,9 @@ pub enum Command {
 /// Options every store command shares.
 #[derive(Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Chunk store directory [default: $MODELFS_STORE, else $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
-    #[arg(long)]
+    /// Store directory [default: $MODELFS_STORE, else the config file's `store`, else the
+    /// store of the running mount, else $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
+    #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// Configuration file [default: /etc/modelfs/config.toml when present].
     #[arg(long, value_name = "FILE")]
@@ -69,11 +87,12 @@ pub struct PullArgs {
     /// With --quant, only files of those views that match.
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
-    /// Hub endpoint [default: $HF_ENDPOINT, else https://huggingface.co].
-    #[arg(long)]
+    /// Hub endpoint [default: $HF_ENDPOINT, else the config file's `endpoint`, else
+    /// https://huggingface.co].
+    #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
     /// Most chunk fetches in flight at once (each holds one chunk in memory until stored).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub max_connections: usize,
     /// Seconds a fetch may wait for the Hub, retries included.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
@@ -122,7 +141,7 @@ pub struct MountArgs {
     /// [default: /etc/modelfs/config.toml when present]. Flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Chunk store directory [default: $MODELFS_STORE, else the config file's `store`, else
+    /// Store directory [default: $MODELFS_STORE, else the config file's `store`, else
     /// $XDG_CACHE_HOME/modelfs, else ~/.cache/modelfs].
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
@@ -401,37 +420,85 @@ impl MountConfig {
 
 impl StoreArgs {
     /// The store and the configuration file for a store command: `--store`, else
-    /// `$MODELFS_STORE`, else the file's `store`, else the default directory.
+    /// `$MODELFS_STORE`, else the file's `store`, else the store of the mount that is running
+    /// (when every live mount uses the same one), else the default directory. The mount finds
+    /// its store the same way save for the live mounts, so a command run beside one mount
+    /// needs no `--store`, whichever way that mount was told.
     pub fn resolve(
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<StoreConfig, crate::config::ConfigError> {
         let loaded = crate::config::load(self.config.as_deref())?;
-        Ok(self.resolve_with(loaded, env))
+        Ok(self.resolve_with(loaded, env, &crate::mounts::live_mounts()))
     }
 
     pub fn resolve_with(
         &self,
         loaded: Option<Loaded>,
         env: impl Fn(&str) -> Option<String>,
+        live: &[crate::mounts::LiveMount],
     ) -> StoreConfig {
-        let file = loaded.map(|l| l.file).unwrap_or_default();
-        let store = self
-            .store
-            .clone()
-            .or_else(|| env("MODELFS_STORE").filter(|v| !v.is_empty()).map(PathBuf::from))
-            .or_else(|| file.store.clone())
-            .unwrap_or_else(|| default_store(&env));
-        StoreConfig { store, file }
+        let (path, file) = match loaded {
+            Some(l) => (Some(l.path), l.file),
+            None => (None, ConfigFile::default()),
+        };
+        let mut stores: Vec<&crate::mounts::LiveMount> = live.iter().collect();
+        stores.dedup_by(|a, b| a.store == b.store);
+        let one_mount = match stores.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        };
+        let (store, origin) = if let Some(flag) = &self.store {
+            (flag.clone(), StoreOrigin::Flag)
+        } else if let Some(dir) = env("MODELFS_STORE").filter(|v| !v.is_empty()) {
+            (dir.into(), StoreOrigin::Environment)
+        } else if let (Some(dir), Some(path)) = (file.store.clone(), path.clone()) {
+            (dir, StoreOrigin::ConfigFile(path))
+        } else if let Some(m) = one_mount {
+            (m.store.clone(), StoreOrigin::Mount { mountpoint: m.mountpoint.clone(), pid: m.pid })
+        } else {
+            (default_store(&env), StoreOrigin::Default)
+        };
+        StoreConfig { store: absolute(&store), origin, file }
     }
 }
 
-/// What a store command resolved: the store, and the configuration file's settings (all
-/// `None` without a file) for the command to merge with its own flags, flags first.
+/// What a store command resolved: the store, how it was found, and the configuration file's
+/// settings (all `None` without a file) for the command to merge with its own flags, flags
+/// first.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub store: PathBuf,
+    pub origin: StoreOrigin,
     pub file: ConfigFile,
+}
+
+/// Where a store command's store came from, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreOrigin {
+    Flag,
+    Environment,
+    ConfigFile(PathBuf),
+    /// The store of the one mount that runs.
+    Mount {
+        mountpoint: PathBuf,
+        pid: u32,
+    },
+    Default,
+}
+
+impl std::fmt::Display for StoreOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreOrigin::Flag => write!(f, "from --store"),
+            StoreOrigin::Environment => write!(f, "from $MODELFS_STORE"),
+            StoreOrigin::ConfigFile(path) => write!(f, "from {}", path.display()),
+            StoreOrigin::Mount { mountpoint, pid } => {
+                write!(f, "the store of the mount at {} (pid {pid})", mountpoint.display())
+            }
+            StoreOrigin::Default => write!(f, "the default store"),
+        }
+    }
 }
 
 impl StoreConfig {
@@ -774,16 +841,43 @@ mod tests {
     fn store_commands_merge_the_same_way() {
         let args = StoreArgs { store: None, config: None };
         let f = file("store = \"/fs\"\n[[repo]]\nid = \"o/r\"\npin = true\n");
-        let c = args.resolve_with(f.clone(), env_of(&[("HOME", "/h")]));
+        let c = args.resolve_with(f.clone(), env_of(&[("HOME", "/h")]), &[]);
         assert_eq!(c.store, PathBuf::from("/fs"));
+        assert_eq!(c.origin, StoreOrigin::ConfigFile("/etc/modelfs/config.toml".into()));
         assert_eq!(c.pinned(), [crate::manifest::RepoId::new("o", "r")]);
-        let c = args.resolve_with(f.clone(), env_of(&[("MODELFS_STORE", "/env")]));
-        assert_eq!(c.store, PathBuf::from("/env"));
+        let c = args.resolve_with(f.clone(), env_of(&[("MODELFS_STORE", "/env")]), &[]);
+        assert_eq!((c.store, c.origin), (PathBuf::from("/env"), StoreOrigin::Environment));
         let flag = StoreArgs { store: Some("/flag".into()), config: None };
-        assert_eq!(
-            flag.resolve_with(f, env_of(&[("MODELFS_STORE", "/env")])).store,
-            PathBuf::from("/flag")
-        );
+        let c = flag.resolve_with(f, env_of(&[("MODELFS_STORE", "/env")]), &[]);
+        assert_eq!((c.store, c.origin), (PathBuf::from("/flag"), StoreOrigin::Flag));
+    }
+
+    #[test]
+    fn store_commands_find_the_store_of_the_running_mount() {
+        use crate::mounts::LiveMount;
+        let args = StoreArgs { store: None, config: None };
+        let home = [("HOME", "/h")];
+        let mount = |mp: &str, store: &str, pid| LiveMount {
+            pid,
+            mountpoint: mp.into(),
+            store: store.into(),
+        };
+        let one = [mount("/models", "/srv/store", 42)];
+        let c = args.resolve_with(None, env_of(&home), &one);
+        assert_eq!(c.store, PathBuf::from("/srv/store"));
+        assert_eq!(c.origin.to_string(), "the store of the mount at /models (pid 42)");
+        // Two mounts on one store: still that store.
+        let two = [mount("/a", "/srv/store", 1), mount("/b", "/srv/store", 2)];
+        assert_eq!(args.resolve_with(None, env_of(&home), &two).store, PathBuf::from("/srv/store"));
+        // Two stores: nothing to choose by; the default, as without a mount.
+        let split = [mount("/a", "/s1", 1), mount("/b", "/s2", 2)];
+        let c = args.resolve_with(None, env_of(&home), &split);
+        assert_eq!((c.store, c.origin), (PathBuf::from("/h/.cache/modelfs"), StoreOrigin::Default));
+        // What the user says comes first.
+        let c = args.resolve_with(None, env_of(&[("MODELFS_STORE", "/env")]), &one);
+        assert_eq!(c.store, PathBuf::from("/env"));
+        let c = args.resolve_with(file("store = \"/fs\""), env_of(&home), &one);
+        assert_eq!(c.store, PathBuf::from("/fs"));
     }
 
     #[test]

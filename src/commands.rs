@@ -33,6 +33,10 @@ pub enum CommandError {
     BadTarget(String),
     #[error("no store at {0} (nothing was ever mounted or pulled there; see --store)")]
     NoStore(String),
+    #[error("store {0} is not a directory (see --store)")]
+    StoreNotDir(String),
+    #[error("{target}: no file matches {filters}; nothing to pull")]
+    NothingSelected { target: String, filters: String },
     #[error("{0} is not in the store")]
     NotInStore(String),
     #[error(transparent)]
@@ -41,8 +45,8 @@ pub enum CommandError {
     Store(#[from] StoreError),
     #[error("Hub client: {0}")]
     Hub(#[from] crate::hub::HubError),
-    #[error("invalid endpoint {0:?}")]
-    Endpoint(String),
+    #[error("endpoint {0:?} {1}")]
+    Endpoint(String, String),
     #[error("{target}: {reason}")]
     Resolve { target: String, reason: String },
     #[error("{repo} has no quant {quant:?}; its views are: {}", available.join(", "))]
@@ -160,11 +164,29 @@ const STORE_DATA_FILE: &str = "mdbx.dat";
 /// Open a store that must already exist: the read-side commands (`status`, `verify`, `gc`)
 /// must not leave an empty store behind a mistyped `--store`.
 fn open_existing(dir: &Path) -> Result<Arc<dyn ChunkStore>, CommandError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(CommandError::StoreNotDir(dir.display().to_string()));
+    }
     if !dir.join(STORE_DATA_FILE).is_file() {
         return Err(CommandError::NoStore(dir.display().to_string()));
     }
     // The chunk size only matters for a new store; an existing one keeps its own.
     Ok(Arc::new(MdbxStore::open(dir, DEFAULT_CHUNK_SIZE)?))
+}
+
+/// Bytes the files under `dir` take on disk (allocated blocks, as `du` counts them: sparse
+/// holes are free, preallocated space is not). Unreadable entries count as nothing.
+pub fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_dir() => disk_usage(&entry.path()),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// Run a store call off the async workers (store calls are synchronous and may touch disk).

@@ -57,12 +57,22 @@ const READY_BYTE: u8 = 0;
 pub enum DaemonError {
     #[error("mountpoint {path}: {source}")]
     Mountpoint { path: String, source: io::Error },
+    #[error("mountpoint {path} is not a directory")]
+    MountpointNotDir { path: String },
+    #[error(transparent)]
+    Registry(#[from] crate::mounts::RegistryError),
+    #[error("{path} is already served by another modelfs process (not in this user's registry of mounts); unmount it first")]
+    AlreadyServed { path: String },
+    #[error("{path} is not mounted")]
+    NotMounted { path: String },
+    #[error("{path} is not a modelfs mount (it is {fstype}); not unmounting it")]
+    NotModelfs { path: String, fstype: String },
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
     #[error("Hub client: {0}")]
     Hub(#[from] crate::hub::HubError),
-    #[error("invalid endpoint {0:?}")]
-    Endpoint(String),
+    #[error("--endpoint {0:?} {1}")]
+    Endpoint(String, String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
     #[error("mount at {path} failed: {source}")]
@@ -325,12 +335,9 @@ pub fn mount(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result
 }
 
 fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(), DaemonError> {
-    let mp = cfg.mountpoint.clone();
-    let mp_str = mp.display().to_string();
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?.map(Arc::new);
-    clear_stale_mount(&mp)?;
-    std::fs::create_dir_all(&mp)
-        .map_err(|source| DaemonError::Mountpoint { path: mp_str.clone(), source })?;
+    let (mp, _registration) = prepare_mountpoint(&cfg.mountpoint, &cfg.store)?;
+    let mp_str = mp.display().to_string();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -353,7 +360,8 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     } else {
         let mut hub = HubConfig::from_env();
         if let Some(endpoint) = &cfg.endpoint {
-            hub.endpoint = endpoint.parse().map_err(|_| DaemonError::Endpoint(endpoint.clone()))?;
+            hub.endpoint = crate::hub::client::parse_endpoint(endpoint)
+                .map_err(|why| DaemonError::Endpoint(endpoint.clone(), why))?;
         }
         hub.read_timeout = cfg.read_timeout;
         hub.max_connections = cfg.max_connections;
@@ -362,6 +370,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     };
     let fs_config = FsConfig {
         offline: cfg.offline,
+        serve_stale: true,
         revalidate: cfg.revalidate,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
@@ -411,10 +420,14 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     options.clone_fd = true;
 
     let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
-    let session = fuser::Session::new(adapter, &mp, &options)
-        .map_err(|source| DaemonError::Mount { path: mp_str.clone(), source })?;
+    let how = crate::mounts::FuseMount {
+        allow_other: cfg.allow_other,
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    };
+    let (session, own) = start_session(adapter, &mp, &how, options)?;
     let signal_ready = ready.clone();
-    let signal_mp = mp.clone();
+    let signal_own = own.clone();
     let signal_pid_file = pid_file.clone();
     rt.spawn(async move {
         wait_for_shutdown_signal().await;
@@ -423,9 +436,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         notify_stopping();
         // Detach: the name goes at once, and programs that still have files open keep
         // reading them; the session ends when the last one is closed.
-        if let Err(e) = umount2(&signal_mp, MntFlags::MNT_DETACH) {
-            tracing::error!(error = %e.desc(), "unmount failed");
-        }
+        signal_own.detach();
         // Do not wait for them forever (a service manager would kill us and leave the
         // connection dead): after a grace period, or at a second signal, exit; the kernel
         // then fails whatever is still open with ENOTCONN.
@@ -448,11 +459,12 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     // and not the directory underneath) and statfs's it: that request returns only once the
     // loop runs and has answered it.
     let probe_mp = mp.clone();
+    let probe_own = own.clone();
     let probe_ready = ready.clone();
     let store_dir = cfg.store.display().to_string();
     let offline = cfg.offline;
     let probe = std::thread::Builder::new().name("modelfs-ready".into()).spawn(move || {
-        if wait_until_answering(&probe_mp) {
+        if wait_until_answering(&probe_own) {
             tracing::info!(mountpoint = %probe_mp.display(), store = %store_dir, offline, "mounted");
             notify_systemd("READY=1");
             probe_ready.store(true, std::sync::atomic::Ordering::Release);
@@ -463,7 +475,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
                 "mount at {} did not answer within {MOUNT_ANSWER_TIMEOUT:?}",
                 probe_mp.display()
             ));
-            let _ = umount2(&probe_mp, MntFlags::MNT_DETACH);
+            probe_own.detach();
         }
     });
     if let Err(e) = probe {
@@ -483,23 +495,119 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     Ok(())
 }
 
-/// Stat `mp` until it is a mount that answers (its device differs from its parent's), or
-/// [`MOUNT_ANSWER_TIMEOUT`] passes.
-fn wait_until_answering(mp: &Path) -> bool {
+/// Stat the mountpoint until its root is our mount and answers, or [`MOUNT_ANSWER_TIMEOUT`]
+/// passes.
+fn wait_until_answering(own: &OwnMount) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let parent = mp.parent().unwrap_or(Path::new("/"));
     let start = Instant::now();
     while start.elapsed() < MOUNT_ANSWER_TIMEOUT {
-        if let (Ok(root), Ok(under)) = (std::fs::metadata(mp), std::fs::metadata(parent)) {
+        if let Ok(root) = std::fs::metadata(&own.path) {
             // The stat may have been answered from the kernel's attribute cache; statfs is
             // always a round trip to the session loop (see `clear_stale_mount`).
-            if root.dev() != under.dev() && nix::sys::statfs::statfs(mp).is_ok() {
+            if root.dev() == own.dev && nix::sys::statfs::statfs(&own.path).is_ok() {
                 return true;
             }
         }
         std::thread::sleep(MOUNT_POLL);
     }
     false
+}
+
+/// Make `mountpoint` ready to mount on, and claim it: a stale mount left by a dead daemon is
+/// cleared, a missing directory created; a file, or a mountpoint a live modelfs serves, is
+/// refused. Returns the canonical mountpoint (as mountinfo and the registry name it) and the
+/// claim, held for as long as the daemon lives.
+fn prepare_mountpoint(
+    mountpoint: &Path,
+    store: &Path,
+) -> Result<(PathBuf, crate::mounts::Registration), DaemonError> {
+    let path = mountpoint.display().to_string();
+    clear_stale_mount(mountpoint)?;
+    match std::fs::metadata(mountpoint) {
+        Ok(meta) if !meta.is_dir() => return Err(DaemonError::MountpointNotDir { path }),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir_all(mountpoint)
+            .map_err(|source| DaemonError::Mountpoint { path: path.clone(), source })?,
+        Err(source) => return Err(DaemonError::Mountpoint { path, source }),
+    }
+    let mp = crate::mounts::canonical(mountpoint);
+    let registration = crate::mounts::Registration::claim(&mp, store)?;
+    // A live modelfs that registered elsewhere (another user's runtime directory) still
+    // shows in mountinfo; stacking on it would hide it.
+    let top = crate::mounts::top_mount_at(&mp)
+        .map_err(|source| DaemonError::Mountpoint { path: path.clone(), source })?;
+    if top.is_some_and(|m| m.is_modelfs()) {
+        return Err(DaemonError::AlreadyServed { path });
+    }
+    Ok((mp, registration))
+}
+
+/// Our own mount: where it is and its device number, to unmount it and nothing else.
+#[derive(Clone, Debug)]
+struct OwnMount {
+    path: PathBuf,
+    dev: u64,
+}
+
+impl OwnMount {
+    /// After mounting: find the mount just made at `path` in mountinfo.
+    fn find(path: &Path) -> io::Result<OwnMount> {
+        match crate::mounts::top_mount_at(path)? {
+            Some(m) if m.is_modelfs() => Ok(OwnMount { path: path.to_path_buf(), dev: m.st_dev() }),
+            _ => Err(io::Error::other("the new mount does not show in /proc/self/mountinfo")),
+        }
+    }
+
+    /// Lazily unmount our mount, if it is still the one on top of the path: an unmount by
+    /// path would otherwise take whatever is there now (the mount we were stacked on, or one
+    /// stacked on us).
+    fn detach(&self) {
+        match crate::mounts::top_mount_at(&self.path) {
+            Ok(Some(m)) if m.st_dev() == self.dev => {
+                if let Err(e) = umount2(&self.path, MntFlags::MNT_DETACH) {
+                    tracing::error!(error = %e.desc(), "unmount failed");
+                }
+            }
+            Ok(_) => tracing::info!(
+                mountpoint = %self.path.display(),
+                "our mount is no longer on top of the mountpoint (unmounted from outside, or covered); leaving it"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot read mountinfo; not unmounting"),
+        }
+    }
+}
+
+/// Mount and start the FUSE session. As root the mount is made here ([`crate::mounts`]
+/// explains why); otherwise fuser mounts through `fusermount3`.
+fn start_session(
+    adapter: FuseAdapter,
+    mp: &Path,
+    how: &crate::mounts::FuseMount,
+    options: fuser::Config,
+) -> Result<(fuser::Session<FuseAdapter>, OwnMount), DaemonError> {
+    let path = mp.display().to_string();
+    let mount_err = |source| DaemonError::Mount { path: path.clone(), source };
+    if !nix::unistd::geteuid().is_root() {
+        let session = fuser::Session::new(adapter, mp, &options).map_err(mount_err)?;
+        let own = OwnMount::find(mp).map_err(mount_err)?;
+        return Ok((session, own));
+    }
+    let fd = crate::mounts::mount_fuse(mp, how).map_err(mount_err)?;
+    let own = match OwnMount::find(mp) {
+        Ok(own) => own,
+        Err(e) => {
+            let _ = umount2(mp, MntFlags::MNT_DETACH);
+            return Err(mount_err(e));
+        }
+    };
+    let acl = options.acl;
+    match fuser::Session::from_fd(adapter, fd, acl, options) {
+        Ok(session) => Ok((session, own)),
+        Err(e) => {
+            own.detach();
+            Err(mount_err(e))
+        }
+    }
 }
 
 /// At every SIGHUP: reopen the log file, read the configuration again (same command line,
@@ -630,19 +738,37 @@ fn spawn_pulls_on_start(cfg: &MountConfig) {
     }
 }
 
+/// `modelfs unmount`: unmount a modelfs mount (a live one, or one left by a dead daemon).
+/// Refuses a path where nothing, or something other than modelfs, is mounted.
 pub fn unmount(mountpoint: &Path) -> Result<(), DaemonError> {
-    let path = mountpoint.display().to_string();
-    match umount2(mountpoint, MntFlags::empty()) {
+    let mp = crate::mounts::canonical(mountpoint);
+    let path = mp.display().to_string();
+    let top = crate::mounts::top_mount_at(&mp)
+        .map_err(|source| DaemonError::Mountpoint { path: path.clone(), source })?;
+    match top {
+        None => return Err(DaemonError::NotMounted { path }),
+        Some(m) if !m.is_modelfs() => {
+            return Err(DaemonError::NotModelfs { path, fstype: m.fstype });
+        }
+        Some(_) => {}
+    }
+    match umount2(&mp, MntFlags::empty()) {
         Ok(()) => Ok(()),
-        // Busy or not ours to unmount directly (non-root): let fusermount3 decide.
-        Err(e) => {
-            let status =
-                std::process::Command::new("fusermount3").arg("-u").arg(mountpoint).status();
+        // Not ours to unmount directly (non-root): let fusermount3 decide.
+        Err(Errno::EPERM) => {
+            let status = std::process::Command::new("fusermount3").arg("-u").arg(&mp).status();
             match status {
                 Ok(s) if s.success() => Ok(()),
-                _ => Err(DaemonError::Unmount { path, reason: e.desc().to_string() }),
+                _ => Err(DaemonError::Unmount { path, reason: "permission denied".into() }),
             }
         }
+        Err(Errno::EBUSY) => Err(DaemonError::Unmount {
+            path,
+            reason: "files are open on it; close them, or stop the daemon (SIGTERM), which \
+                     unmounts lazily"
+                .into(),
+        }),
+        Err(e) => Err(DaemonError::Unmount { path, reason: e.desc().to_string() }),
     }
 }
 

@@ -10,6 +10,10 @@
 //!   publishes the set it has open in `<store>/leases/`, next to a lock file it holds with
 //!   `flock` for as long as it lives. A lease whose lock can be taken belongs to a dead process
 //!   and is removed; so a `kill -9` never pins files forever, and pid reuse cannot fake a lease.
+//!   An eviction pass (a mount's, or `modelfs gc`) holds `<store>/leases/eviction.mutex`
+//!   exclusively while it reads the leases and removes files, and a process publishing a newly
+//!   opened file holds it shared while it writes: so once `open` has returned, no pass in any
+//!   process can miss that file. An open that meets a pass waits for it (milliseconds).
 //! - files of **pinned** repos (config `[[repo]] pin = true`): every file of every stored
 //!   manifest of such a repo.
 //!
@@ -47,6 +51,10 @@ const TOUCH_GRANULARITY: u64 = 60;
 /// Directory of the store where serving processes publish their open files.
 const LEASES_DIR: &str = "leases";
 
+/// The lock file that orders eviction passes against publications of open files (its name
+/// does not end in `.lock`, which is how leases are found).
+const EVICTION_MUTEX: &str = "eviction.mutex";
+
 #[derive(Debug, thiserror::Error)]
 pub enum EvictError {
     #[error(transparent)]
@@ -83,6 +91,15 @@ pub struct Evictor {
     policy: RwLock<Policy>,
     /// Open handles per content in this process.
     open: Mutex<HashMap<ContentId, usize>>,
+    /// Chunk fetches in flight per content in this process (`user.modelfs.status` says
+    /// `downloading` for a view while any process fetches one of its files).
+    fetching: Mutex<HashMap<ContentId, usize>>,
+    /// Held while publishing the open set: the snapshot and the write that follows happen
+    /// under it, so the last file written is the newest set (two publications racing could
+    /// otherwise leave an older list in place, or one open file out of it).
+    publishing_open: Mutex<()>,
+    /// The same for the fetching set.
+    publishing_fetching: Mutex<()>,
     leases: Option<Leases>,
     /// Bytes stored, as of the last scan plus this process's writes since.
     estimate: AtomicU64,
@@ -119,6 +136,9 @@ impl Evictor {
             store,
             policy: RwLock::new(policy),
             open: Mutex::default(),
+            fetching: Mutex::default(),
+            publishing_open: Mutex::default(),
+            publishing_fetching: Mutex::default(),
             leases,
             estimate: AtomicU64::new(estimate),
             since_scan: AtomicU64::new(0),
@@ -146,7 +166,7 @@ impl Evictor {
     /// A handle on `content` was opened: it cannot be evicted until closed.
     pub fn opened(&self, content: &ContentId) {
         let first = {
-            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut open = lock(&self.open);
             let n = open.entry(*content).or_default();
             *n += 1;
             *n == 1
@@ -177,7 +197,7 @@ impl Evictor {
     /// A handle on `content` was released.
     pub fn closed(&self, content: &ContentId) {
         let last = {
-            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut open = lock(&self.open);
             match open.get_mut(content) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -195,25 +215,80 @@ impl Evictor {
         }
     }
 
+    /// A chunk fetch of `content` started in this process.
+    pub fn fetch_started(&self, content: &ContentId) {
+        let first = {
+            let mut fetching = lock(&self.fetching);
+            let n = fetching.entry(*content).or_default();
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            self.publish_fetching();
+        }
+    }
+
+    /// A chunk fetch of `content` ended (stored, or failed) in this process.
+    pub fn fetch_ended(&self, content: &ContentId) {
+        let last = {
+            let mut fetching = lock(&self.fetching);
+            match fetching.get_mut(content) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    fetching.remove(content);
+                    true
+                }
+                None => false,
+            }
+        };
+        if last {
+            self.publish_fetching();
+        }
+    }
+
     fn publish(&self) {
         let Some(leases) = &self.leases else { return };
-        let open: Vec<ContentId> = {
-            let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-            open.keys().copied().collect()
-        };
-        match leases.publish(&open) {
+        let _serial = lock(&self.publishing_open);
+        let open: Vec<ContentId> = lock(&self.open).keys().copied().collect();
+        self.report_publication(leases.publish_open(&open), "open");
+    }
+
+    fn publish_fetching(&self) {
+        let Some(leases) = &self.leases else { return };
+        let _serial = lock(&self.publishing_fetching);
+        let fetching: Vec<ContentId> = lock(&self.fetching).keys().copied().collect();
+        self.report_publication(leases.publish(FETCHING_SUFFIX, &fetching), "fetching");
+    }
+
+    fn report_publication(&self, result: io::Result<()>, what: &str) {
+        match result {
             // Logged once per failure spell (a full disk fails every open): another process's
             // pass could then evict a file open here; this process's passes never will.
             Err(e) if !self.publish_failing.swap(true, Ordering::Relaxed) => {
-                tracing::warn!(error = %e, "open files not published to other processes")
+                tracing::warn!(error = %e, what, "files not published to other processes")
             }
             Err(_) => {}
             Ok(()) => {
                 if self.publish_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("open files published to other processes again");
+                    tracing::info!("files published to other processes again");
                 }
             }
         }
+    }
+
+    /// Contents a chunk fetch is in flight for, in this process or any other on the store.
+    pub fn fetching_anywhere(&self) -> HashSet<ContentId> {
+        let mut all: HashSet<ContentId> = lock(&self.fetching).keys().copied().collect();
+        if let Some(leases) = &self.leases {
+            match Leases::read_all(&leases.dir, Some(&leases.name), FETCHING_SUFFIX) {
+                Ok(others) => all.extend(others),
+                Err(e) => tracing::debug!(error = %e, "fetching sets of other processes unknown"),
+            }
+        }
+        all
     }
 
     /// This process stored `bytes` more. True when the store is now over its bound and a pass
@@ -286,16 +361,42 @@ impl Evictor {
     }
 
     fn evict(&self, before: u64, target: u64, need: u64) -> Result<EvictReport, EvictError> {
-        let mut open: HashSet<ContentId> = {
-            let own = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-            own.keys().copied().collect()
-        };
+        // Held for the whole pass: no file opened in any process from here on goes unseen.
+        let _pass = self.leases.as_ref().map(Leases::exclusive).transpose()?;
+        let mut open: HashSet<ContentId> = lock(&self.open).keys().copied().collect();
         if let Some(leases) = &self.leases {
             open.extend(leases.others()?);
         }
         let pinned = pinned_contents(self.store.as_ref(), &self.policy().pinned)?;
         evict_lru(self.store.as_ref(), before, target, need, &open, &pinned)
     }
+}
+
+/// Which contents are being fetched right now, across every process on a store: what makes a
+/// view's `user.modelfs.status` say `downloading` rather than `partial`.
+pub trait FetchActivity: Send + Sync {
+    fn fetching(&self) -> HashSet<ContentId>;
+}
+
+impl FetchActivity for Evictor {
+    fn fetching(&self) -> HashSet<ContentId> {
+        self.fetching_anywhere()
+    }
+}
+
+/// The fetch activity of a store seen from outside (`modelfs status`): every live lease's.
+pub struct StoreActivity(pub PathBuf);
+
+impl FetchActivity for StoreActivity {
+    fn fetching(&self) -> HashSet<ContentId> {
+        fetching_in(&self.0)
+    }
+}
+
+/// Contents a chunk fetch is in flight for in any process serving the store in `store_dir`,
+/// read without taking a lease (for `modelfs status`, which may not be able to write there).
+pub fn fetching_in(store_dir: &Path) -> HashSet<ContentId> {
+    Leases::read_all(&store_dir.join(LEASES_DIR), None, FETCHING_SUFFIX).unwrap_or_default()
 }
 
 /// `modelfs gc`: one pass down to the bound (to the bound itself, not [`LOW_WATER`] of it:
@@ -309,7 +410,9 @@ pub fn gc(
     let Some(bound) = policy.max_cache_size else {
         return Ok(EvictReport { before, after: before, ..EvictReport::default() });
     };
-    let open = Leases::read_all(&store_dir.join(LEASES_DIR), None)?;
+    let dir = store_dir.join(LEASES_DIR);
+    let _pass = exclusive_pass(&dir)?;
+    let open = Leases::read_all(&dir, None, OPEN_SUFFIX)?;
     let pinned = pinned_contents(store.as_ref(), &policy.pinned)?;
     evict_lru(store.as_ref(), before, bound, 0, &open, &pinned)
 }
@@ -374,13 +477,49 @@ fn evict_lru(
 }
 
 /// This process's lease: `<store>/leases/<pid>-<nonce>.lock`, held with an exclusive `flock`
-/// for the life of the process, and `<pid>-<nonce>.open`, the hex content ids it has open,
-/// replaced atomically (write, then rename) on every change.
+/// for the life of the process, `<pid>-<nonce>.open`, the hex content ids it has open, and
+/// `<pid>-<nonce>.fetching`, those it is fetching chunks of; each list replaced atomically
+/// (write, then rename) on every change.
 struct Leases {
     dir: PathBuf,
     name: String,
     /// Holds the lock; closing it (at exit, however the process ends) releases it.
     _lock: File,
+    /// [`EVICTION_MUTEX`], opened twice: `flock` locks belong to an open file description, so
+    /// a pass (exclusive) and a publication (shared) in the same process exclude each other
+    /// only through two of them.
+    pass: File,
+    publication: File,
+}
+
+const OPEN_SUFFIX: &str = "open";
+const FETCHING_SUFFIX: &str = "fetching";
+
+/// The eviction mutex, held exclusively until the returned file is dropped.
+fn exclusive_pass(dir: &Path) -> Result<File, EvictError> {
+    let err = |source| EvictError::Leases { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let file = open_mutex(dir).map_err(err)?;
+    flock(&file, libc::LOCK_EX).map_err(err)?;
+    Ok(file)
+}
+
+fn open_mutex(dir: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(EVICTION_MUTEX))
+}
+
+/// Releases a lock taken on a borrowed file when dropped.
+struct Unlock<'f>(&'f File);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        let _ = flock(self.0, libc::LOCK_UN);
+    }
 }
 
 impl Leases {
@@ -391,35 +530,58 @@ impl Leases {
         let name = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         let lock = File::create(dir.join(format!("{name}.lock"))).map_err(err)?;
         flock(&lock, libc::LOCK_EX | libc::LOCK_NB).map_err(err)?;
-        Ok(Leases { dir, name, _lock: lock })
+        let pass = open_mutex(&dir).map_err(err)?;
+        let publication = open_mutex(&dir).map_err(err)?;
+        Ok(Leases { dir, name, _lock: lock, pass, publication })
     }
 
-    fn publish(&self, open: &[ContentId]) -> io::Result<()> {
-        let mut text = String::with_capacity(open.len() * 65);
-        for content in open {
+    /// The eviction mutex, exclusively, for one pass of this process.
+    fn exclusive(&self) -> Result<Unlock<'_>, EvictError> {
+        let err = |source| EvictError::Leases { path: self.dir.display().to_string(), source };
+        flock(&self.pass, libc::LOCK_EX).map_err(err)?;
+        Ok(Unlock(&self.pass))
+    }
+
+    /// Publish the open set, with the eviction mutex held shared: a pass running now ends
+    /// first, and any pass after this sees the new set.
+    fn publish_open(&self, open: &[ContentId]) -> io::Result<()> {
+        flock(&self.publication, libc::LOCK_SH)?;
+        let _unlock = Unlock(&self.publication);
+        self.publish(OPEN_SUFFIX, open)
+    }
+
+    /// Replace this process's `<suffix>` list. Callers serialise calls per suffix, so the
+    /// temporary name is never written by two at once.
+    fn publish(&self, suffix: &str, contents: &[ContentId]) -> io::Result<()> {
+        let mut text = String::with_capacity(contents.len() * 65);
+        for content in contents {
             text.push_str(&content.to_hex());
             text.push('\n');
         }
-        let tmp = self.dir.join(format!("{}.open.tmp", self.name));
+        let tmp = self.dir.join(format!("{}.{suffix}.tmp", self.name));
         let mut file = File::create(&tmp)?;
         file.write_all(text.as_bytes())?;
         // No fsync: leases matter only while their process lives, and a crash releases them.
-        std::fs::rename(&tmp, self.dir.join(format!("{}.open", self.name)))
+        std::fs::rename(&tmp, self.dir.join(format!("{}.{suffix}", self.name)))
     }
 
     /// Files open in every other live process.
     fn others(&self) -> Result<HashSet<ContentId>, EvictError> {
-        Self::read_all(&self.dir, Some(&self.name))
+        Self::read_all(&self.dir, Some(&self.name), OPEN_SUFFIX)
     }
 
-    /// Files open in every live process with a lease in `dir` except `skip`; leases of dead
-    /// processes are removed on the way.
-    fn read_all(dir: &Path, skip: Option<&str>) -> Result<HashSet<ContentId>, EvictError> {
+    /// The `<suffix>` lists of every live process with a lease in `dir` except `skip`, as one
+    /// set; leases of dead processes are removed on the way.
+    fn read_all(
+        dir: &Path,
+        skip: Option<&str>,
+        suffix: &str,
+    ) -> Result<HashSet<ContentId>, EvictError> {
         let err = |source| EvictError::Leases { path: dir.display().to_string(), source };
-        let mut open = HashSet::new();
+        let mut out = HashSet::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(open),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
             Err(e) => return Err(err(e)),
         };
         for entry in entries {
@@ -430,14 +592,16 @@ impl Leases {
                 continue;
             }
             let Ok(lock) = File::open(&path) else { continue };
-            let data = dir.join(format!("{name}.open"));
             if flock(&lock, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
-                // Nobody holds it: its process is gone.
-                let _ = std::fs::remove_file(&data);
+                // Nobody holds it: its process is gone. Readers without write access to the
+                // store (a `status` by another user) just skip it.
+                for list in [OPEN_SUFFIX, FETCHING_SUFFIX] {
+                    let _ = std::fs::remove_file(dir.join(format!("{name}.{list}")));
+                }
                 let _ = std::fs::remove_file(&path);
                 continue;
             }
-            let text = match std::fs::read_to_string(&data) {
+            let text = match std::fs::read_to_string(dir.join(format!("{name}.{suffix}"))) {
                 Ok(text) => text,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(err(e)),
@@ -445,14 +609,18 @@ impl Leases {
             for line in text.lines() {
                 match hex::decode(line).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
                     Some(id) => {
-                        open.insert(ContentId(id));
+                        out.insert(ContentId(id));
                     }
                     None => tracing::warn!(lease = name, line, "malformed lease line, ignored"),
                 }
             }
         }
-        Ok(open)
+        Ok(out)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
@@ -570,12 +738,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Leases::acquire(dir.path()).unwrap();
         let b = Leases::acquire(dir.path()).unwrap();
-        a.publish(&[id(7), id(8)]).unwrap();
+        a.publish_open(&[id(7), id(8)]).unwrap();
         assert_eq!(b.others().unwrap(), HashSet::from([id(7), id(8)]));
         assert_eq!(a.others().unwrap(), HashSet::new());
         // `gc` (no lease of its own) sees everyone's.
-        b.publish(&[id(9)]).unwrap();
-        let all = Leases::read_all(&dir.path().join(LEASES_DIR), None).unwrap();
+        b.publish_open(&[id(9)]).unwrap();
+        let all = Leases::read_all(&dir.path().join(LEASES_DIR), None, OPEN_SUFFIX).unwrap();
         assert_eq!(all, HashSet::from([id(7), id(8), id(9)]));
         // A process that ends releases its lock; its lease files are cleaned up by the next
         // reader. (flock locks belong to the open file description: dropping it is the same
@@ -586,7 +754,96 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert!(names.iter().all(|n| n.starts_with(&b.name)), "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with(&b.name) || n == EVICTION_MUTEX), "{names:?}");
+    }
+
+    fn published(dir: &Path) -> HashSet<ContentId> {
+        Leases::read_all(&dir.join(LEASES_DIR), None, OPEN_SUFFIX).unwrap()
+    }
+
+    /// Eight threads opening and closing files at once: after every round, what the lease
+    /// says is exactly what is open (the race this replaced left 6 of 8 open files listed,
+    /// or a closed one).
+    #[test]
+    fn concurrent_opens_and_closes_publish_exactly_the_open_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
+        let ev = Evictor::new(store, Some(dir.path()), Policy::default()).unwrap();
+        for round in 0..20u8 {
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let (ev, barrier) = (ev.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        ev.opened(&id(t + 1));
+                    })
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            let all: HashSet<_> = (1..=8).map(id).collect();
+            assert_eq!(published(dir.path()), all, "round {round}: after 8 concurrent opens");
+            let threads: Vec<_> = (0..8u8)
+                .filter(|t| t % 2 == round % 2)
+                .map(|t| {
+                    let ev = ev.clone();
+                    std::thread::spawn(move || ev.closed(&id(t + 1)))
+                })
+                .collect();
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            let left: HashSet<_> =
+                (0..8u8).filter(|t| t % 2 != round % 2).map(|t| id(t + 1)).collect();
+            assert_eq!(published(dir.path()), left, "round {round}: after 4 concurrent closes");
+            for t in 0..8u8 {
+                if t % 2 != round % 2 {
+                    ev.closed(&id(t + 1));
+                }
+            }
+            assert!(published(dir.path()).is_empty());
+        }
+    }
+
+    /// An open that starts while a pass (here `gc`'s, as another process would run it)
+    /// holds the eviction mutex is published only after the pass: the pass could not have
+    /// missed a file whose open had returned.
+    #[test]
+    fn a_publication_waits_for_a_running_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
+        let ev = Evictor::new(store, Some(dir.path()), Policy::default()).unwrap();
+        let pass = exclusive_pass(&dir.path().join(LEASES_DIR)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = {
+            let ev = ev.clone();
+            std::thread::spawn(move || {
+                ev.opened(&id(1));
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(300)).is_err(),
+            "the open returned while a pass held the mutex"
+        );
+        drop(pass);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).expect("open after the pass");
+        opener.join().unwrap();
+        assert_eq!(published(dir.path()), HashSet::from([id(1)]));
+    }
+
+    #[test]
+    fn fetching_sets_are_published_beside_the_open_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
+        let ev = Evictor::new(store.clone(), Some(dir.path()), Policy::default()).unwrap();
+        ev.fetch_started(&id(3));
+        ev.fetch_started(&id(3));
+        ev.fetch_ended(&id(3));
+        assert_eq!(fetching_in(dir.path()), HashSet::from([id(3)]));
+        assert_eq!(ev.fetching_anywhere(), HashSet::from([id(3)]));
+        let other = Evictor::new(store, Some(dir.path()), Policy::default()).unwrap();
+        assert_eq!(other.fetching_anywhere(), HashSet::from([id(3)]), "seen from another lease");
+        ev.fetch_ended(&id(3));
+        assert!(fetching_in(dir.path()).is_empty());
     }
 
     proptest! {

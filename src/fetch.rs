@@ -285,16 +285,31 @@ impl ChunkFetcher {
             }
             claimed.push((request, flights));
         }
+        drop(map);
+        if let Some(evictor) = self.evictor.get() {
+            for _ in claimed.iter().flat_map(|(_, flights)| flights) {
+                evictor.fetch_started(&content);
+            }
+        }
         claimed
     }
 
     /// Take finished flights out of the in-flight map (unless already replaced by newer ones).
     fn retire(&self, content: &ContentId, flights: &[(u64, Flight)]) {
+        let mut removed = 0;
         let mut map = lock(&self.in_flight);
         for (index, flight) in flights {
             let key = (*content, *index);
             if map.get(&key).is_some_and(|f| f.ptr_eq(flight)) {
                 map.remove(&key);
+                removed += 1;
+            }
+        }
+        drop(map);
+        // Every flight entered in the map by `claim` leaves it here exactly once.
+        if let Some(evictor) = self.evictor.get() {
+            for _ in 0..removed {
+                evictor.fetch_ended(content);
             }
         }
     }

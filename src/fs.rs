@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub use inode::{Node, ROOT_INO};
 pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 
-use crate::evict::Evictor;
+use crate::evict::{Evictor, FetchActivity};
 use crate::fetch::{ChunkFetcher, FetchError, FileRef, PrefetchLimits, ReadAhead};
 use crate::hub::{HubError, RangeFetcher, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
@@ -100,6 +100,9 @@ impl From<FetchError> for FsError {
 pub struct FsConfig {
     /// Serve from the store only; never contact the Hub.
     pub offline: bool,
+    /// When the Hub does not answer, serve the last known commit of a branch (offline-first,
+    /// the mount). Off for `pull`, which must say that it could not ask.
+    pub serve_stale: bool,
     /// How long a resolved branch is trusted before asking the Hub again.
     pub revalidate: Duration,
     pub uid: u32,
@@ -108,7 +111,13 @@ pub struct FsConfig {
 
 impl Default for FsConfig {
     fn default() -> Self {
-        Self { offline: false, revalidate: Duration::from_secs(600), uid: 0, gid: 0 }
+        Self {
+            offline: false,
+            serve_stale: true,
+            revalidate: Duration::from_secs(600),
+            uid: 0,
+            gid: 0,
+        }
     }
 }
 
@@ -146,10 +155,11 @@ pub struct DirEntry {
     pub entry: Entry,
 }
 
-/// A resolved repo revision and when the Hub last confirmed it.
+/// A resolved repo revision and when the Hub last confirmed it (`None`: never in this
+/// process; served from the store while the Hub did not answer).
 struct Resolved {
     snap: Arc<Snapshot>,
-    checked: Instant,
+    checked: Option<Instant>,
 }
 
 /// What one (repo, revision) last resolved to, or why it could not be.
@@ -160,6 +170,11 @@ struct SlotState {
     /// failing resolution (and a program retrying a name that does not exist) get its answer
     /// instead of each asking the Hub and each waiting out the timeout again.
     failed: Option<(FsError, Instant)>,
+    /// A revalidation runs in the background because the Hub did not answer when it came due;
+    /// lookups serve `resolved` as it is meanwhile.
+    revalidating: bool,
+    /// The last background revalidation failed: not before this instant is another tried.
+    retry_at: Option<Instant>,
 }
 
 /// One resolution slot per (repo, revision). The async mutex makes concurrent lookups of one
@@ -184,6 +199,7 @@ pub struct ModelFs {
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     evictor: Option<Arc<Evictor>>,
+    activity: Option<Arc<dyn FetchActivity>>,
     /// `FsConfig::revalidate` in seconds, changeable while mounted (SIGHUP).
     revalidate_secs: AtomicU64,
     prefetch: PrefetchLimits,
@@ -213,6 +229,7 @@ impl ModelFs {
             slots: Mutex::default(),
             handles: Mutex::default(),
             evictor: None,
+            activity: None,
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
@@ -426,7 +443,7 @@ impl ModelFs {
         let slot = lock(&self.slots).get(&(repo.clone(), rev.to_string())).cloned();
         let remaining = slot.and_then(|slot| {
             let state = slot.try_lock().ok()?;
-            let age = state.resolved.as_ref()?.checked.elapsed();
+            let age = state.resolved.as_ref()?.checked?.elapsed();
             self.revalidate().checked_sub(age)
         });
         remaining.unwrap_or_default().max(BRANCH_TTL)
@@ -458,7 +475,11 @@ impl ModelFs {
     /// The snapshot a repo directory shows now: from memory if confirmed within
     /// `revalidate` (commits: forever), else from the store's record of the ref if the Hub
     /// confirmed it within `revalidate` (so a restart does not re-ask), else from the Hub.
-    /// When the Hub is unreachable, the last known commit is served however old it is.
+    ///
+    /// Offline-first: when the Hub turns out not to answer at all (connection refused, name
+    /// not resolved), a branch's last known commit is served at once, however old, and the
+    /// revalidation goes on in the background; a Hub that answers but fails (5xx) is waited
+    /// for within the read timeout, and then the last known commit is served too.
     pub async fn snapshot(
         &self,
         repo: &RepoId,
@@ -471,7 +492,10 @@ impl ModelFs {
         };
         let mut state = slot.lock().await;
         if let Some(r) = state.resolved.as_ref() {
-            if names::is_commit(rev) || r.checked.elapsed() < self.revalidate() {
+            let fresh = r.checked.is_some_and(|c| c.elapsed() < self.revalidate());
+            let waiting_for_hub =
+                state.revalidating || state.retry_at.is_some_and(|t| Instant::now() < t);
+            if names::is_commit(rev) || fresh || waiting_for_hub {
                 return Ok(r.snap.clone());
             }
         }
@@ -481,11 +505,35 @@ impl ModelFs {
             }
         }
         let previous = state.resolved.as_ref().map(|r| r.snap.clone());
-        match self.resolve(repo, rev, previous).await {
+        let stale_allowed =
+            self.config.serve_stale && !self.config.offline && !names::is_commit(rev);
+        let mut resolution = std::pin::pin!(self.resolve(repo, rev, previous.clone()));
+        let outcome = if stale_allowed {
+            tokio::select! {
+                biased;
+                outcome = &mut resolution => outcome,
+                () = self.source.unreachable() => match self.last_known(repo, rev, previous)? {
+                    Some(known) => {
+                        tracing::warn!(repo = %repo, rev, commit = %known.manifest.commit,
+                            "the Hub does not answer; serving the last known commit, revalidating in the background");
+                        let checked = state.resolved.as_ref().and_then(|r| r.checked);
+                        state.resolved = Some(Resolved { snap: known.clone(), checked });
+                        state.revalidating = true;
+                        self.revalidate_in_background(slot.clone(), repo, rev, known.clone());
+                        return Ok(known);
+                    }
+                    // Nothing to fall back on: the Hub's answer (or the timeout) it is.
+                    None => resolution.await,
+                },
+            }
+        } else {
+            resolution.await
+        };
+        match outcome {
             Ok(snap) => {
                 *state = SlotState {
-                    resolved: Some(Resolved { snap: snap.clone(), checked: Instant::now() }),
-                    failed: None,
+                    resolved: Some(Resolved { snap: snap.clone(), checked: Some(Instant::now()) }),
+                    ..SlotState::default()
                 };
                 Ok(snap)
             }
@@ -494,6 +542,45 @@ impl ModelFs {
                 Err(e)
             }
         }
+    }
+
+    /// What a branch last resolved to, in memory or in the store, however old.
+    fn last_known(
+        &self,
+        repo: &RepoId,
+        rev: &str,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Option<Arc<Snapshot>>, FsError> {
+        if previous.is_some() {
+            return Ok(previous);
+        }
+        let Some(r) = self.store.get_ref(repo, rev)? else { return Ok(None) };
+        Ok(self.store.manifest(repo, &r.commit)?.map(|m| Arc::new(Snapshot::new(m))))
+    }
+
+    /// Keep asking the Hub about `repo@rev` without holding up lookups, which serve `known`
+    /// meanwhile; on an answer the slot moves to it (a new commit shows at the next lookup).
+    fn revalidate_in_background(&self, slot: Slot, repo: &RepoId, rev: &str, known: Arc<Snapshot>) {
+        let (store, source) = (self.store.clone(), self.source.clone());
+        let (repo, rev) = (repo.clone(), rev.to_string());
+        tokio::spawn(async move {
+            let answer = fetch_manifest(store.as_ref(), source.as_ref(), &repo, &rev).await;
+            let mut state = slot.lock().await;
+            state.revalidating = false;
+            match answer {
+                Ok(m) => {
+                    record_ref(store.as_ref(), &repo, &rev, &m.commit);
+                    tracing::info!(repo = %repo, rev = %rev, commit = %m.commit, "revalidated after the Hub came back");
+                    let snap = reuse_or_new(Some(known), m);
+                    state.resolved = Some(Resolved { snap, checked: Some(Instant::now()) });
+                    state.retry_at = None;
+                }
+                Err(e) => {
+                    tracing::debug!(repo = %repo, rev = %rev, error = %e, "background revalidation failed");
+                    state.retry_at = Some(Instant::now() + FAILED_RESOLVE_TTL);
+                }
+            }
+        });
     }
 
     async fn resolve(
@@ -517,18 +604,16 @@ impl ModelFs {
         if self.config.offline {
             return Err(FsError::NotFound);
         }
-        match self.fetch_manifest(repo, rev).await {
+        match fetch_manifest(self.store.as_ref(), self.source.as_ref(), repo, rev).await {
             Ok(m) => {
                 if !names::is_commit(rev) {
-                    let record = RefRecord { commit: m.commit.clone(), resolved_at: now };
-                    if let Err(e) = self.store.put_ref(repo, rev, &record) {
-                        // Served from memory all the same; only a restart asks the Hub again.
-                        tracing::warn!(repo = %repo, rev, error = %e, "ref not stored");
-                    }
+                    record_ref(self.store.as_ref(), repo, rev, &m.commit);
                 }
                 Ok(reuse_or_new(previous, m))
             }
-            Err(e @ (HubError::Unavailable(_) | HubError::Protocol(_))) => {
+            Err(e @ (HubError::Unavailable(_) | HubError::Protocol(_)))
+                if self.config.serve_stale =>
+            {
                 // Offline-first: a Hub outage must not take away what is already here.
                 if let Some(prev) = previous {
                     tracing::warn!(repo = %repo, rev, error = %e, "Hub unavailable; serving the last known commit");
@@ -544,30 +629,6 @@ impl ModelFs {
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Resolve `rev` on the Hub and get the manifest of its commit: from the store if it is
-    /// there (a commit's contents never change), else from the tree listing.
-    async fn fetch_manifest(&self, repo: &RepoId, rev: &str) -> Result<Manifest, HubError> {
-        let info = self.source.resolve(repo, rev).await?;
-        if let Some(m) = self
-            .store
-            .manifest(repo, &info.commit)
-            .map_err(|e| HubError::Unavailable(e.to_string()))?
-        {
-            return Ok(m);
-        }
-        let files = self.source.list_files(repo, &info.commit).await?;
-        let files = files
-            .into_iter()
-            .map(|t| FileEntry { path: t.path, size: t.size, hash: t.hash })
-            .collect();
-        let manifest = Manifest::build(repo.clone(), info.commit, info.pipeline_tag, files);
-        if let Err(e) = self.store.put_manifest(&manifest) {
-            // Still servable from memory; it will be listed again after a restart.
-            tracing::warn!(repo = %repo, error = %e, "manifest not stored");
-        }
-        Ok(manifest)
     }
 
     // ---------------------------------------------------------------- files
@@ -630,7 +691,14 @@ impl ModelFs {
     /// store is full). Set before the filesystem is shared.
     pub fn set_evictor(&mut self, evictor: Arc<Evictor>) {
         self.chunks.set_evictor(evictor.clone());
+        self.activity = Some(evictor.clone());
         self.evictor = Some(evictor);
+    }
+
+    /// Where views learn whether a fetch for them is in flight (set by
+    /// [`ModelFs::set_evictor`]; `modelfs status` sets one that only reads the leases).
+    pub fn set_activity(&mut self, activity: Arc<dyn FetchActivity>) {
+        self.activity = Some(activity);
     }
 
     fn handle(&self, fh: u64) -> Result<Arc<Handle>, FsError> {
@@ -796,25 +864,70 @@ impl ModelFs {
         files: &[usize],
         out: &mut Vec<(&str, String)>,
     ) -> Result<(), FsError> {
-        let (mut cached, mut total, mut failed) = (0u64, 0u64, false);
+        let fetching = self.activity.as_ref().map(|a| a.fetching()).unwrap_or_default();
+        let (mut cached, mut total, mut failed, mut in_flight) = (0u64, 0u64, false, false);
         for entry in files.iter().filter_map(|&i| snap.file(i)) {
             let (status, bytes) = self.file_status(entry)?;
             failed |= status == "failed";
+            in_flight |= fetching.contains(&entry.hash.content_id());
             cached += if entry.size == 0 { 0 } else { bytes };
             total += entry.size;
         }
-        let status = if failed {
-            "failed"
-        } else if cached >= total {
-            "downloaded"
-        } else if cached == 0 {
-            "available"
-        } else {
-            "downloading"
-        };
+        let status = view_status(failed, in_flight, cached, total);
         out.push(("status", status.to_string()));
         out.push(("progress", format!("{cached}/{total}")));
         Ok(())
+    }
+}
+
+/// Resolve `rev` on the Hub and get the manifest of its commit: from the store if it is
+/// there (a commit's contents never change), else from the tree listing (then stored).
+async fn fetch_manifest(
+    store: &dyn ChunkStore,
+    source: &dyn RepoSource,
+    repo: &RepoId,
+    rev: &str,
+) -> Result<Manifest, HubError> {
+    let info = source.resolve(repo, rev).await?;
+    if let Some(m) =
+        store.manifest(repo, &info.commit).map_err(|e| HubError::Unavailable(e.to_string()))?
+    {
+        return Ok(m);
+    }
+    let files = source.list_files(repo, &info.commit).await?;
+    let files =
+        files.into_iter().map(|t| FileEntry { path: t.path, size: t.size, hash: t.hash }).collect();
+    let manifest = Manifest::build(repo.clone(), info.commit, info.pipeline_tag, files);
+    if let Err(e) = store.put_manifest(&manifest) {
+        // Still servable from memory; it will be listed again after a restart.
+        tracing::warn!(repo = %repo, error = %e, "manifest not stored");
+    }
+    Ok(manifest)
+}
+
+/// Record that the Hub said `repo@rev` is `commit`, now.
+fn record_ref(store: &dyn ChunkStore, repo: &RepoId, rev: &str, commit: &str) {
+    let record = RefRecord { commit: commit.to_string(), resolved_at: crate::store::unix_now() };
+    if let Err(e) = store.put_ref(repo, rev, &record) {
+        // Served from memory all the same; only a restart asks the Hub again.
+        tracing::warn!(repo = %repo, rev, error = %e, "ref not stored");
+    }
+}
+
+/// A view's `user.modelfs.status`, from what its files say: `failed` if one failed, else
+/// `downloaded` once every byte is stored, else `downloading` while some process fetches one
+/// of its files, else `partial` if some bytes are stored, else `available`.
+pub fn view_status(failed: bool, in_flight: bool, cached: u64, total: u64) -> &'static str {
+    if failed {
+        "failed"
+    } else if cached >= total {
+        "downloaded"
+    } else if in_flight {
+        "downloading"
+    } else if cached == 0 {
+        "available"
+    } else {
+        "partial"
     }
 }
 
@@ -1192,6 +1305,124 @@ mod tests {
         assert_eq!(walk(&offline, "org/other").await, Err(FsError::NotFound));
     }
 
+    /// A Hub that stops answering: while `down`, resolutions hang (as retries against refused
+    /// connections would, for the whole read timeout) and `unreachable` says so at once.
+    struct Outage {
+        hub: Arc<MemoryHub>,
+        down: std::sync::atomic::AtomicBool,
+        up: tokio::sync::Notify,
+    }
+
+    impl Outage {
+        async fn until_up(&self) {
+            loop {
+                let up = self.up.notified();
+                if !self.down.load(Ordering::SeqCst) {
+                    return;
+                }
+                up.await;
+            }
+        }
+    }
+
+    impl RepoSource for Outage {
+        fn resolve<'a>(
+            &'a self,
+            repo: &'a RepoId,
+            rev: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<crate::hub::RevisionInfo, HubError>> {
+            Box::pin(async move {
+                self.until_up().await;
+                self.hub.resolve(repo, rev).await
+            })
+        }
+
+        fn list_files<'a>(
+            &'a self,
+            repo: &'a RepoId,
+            commit: &'a str,
+        ) -> futures::future::BoxFuture<'a, Result<Vec<crate::hub::TreeEntry>, HubError>> {
+            self.hub.list_files(repo, commit)
+        }
+
+        fn unreachable(&self) -> futures::future::BoxFuture<'_, ()> {
+            Box::pin(async move {
+                if !self.down.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+            })
+        }
+    }
+
+    /// SPEC offline-first: with the Hub refusing connections, a lookup whose revalidation is
+    /// due answers at once from the last known commit (no waiting out retries), and the
+    /// revalidation finishes in the background when the Hub is back.
+    #[tokio::test]
+    async fn an_unreachable_hub_costs_lookups_nothing_and_revalidation_goes_on_behind() {
+        let w = world(FsConfig::default());
+        let outage = Arc::new(Outage {
+            hub: w.hub.clone(),
+            down: false.into(),
+            up: tokio::sync::Notify::new(),
+        });
+        let config = FsConfig { revalidate: Duration::ZERO, ..FsConfig::default() };
+        let fs = ModelFs::new(
+            config,
+            w.store.clone(),
+            outage.clone(),
+            w.hub.clone(),
+            Duration::from_secs(60),
+            PrefetchLimits::NONE,
+        );
+        assert_eq!(read_all(&fs, "org/repo/all/config.json").await.unwrap(), data(1, 10));
+        outage.down.store(true, Ordering::SeqCst);
+        w.hub.add_repo(
+            RepoId::new("org", "repo"),
+            C2,
+            "main",
+            None,
+            vec![("new.txt", data(9, 5), false)],
+        );
+        for _ in 0..3 {
+            let snap = tokio::time::timeout(
+                Duration::from_secs(5),
+                fs.snapshot(&RepoId::new("org", "repo"), None),
+            )
+            .await
+            .expect("a lookup waited for an unreachable Hub")
+            .unwrap();
+            assert_eq!(snap.manifest.commit, C1);
+        }
+        let repo = RepoId::new("org", "repo");
+        assert_eq!(w.store.get_ref(&repo, "main").unwrap().unwrap().commit, C1);
+        outage.down.store(false, Ordering::SeqCst);
+        outage.up.notify_waiters();
+        for _ in 0..100 {
+            if w.store.get_ref(&repo, "main").unwrap().unwrap().commit == C2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            w.store.get_ref(&repo, "main").unwrap().unwrap().commit,
+            C2,
+            "revalidated behind"
+        );
+        assert_eq!(fs.snapshot(&repo, None).await.unwrap().manifest.commit, C2);
+        // A pull (no stale commits) would have waited for the Hub instead: it must not hide
+        // that it could not ask.
+    }
+
+    #[test]
+    fn view_status_names_each_case() {
+        assert_eq!(view_status(true, true, 5, 10), "failed");
+        assert_eq!(view_status(false, true, 10, 10), "downloaded");
+        assert_eq!(view_status(false, true, 5, 10), "downloading");
+        assert_eq!(view_status(false, false, 5, 10), "partial");
+        assert_eq!(view_status(false, false, 0, 10), "available");
+        assert_eq!(view_status(false, true, 0, 10), "downloading");
+    }
+
     #[tokio::test]
     async fn xattrs_follow_the_download() {
         let w = world(FsConfig::default());
@@ -1211,7 +1442,7 @@ mod tests {
         w.fs.read(fh, 0, 1).await.unwrap();
         assert_eq!(get(file, "status").await.unwrap(), "partial");
         assert_eq!(get(file, "cached_bytes").await.unwrap(), "1000");
-        assert_eq!(get(view, "status").await.unwrap(), "downloading");
+        assert_eq!(get(view, "status").await.unwrap(), "partial");
         w.fs.read(fh, 0, 3000).await.unwrap();
         // Verification runs in the background once the last chunk lands.
         for _ in 0..200 {

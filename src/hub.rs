@@ -76,6 +76,13 @@ pub trait RepoSource: Send + Sync + 'static {
         repo: &'a RepoId,
         commit: &'a str,
     ) -> BoxFuture<'a, Result<Vec<TreeEntry>, HubError>>;
+
+    /// Completes once the Hub is known not to answer at all (connection refused, name not
+    /// resolved), at once if that is so now: a lookup that has a commit to fall back on
+    /// serves it then instead of waiting for retries. Never, for a source that cannot tell.
+    fn unreachable(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// What ranges have cost lately on the path to the bytes (the CDN, once its URL is known).

@@ -18,6 +18,7 @@ pub mod fuse;
 pub mod hub;
 pub mod manifest;
 pub mod metrics;
+pub mod mounts;
 pub mod names;
 pub mod quant;
 pub mod store;

@@ -75,9 +75,12 @@ fn mount(args: MountArgs) -> ExitCode {
     };
     match modelfs::daemon::mount(cfg, readiness, logging) {
         Ok(()) => ExitCode::SUCCESS,
+        // The log goes to standard error too: say it once, as a sentence to a person at a
+        // terminal, as a log line to whatever collects the log (a file, the journal).
+        Err(e) if std::io::IsTerminal::is_terminal(&std::io::stderr()) => fail(&e),
         Err(e) => {
             tracing::error!(error = %e, "mount failed");
-            fail(&e)
+            ExitCode::FAILURE
         }
     }
 }

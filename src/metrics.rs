@@ -120,6 +120,7 @@ pub struct Metrics {
     chunk_checksum_failures: Counter,
     verified: Counter,
     verify_failed: Counter,
+    hub_reachable: Gauge,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -212,6 +213,14 @@ impl Metrics {
              id), by result; a failed file is discarded and not served",
             verifications.clone(),
         );
+        let hub_reachable = Gauge::default();
+        hub_reachable.set(1);
+        r.register(
+            "hub_reachable",
+            "1 while the Hub answers (or nothing has failed to reach it yet), 0 while connections \
+             to it are refused or its name does not resolve",
+            hub_reachable.clone(),
+        );
         r.register(
             "build",
             "The running modelfs",
@@ -245,6 +254,7 @@ impl Metrics {
             open_handles,
             fuse_errors,
             chunk_checksum_failures,
+            hub_reachable,
         }
     }
 
@@ -275,6 +285,11 @@ impl Metrics {
     pub fn retry(&self, error: &HubError, rate_limited: bool) {
         let reason = if rate_limited { "rate_limited" } else { retry_reason(error) };
         self.retries.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Whether the Hub answers.
+    pub fn set_hub_reachable(&self, reachable: bool) {
+        self.hub_reachable.set(i64::from(reachable));
     }
 
     /// The store now holds `bytes` bytes of file contents.
@@ -448,7 +463,11 @@ pub fn retry_reason(error: &HubError) -> &'static str {
     // percent-encoded, so it holds none of these phrases (they all contain a space).
     let lower = message.to_ascii_lowercase();
     let has = |phrase: &str| lower.contains(phrase);
-    if has("error trying to connect") || has("connection refused") || has("dns error") {
+    if has("error trying to connect")
+        || has("connection refused")
+        || has("dns error")
+        || has("does not answer (")
+    {
         "connect"
     } else if has("timed out") || has("deadline has elapsed") {
         "timeout"

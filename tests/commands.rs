@@ -216,7 +216,7 @@ fn pull_of_a_quant_caches_exactly_its_view() {
     assert_eq!(progress(&v["q4f16"]), (q4, q4));
     assert_eq!(counts(&v["q4f16"]), [5, 0, 0, 0, 0]);
     // The other views have the shared files and nothing else.
-    assert_eq!(v["fp32"]["status"], "downloading");
+    assert_eq!(v["fp32"]["status"], "partial");
     assert_eq!(progress(&v["fp32"]), (ONNX_SHARED, ONNX_SHARED + 1000));
     assert_eq!(counts(&v["fp32"]), [3, 0, 0, 0, 1]);
     assert_eq!(counts(&v["fp16"]), [3, 0, 0, 0, 1]);

@@ -265,7 +265,7 @@ fn xattrs_report_status_progress_and_identity() {
     assert_eq!(one[0], big_data[CHUNK + 5]);
     assert_eq!(x(&big, "status"), Ok("partial".into()));
     assert_eq!(x(&big, "cached_bytes"), Ok(CHUNK.to_string()));
-    assert_eq!(x(&repo_dir, "status"), Ok("downloading".into()));
+    assert_eq!(x(&repo_dir, "status"), Ok("partial".into()));
     assert_eq!(x(&repo_dir, "progress"), Ok(format!("{CHUNK}/{total}")));
 
     // Whole file: complete, then verified once the background sha256 check has run.
@@ -325,7 +325,7 @@ fn quant_xattrs_cover_the_view() {
     std::fs::read(m.path("o/q/q4/config.json")).unwrap();
     assert_eq!(getfattr(&q4, "user.modelfs.progress"), Ok("102/102".into()));
     assert_eq!(getfattr(&q4, "user.modelfs.status"), Ok("downloaded".into()));
-    assert_eq!(getfattr(&m.path("o/q/fp32"), "user.modelfs.status"), Ok("downloading".into()));
+    assert_eq!(getfattr(&m.path("o/q/fp32"), "user.modelfs.status"), Ok("partial".into()));
     m.stop();
 }
 

@@ -91,7 +91,8 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
     let env_endpoint = std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty());
     let file_endpoint = config.file.endpoint.filter(|_| env_endpoint.is_none());
     if let Some(endpoint) = args.endpoint.as_ref().or(file_endpoint.as_ref()) {
-        hub.endpoint = endpoint.parse().map_err(|_| CommandError::Endpoint(endpoint.clone()))?;
+        hub.endpoint = crate::hub::client::parse_endpoint(endpoint)
+            .map_err(|why| CommandError::Endpoint(endpoint.clone(), why))?;
     }
     hub.read_timeout = read_timeout;
     hub.max_connections = max_connections;
@@ -137,7 +138,13 @@ pub async fn pull_into(
 ) -> Result<PullReport, CommandError> {
     let globs = build_globs(&request.include)?;
     // Zero revalidate: a branch is resolved on the Hub now, whatever the store recorded.
-    let config = FsConfig { offline: false, revalidate: Duration::ZERO, ..FsConfig::default() };
+    // No stale commit either: a pull that cannot ask the Hub says so.
+    let config = FsConfig {
+        offline: false,
+        serve_stale: false,
+        revalidate: Duration::ZERO,
+        ..FsConfig::default()
+    };
     let fs = ModelFs::new(
         config,
         store.clone(),
@@ -152,6 +159,15 @@ pub async fn pull_into(
         .await
         .map_err(|e| resolve_error(target, e))?;
     let selected = select_files(&snap, &request.quants, globs.as_ref())?;
+    if selected.is_empty() && (!request.quants.is_empty() || !request.include.is_empty()) {
+        let mut filters: Vec<String> =
+            request.quants.iter().map(|q| format!("--quant {q}")).collect();
+        filters.extend(request.include.iter().map(|g| format!("--include {g:?}")));
+        return Err(CommandError::NothingSelected {
+            target: format!("{}@{}", target.repo, short(&snap.manifest.commit)),
+            filters: filters.join(" "),
+        });
+    }
     let files: Vec<FileRef> = selected.iter().filter_map(|&i| snap.file_ref(i)).collect();
     let plans = {
         let store = store.clone();
@@ -166,18 +182,16 @@ pub async fn pull_into(
     let total_bytes: u64 = plans.iter().map(|p| p.file.remote.size).sum();
     let already_bytes: u64 = plans.iter().map(|p| p.stored).sum();
     progress.start(total_bytes, already_bytes);
-    let ctx = Arc::new(Ctx {
-        // The pull asks for every chunk itself; read-ahead would only duplicate its requests.
-        fetcher: ChunkFetcher::new(
-            store.clone(),
-            origin,
-            request.read_timeout,
-            PrefetchLimits::NONE,
-        ),
-        store,
-        progress: progress.clone(),
-        fetched: AtomicU64::new(0),
-    });
+    // The pull asks for every chunk itself; read-ahead would only duplicate its requests.
+    let fetcher =
+        ChunkFetcher::new(store.clone(), origin, request.read_timeout, PrefetchLimits::NONE);
+    if let Some(lease) = &request.lease {
+        // Its fetches then show as `downloading` in every mount's xattrs, and a full store
+        // makes room as a mount's does.
+        fetcher.set_evictor(lease.clone());
+    }
+    let ctx =
+        Arc::new(Ctx { fetcher, store, progress: progress.clone(), fetched: AtomicU64::new(0) });
     let permits = Arc::new(Semaphore::new(request.max_connections.max(1)));
     let mut tasks: JoinSet<Option<(String, Result<(), String>)>> = JoinSet::new();
     let files = plans.len();

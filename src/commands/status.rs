@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{human_bytes, open_existing, plural, resolve, short, CommandError, Target};
 use crate::cli::StatusArgs;
+use crate::evict::{FetchActivity, StoreActivity};
 use crate::fetch::PrefetchLimits;
 use crate::fs::{FsConfig, Kind, ModelFs, ROOT_INO, XATTR_PREFIX};
 use crate::hub::OfflineHub;
@@ -28,6 +29,11 @@ use crate::store::{ChunkStore, RefRecord};
 pub struct StatusReport {
     /// The store directory.
     pub store: String,
+    /// How the store was found: `from --store`, `the store of the mount at /models (pid 7)`...
+    pub store_origin: String,
+    /// Bytes the store's directory takes on disk (`du`), index and leases included: more
+    /// than `stored_bytes` by the index's free pages.
+    pub disk_bytes: u64,
     pub chunk_size: u64,
     /// Bytes of file data stored, over every file (what `--max-cache-size` bounds).
     pub stored_bytes: u64,
@@ -121,13 +127,22 @@ impl FileCounts {
 
 pub(super) fn run(args: StatusArgs) -> Result<(), CommandError> {
     let target = args.repo.as_deref().map(Target::parse).transpose()?;
-    let dir = resolve(&args.store)?.store;
+    let config = resolve(&args.store)?;
+    let dir = config.store;
     let store = open_existing(&dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(CommandError::Runtime)?;
-    let report = rt.block_on(status_report(store, &dir.display().to_string(), target.as_ref()))?;
+    let activity: Arc<dyn FetchActivity> = Arc::new(StoreActivity(dir.clone()));
+    let mut report = rt.block_on(status_report(
+        store,
+        &dir.display().to_string(),
+        target.as_ref(),
+        Some(activity),
+    ))?;
+    report.store_origin = config.origin.to_string();
+    report.disk_bytes = super::disk_usage(&dir);
     let out = if args.json {
         let mut json = serde_json::to_string_pretty(&report)
             .map_err(|e| CommandError::Internal(e.to_string()))?;
@@ -148,8 +163,9 @@ pub async fn status_report(
     store: Arc<dyn ChunkStore>,
     store_path: &str,
     target: Option<&Target>,
+    activity: Option<Arc<dyn FetchActivity>>,
 ) -> Result<StatusReport, CommandError> {
-    let fs = ModelFs::new(
+    let mut fs = ModelFs::new(
         FsConfig { offline: true, ..FsConfig::default() },
         store.clone(),
         Arc::new(OfflineHub),
@@ -157,6 +173,9 @@ pub async fn status_report(
         Duration::from_secs(1),
         PrefetchLimits::NONE,
     );
+    if let Some(activity) = activity {
+        fs.set_activity(activity);
+    }
     let repos = match target {
         Some(t) => vec![t.repo.clone()],
         None => store.repos()?,
@@ -179,6 +198,8 @@ pub async fn status_report(
     }
     Ok(StatusReport {
         store: store_path.to_string(),
+        store_origin: String::new(),
+        disk_bytes: 0,
         chunk_size: store.chunk_size(),
         stored_bytes: crate::evict::stored_bytes(store.as_ref())?,
         repos: out,
@@ -342,9 +363,17 @@ pub fn render_table(report: &StatusReport, now: u64) -> String {
             }
         }
     }
+    let origin = match report.store_origin.as_str() {
+        "" => String::new(),
+        origin => format!(" ({origin})"),
+    };
+    let disk = match report.disk_bytes {
+        0 => String::new(),
+        bytes => format!(", {} on disk", human_bytes(bytes)),
+    };
     let _ = writeln!(
         out,
-        "store {}: {} in {}",
+        "store {}{origin}: {} cached in {}{disk}",
         report.store,
         human_bytes(report.stored_bytes),
         plural(report.repos.len(), "repo")
@@ -406,9 +435,13 @@ mod tests {
         };
         let quiet = super::super::pull::Progress::quiet();
         for req in [pull("main", &["q4"], &["*.onnx", "*.json"]), pull("v2", &[], &["none"])] {
-            super::super::pull_into(store.clone(), hub.clone(), hub.clone(), &req, &quiet)
+            // The second records v2 and fetches nothing (and says so).
+            match super::super::pull_into(store.clone(), hub.clone(), hub.clone(), &req, &quiet)
                 .await
-                .unwrap();
+            {
+                Ok(_) | Err(CommandError::NothingSelected { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
         }
         // model.onnx: one chunk of three. model_q4.onnx_data: failed.
         let d = data(2, 2500);
@@ -427,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn the_report_holds_what_the_xattrs_say() {
         let store = world().await;
-        let report = status_report(store.clone(), "/s", None).await.unwrap();
+        let report = status_report(store.clone(), "/s", None, None).await.unwrap();
         assert_eq!(report.stored_bytes, 10 + 3000 + 1000, "config, model_q4, one chunk");
         let repo = &report.repos[0];
         assert_eq!(repo.repo, "org/repo");
@@ -454,7 +487,7 @@ mod tests {
             view("fp32"),
             ViewStatus {
                 name: "fp32".into(),
-                status: "downloading".into(),
+                status: "partial".into(),
                 cached_bytes: 1010,
                 total_bytes: 2510,
                 files: counts([1, 0, 1, 0, 0]),
@@ -471,16 +504,17 @@ mod tests {
     async fn a_target_narrows_the_report() {
         let store = world().await;
         let only = |s: &str| Target::parse(s).unwrap();
-        let r = status_report(store.clone(), "/s", Some(&only("org/repo@v2"))).await.unwrap();
+        let r = status_report(store.clone(), "/s", Some(&only("org/repo@v2")), None).await.unwrap();
         assert_eq!(r.repos[0].refs.len(), 1);
         assert_eq!(r.repos[0].commits.iter().map(|c| c.commit.as_str()).collect::<Vec<_>>(), [C2]);
-        let r = status_report(store.clone(), "/s", Some(&only(&format!("org/repo@{C1}"))))
+        let r = status_report(store.clone(), "/s", Some(&only(&format!("org/repo@{C1}"))), None)
             .await
             .unwrap();
         assert_eq!(r.repos[0].refs[0].name, "main");
         assert_eq!(r.repos[0].commits[0].commit, C1);
         for missing in ["org/repo@nope", "org/other", &format!("org/repo@{}", "3".repeat(40))] {
-            let err = status_report(store.clone(), "/s", Some(&only(missing))).await.unwrap_err();
+            let err =
+                status_report(store.clone(), "/s", Some(&only(missing)), None).await.unwrap_err();
             assert_eq!(err.to_string(), format!("{missing} is not in the store"));
         }
     }
@@ -488,20 +522,24 @@ mod tests {
     #[tokio::test]
     async fn the_table_lines_up() {
         let store = world().await;
-        let mut report =
-            status_report(store.clone(), "/s", Some(&Target::parse("org/repo@main").unwrap()))
-                .await
-                .unwrap();
+        let mut report = status_report(
+            store.clone(),
+            "/s",
+            Some(&Target::parse("org/repo@main").unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
         report.repos[0].refs[0].resolved_at = 1000;
         assert_eq!(
             render_table(&report, 1000 + 300),
             format!(
                 "org/repo\n  main -> 111111111111, resolved 5m ago\n  commit {C1} (text-generation)\n\
-                 \x20   VIEW  STATUS        CACHED    TOTAL  FILES\n\
-                 \x20   fp32  downloading   1010 B  2.5 KiB  1 verified, 1 partial\n\
-                 \x20   q4    failed       2.9 KiB  4.4 KiB  2 verified, 1 failed\n\
-                 \x20   all   failed       3.9 KiB  6.8 KiB  2 verified, 1 partial, 1 failed\n\
-                 store /s: 3.9 KiB in 1 repo\n"
+                 \x20   VIEW  STATUS    CACHED    TOTAL  FILES\n\
+                 \x20   fp32  partial   1010 B  2.5 KiB  1 verified, 1 partial\n\
+                 \x20   q4    failed   2.9 KiB  4.4 KiB  2 verified, 1 failed\n\
+                 \x20   all   failed   3.9 KiB  6.8 KiB  2 verified, 1 partial, 1 failed\n\
+                 store /s: 3.9 KiB cached in 1 repo\n"
             )
         );
     }

@@ -131,12 +131,25 @@ fn endpoint_from(value: Option<String>) -> Url {
     let Some(value) = value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) else {
         return default_endpoint();
     };
-    match Url::parse(&value) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
-        _ => {
-            warn!(endpoint = %value, "HF_ENDPOINT is not an http(s) URL; using {DEFAULT_ENDPOINT}");
+    match parse_endpoint(&value) {
+        Ok(url) => url,
+        Err(why) => {
+            warn!(endpoint = %value, "HF_ENDPOINT {why}; using {DEFAULT_ENDPOINT}");
             default_endpoint()
         }
+    }
+}
+
+/// An endpoint as a user writes it (`--endpoint`, `HF_ENDPOINT`, the config file): an http(s)
+/// URL with a host. The error says what is wrong, for the user, before any request is made
+/// (`localhost:8080` parses as a URL of scheme `localhost`).
+pub fn parse_endpoint(value: &str) -> Result<Url, String> {
+    match Url::parse(value.trim()) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        _ if !value.contains("://") => {
+            Err(format!("is not an http(s) URL (did you mean http://{}?)", value.trim()))
+        }
+        _ => Err("is not an http(s) URL with a host, e.g. https://huggingface.co".into()),
     }
 }
 
@@ -205,6 +218,82 @@ pub struct HubClient {
     redirects: Mutex<HashMap<RedirectKey, Url>>,
     /// Moving averages of what requests to remembered (CDN) targets cost.
     link: Mutex<Option<LinkEstimate>>,
+    /// Whether the Hub answers at all, and since when it has not.
+    reach: Reachability,
+}
+
+/// An attempt made while the Hub is unreachable and its outage's budget is spent: one try,
+/// long enough for a connection to be refused or made, and for a Hub that is back to answer.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(2);
+
+/// Whether the Hub's own host answers, as the requests to it find out.
+///
+/// A connection that is refused, a name that does not resolve, a connect that times out: the
+/// Hub is not there, which is not the same as a Hub that answers 503. Such failures are
+/// retried like any other, but **one outage has one budget**: calls that start while the Hub
+/// is down get what is left of `read_timeout` counted from the outage's first failure, and
+/// once that is spent, a single quick attempt each ([`PROBE_ATTEMPT`]). So a reader that
+/// issues two reads, or a `pull` that resolves and then fetches, waits one `read_timeout` in
+/// all, not one per call; and the first answer from the Hub (any HTTP status) ends the outage.
+/// Lookups that have a commit to fall back on do not wait at all (see `crate::fs`).
+struct Reachability {
+    down: Mutex<Option<Outage>>,
+    /// Woken when an outage starts.
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Clone, Copy)]
+struct Outage {
+    since: Instant,
+}
+
+impl Reachability {
+    fn new() -> Self {
+        Self { down: Mutex::new(None), changed: tokio::sync::Notify::new() }
+    }
+
+    fn outage(&self) -> Option<Outage> {
+        self.down.lock().ok().and_then(|d| *d)
+    }
+
+    /// A request to the Hub could not even connect.
+    fn failed(&self, endpoint: &Url, cause: &str, read_timeout: Duration) {
+        let Ok(mut down) = self.down.lock() else { return };
+        if down.is_none() {
+            *down = Some(Outage { since: Instant::now() });
+            warn!(
+                endpoint = %redact(endpoint),
+                cause,
+                "the Hub does not answer; retrying for up to {} s",
+                read_timeout.as_secs()
+            );
+            crate::metrics::get().set_hub_reachable(false);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The Hub answered (whatever it said).
+    fn answered(&self, endpoint: &Url) {
+        let Ok(mut down) = self.down.lock() else { return };
+        if let Some(outage) = down.take() {
+            tracing::info!(
+                endpoint = %redact(endpoint),
+                "the Hub answers again after {:.1} s",
+                outage.since.elapsed().as_secs_f64()
+            );
+            crate::metrics::get().set_hub_reachable(true);
+        }
+    }
+
+    async fn wait_until_down(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.outage().is_some() {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// Weight of the newest sample in [`HubClient::link`]'s moving averages: a few requests
@@ -273,7 +362,64 @@ impl HubClient {
             read_timeout: config.read_timeout,
             redirects: Mutex::new(HashMap::new()),
             link: Mutex::new(None),
+            reach: Reachability::new(),
         })
+    }
+
+    /// The time budget of a call starting now: `read_timeout`, or, while the Hub is
+    /// unreachable, what is left of the outage's (see [`Reachability`]).
+    fn budget(&self) -> Budget {
+        let now = Instant::now();
+        match self.reach.outage() {
+            Some(outage) if outage.since + self.read_timeout > now + PROBE_ATTEMPT => {
+                Budget::until(outage.since + self.read_timeout)
+            }
+            Some(_) => Budget::probe(PROBE_ATTEMPT),
+            None => Budget::new(self.read_timeout),
+        }
+    }
+
+    /// Whether the Hub is known not to answer right now.
+    pub fn is_unreachable(&self) -> bool {
+        self.reach.outage().is_some()
+    }
+
+    /// Ask the Hub for anything, once, to learn whether it answers: at a mount's start, so the
+    /// log says at once when the endpoint is dead (the mount still starts and serves the
+    /// store). Any HTTP answer counts.
+    pub async fn probe(&self) -> Result<(), HubError> {
+        let url = self.endpoint.clone();
+        let attempt = async {
+            let answered = self.get(&url, None).send().await;
+            answered.map(drop).map_err(|e| self.transport_failure(e, &url))
+        };
+        match Budget::probe(self.read_timeout.min(Duration::from_secs(10))).run(attempt).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Fatal(e) | Failure::Retry { error: e, .. }) => Err(e),
+        }
+    }
+
+    /// A request that got no answer at all. To the Hub itself, a connect-level failure starts
+    /// (or continues) an outage; an HTTP answer is noted by [`Self::answered`].
+    fn transport_failure(&self, e: reqwest::Error, url: &Url) -> Failure {
+        if e.is_connect() && self.is_hub(url) {
+            let cause = root_cause(&e);
+            self.reach.failed(&self.endpoint, &cause, self.read_timeout);
+            return Failure::Retry {
+                error: HubError::Unavailable(format!(
+                    "the Hub at {} does not answer ({cause})",
+                    redact(&self.endpoint)
+                )),
+                after: None,
+            };
+        }
+        transport(e, url)
+    }
+
+    fn answered(&self, url: &Url) {
+        if self.is_hub(url) {
+            self.reach.answered(&self.endpoint);
+        }
     }
 
     /// Whether `url` is the Hub itself (same scheme, host and port), the only place the token
@@ -318,7 +464,9 @@ impl HubClient {
         range: Option<&HeaderValue>,
     ) -> Result<(Url, Response, usize), Failure> {
         for hops in 0..=MAX_REDIRECTS {
-            let response = self.get(&url, range).send().await.map_err(|e| transport(e, &url))?;
+            let response =
+                self.get(&url, range).send().await.map_err(|e| self.transport_failure(e, &url))?;
+            self.answered(&url);
             if !is_redirect(response.status()) {
                 return Ok((url, response, hops));
             }
@@ -357,7 +505,7 @@ impl HubClient {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let mut budget = Budget::new(self.read_timeout);
+        let mut budget = self.budget();
         loop {
             match budget.run(attempt()).await {
                 Ok(value) => return Ok(value),
@@ -643,6 +791,10 @@ impl RepoSource for HubClient {
     ) -> BoxFuture<'a, Result<Vec<TreeEntry>, HubError>> {
         Box::pin(self.list_files_inner(repo, commit))
     }
+
+    fn unreachable(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.reach.wait_until_down())
+    }
 }
 
 impl RangeFetcher for HubClient {
@@ -686,7 +838,7 @@ impl RangeFetcher for HubClient {
             segments.extend(file.path.split('/'));
             let hub_url = self.url(&segments, "")?;
             let what = format!("fetching {} of {}@{}", file.path, file.repo, file.commit);
-            let mut budget = Budget::new(self.read_timeout);
+            let mut budget = self.budget();
             let mut next = range.start;
             loop {
                 let before = next;
@@ -698,7 +850,7 @@ impl RangeFetcher for HubClient {
                     Ok(()) => return Ok(()),
                     Err(failure) => {
                         if next > before {
-                            budget = Budget::new(self.read_timeout);
+                            budget = self.budget();
                         }
                         budget.after_failure(failure, &what).await?;
                     }
@@ -759,6 +911,16 @@ fn transport(e: reqwest::Error, url: &Url) -> Failure {
         error: HubError::Unavailable(format!("{}: {}", redact(url), describe(e))),
         after: None,
     }
+}
+
+/// The innermost cause of `e`, the one a person can act on ("Connection refused (os error
+/// 111)", "failed to lookup address information: Name or service not known").
+fn root_cause(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 /// A reqwest error and its causes, without the URL (which may carry a CDN signature).
@@ -932,12 +1094,21 @@ struct Budget {
     start: Instant,
     deadline: Instant,
     failures: u32,
+    /// One attempt only: a failure is the answer.
+    single: bool,
 }
 
 impl Budget {
     fn new(limit: Duration) -> Self {
-        let start = Instant::now();
-        Self { start, deadline: start + limit, failures: 0 }
+        Self::until(Instant::now() + limit)
+    }
+
+    fn until(deadline: Instant) -> Self {
+        Self { start: Instant::now(), deadline, failures: 0, single: false }
+    }
+
+    fn probe(limit: Duration) -> Self {
+        Self { single: true, ..Self::new(limit) }
     }
 
     fn remaining(&self) -> Duration {
@@ -974,7 +1145,7 @@ impl Budget {
             Some(after) => after,
             None => backoff(self.failures).min(remaining.saturating_sub(LAST_ATTEMPT)),
         };
-        if wait >= remaining || remaining.saturating_sub(wait) < LAST_ATTEMPT {
+        if self.single || wait >= remaining || remaining.saturating_sub(wait) < LAST_ATTEMPT {
             let spent = self.start.elapsed().as_secs_f64();
             let tail = format!("{} attempts in {spent:.1} s", self.failures);
             return Err(match error {
@@ -1515,6 +1686,19 @@ mod tests {
         let shown = format!("{config:?}");
         assert!(!shown.contains("hf_secret_value"), "{shown}");
         assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn endpoints_as_users_write_them() {
+        assert_eq!(
+            parse_endpoint("http://localhost:8080").unwrap().as_str(),
+            "http://localhost:8080/"
+        );
+        assert_eq!(
+            parse_endpoint("localhost:8080").unwrap_err(),
+            "is not an http(s) URL (did you mean http://localhost:8080?)"
+        );
+        assert!(parse_endpoint("ftp://hub").unwrap_err().contains("with a host"));
     }
 
     #[test]

@@ -30,6 +30,8 @@ use crate::manifest::{FileHash, RepoId};
 pub struct MemoryHub {
     state: Mutex<State>,
     fetches: AtomicU64,
+    /// Woken when the Hub is set offline (what [`RepoSource::unreachable`] waits for).
+    went_offline: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -138,6 +140,9 @@ impl MemoryHub {
     /// While set, every call fails with [`HubError::Unavailable`] (the Hub cannot be reached).
     pub fn set_offline(&self, offline: bool) {
         self.state().offline = offline;
+        if offline {
+            self.went_offline.notify_waiters();
+        }
     }
 
     /// The next `n` calls to `fetch_range` fail with [`HubError::Unavailable`].
@@ -291,6 +296,19 @@ impl RepoSource for MemoryHub {
         commit: &'a str,
     ) -> BoxFuture<'a, Result<Vec<TreeEntry>, HubError>> {
         Box::pin(async move { self.list_now(repo, commit) })
+    }
+
+    /// Offline is this double's "connection refused".
+    fn unreachable(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let woken = self.went_offline.notified();
+                if self.state().offline {
+                    return;
+                }
+                woken.await;
+            }
+        })
     }
 }
 

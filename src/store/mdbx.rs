@@ -134,6 +134,9 @@ impl MdbxStore {
                 "chunk size {chunk_size_if_new} is not between 1 and {MAX_CHUNK_SIZE}"
             )));
         }
+        if dir.exists() && !dir.is_dir() {
+            return Err(open_err("not a directory".into()));
+        }
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
 
         let options = DatabaseOptions {
