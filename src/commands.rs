@@ -10,6 +10,7 @@
 //! `verify` runs [`crate::fetch::verify_file`], which discards and marks `failed` exactly as
 //! the daemon's background check does; `gc` is [`crate::evict::gc`].
 
+mod progress;
 mod pull;
 mod status;
 mod verify;
@@ -55,8 +56,10 @@ pub enum CommandError {
     BadGlob { pattern: String, reason: String },
     #[error("{target}: {} failed: {}", plural(failed.len(), "file"), failed.join(", "))]
     PullFailed { target: String, failed: Vec<String> },
-    #[error("{} did not match the Hub's hash; discarded and marked failed", plural(*.0, "file"))]
-    Mismatches(usize),
+    #[error("store damaged: {} did not match the Hub's hash (discarded and marked failed), \
+             {} had a chunk that failed its checksum (dropped); both are fetched again on demand \
+             or by `modelfs pull`", plural(*mismatches, "file"), plural(*damaged, "file"))]
+    Damaged { mismatches: usize, damaged: usize },
     #[error(
         "gc needs a bound: pass --max-cache-size SIZE (e.g. 50G), or set max_cache_size in the \
          config file"

@@ -366,6 +366,18 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         hub.read_timeout = cfg.read_timeout;
         hub.max_connections = cfg.max_connections;
         let client = Arc::new(HubClient::new(hub)?);
+        // Offline-first: the mount starts whether or not the Hub answers, and the log says at
+        // once which it is.
+        let probe = client.clone();
+        rt.spawn(async move {
+            match probe.probe().await {
+                Ok(()) => tracing::debug!("the Hub answers"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the Hub does not answer at start: serving what the store has; asking again on demand"
+                ),
+            }
+        });
         (client.clone(), client)
     };
     let fs_config = FsConfig {

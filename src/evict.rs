@@ -72,6 +72,15 @@ pub struct Policy {
     pub pinned: Vec<RepoId>,
 }
 
+/// What [`Evictor::make_room`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Room {
+    /// Files were evicted (by this call or by a pass that ran meanwhile): try the write again.
+    Made,
+    /// Nothing could be evicted: everything stored is open or pinned.
+    None,
+}
+
 /// What one eviction pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct EvictReport {
@@ -105,8 +114,12 @@ pub struct Evictor {
     estimate: AtomicU64,
     /// Own writes since the last scan.
     since_scan: AtomicU64,
-    /// One pass at a time; a trigger during a pass is covered by the pass.
-    running: AtomicBool,
+    /// One pass at a time. A bound check during a pass is covered by the pass and skips; a
+    /// writer that needs room waits for it (see [`Evictor::make_room`]).
+    pass: Mutex<()>,
+    /// Passes run so far, so a writer that waited for another's pass knows to try its write
+    /// again before evicting more.
+    passes: AtomicU64,
     /// The last lease publication failed (logged once, not at every open).
     publish_failing: AtomicBool,
 }
@@ -142,7 +155,8 @@ impl Evictor {
             leases,
             estimate: AtomicU64::new(estimate),
             since_scan: AtomicU64::new(0),
-            running: AtomicBool::new(false),
+            pass: Mutex::new(()),
+            passes: AtomicU64::new(0),
             publish_failing: AtomicBool::new(false),
         }))
     }
@@ -316,25 +330,51 @@ impl Evictor {
         })
     }
 
+    /// Passes so far: read before a write that may find the store full, and hand to
+    /// [`Evictor::make_room`].
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Acquire)
+    }
+
     /// The store is full (map or disk): evict least recently used files until at least `need`
-    /// bytes are freed, whatever the bound. `Ok(0)`-freed reports mean nothing could go; the
-    /// caller then serves without storing.
-    pub fn make_room(&self, need: u64) -> Result<Option<EvictReport>, EvictError> {
-        self.exclusive(|| {
+    /// bytes are freed, whatever the bound. `seen` is [`Evictor::passes`] from before the write
+    /// that failed: if a pass has run since (or was running, and this call waited for it), the
+    /// write is worth trying again first, and nothing more is evicted now. Many writers that
+    /// find the store full at once thus share the room one pass makes, instead of each
+    /// evicting a file more.
+    pub fn make_room(&self, need: u64, seen: u64) -> Result<Room, EvictError> {
+        let guard = lock(&self.pass);
+        if self.passes() != seen {
+            return Ok(Room::Made);
+        }
+        let report = self.finish_pass(guard, || {
             let before = stored_bytes(self.store.as_ref())?;
             self.evict(before, before.saturating_sub(need), need)
-        })
+        })?;
+        Ok(if report.evicted_files > 0 { Room::Made } else { Room::None })
     }
 
     fn exclusive(
         &self,
         pass: impl FnOnce() -> Result<EvictReport, EvictError>,
     ) -> Result<Option<EvictReport>, EvictError> {
-        if self.running.swap(true, Ordering::Acquire) {
-            return Ok(None);
-        }
+        let guard = match self.pass.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        self.finish_pass(guard, pass).map(Some)
+    }
+
+    /// Run `pass` with the pass lock held, then account for what it did.
+    fn finish_pass(
+        &self,
+        guard: std::sync::MutexGuard<'_, ()>,
+        pass: impl FnOnce() -> Result<EvictReport, EvictError>,
+    ) -> Result<EvictReport, EvictError> {
         let result = pass();
-        self.running.store(false, Ordering::Release);
+        self.passes.fetch_add(1, Ordering::AcqRel);
+        drop(guard);
         let report = result?;
         let metrics = crate::metrics::get();
         metrics.set_cache_bytes(report.after);
@@ -357,7 +397,7 @@ impl Evictor {
                 "evicted least recently used files"
             );
         }
-        Ok(Some(report))
+        Ok(report)
     }
 
     fn evict(&self, before: u64, target: u64, need: u64) -> Result<EvictReport, EvictError> {
@@ -727,10 +767,12 @@ mod tests {
         let ev = Evictor::new(store.clone(), None, Policy::default()).unwrap();
         assert!(!ev.stored(1 << 40), "no bound: never over it");
         ev.opened(&id(1));
-        let report = ev.make_room(CS + 1).unwrap().unwrap();
-        assert_eq!((report.evicted_files, report.evicted_bytes), (2, 2 * CS));
-        let report = ev.make_room(1).unwrap().unwrap();
-        assert_eq!((report.evicted_files, report.kept_open), (0, 1));
+        assert_eq!(ev.make_room(CS + 1, ev.passes()).unwrap(), Room::Made);
+        assert_eq!(stored_bytes(store.as_ref()).unwrap(), CS, "2 and 3 went, the open 1 stayed");
+        // A writer that saw the store full before that pass tries again without evicting.
+        assert_eq!(ev.make_room(1, 0).unwrap(), Room::Made);
+        assert_eq!(stored_bytes(store.as_ref()).unwrap(), CS);
+        assert_eq!(ev.make_room(1, ev.passes()).unwrap(), Room::None, "only the open file is left");
     }
 
     #[test]

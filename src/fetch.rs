@@ -11,6 +11,7 @@
 //! `spawn_blocking`; no store transaction is ever held across an `.await`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -91,6 +92,42 @@ pub struct ChunkFetcher {
     /// Keeps the store under its bound and makes room when it is full; without one a full
     /// store just stops caching.
     evictor: OnceLock<Arc<Evictor>>,
+    /// Chunks fetched but not stored (a full store with nothing evictable, a damaged one):
+    /// the last few, so that a reader going through one in kernel-sized pieces fetches it
+    /// once, not once per piece.
+    unstored: Mutex<Unstored>,
+    /// The last store write failed: read-ahead would only fetch what cannot be kept.
+    store_failing: AtomicBool,
+}
+
+/// Chunks [`ChunkFetcher`] keeps in memory when the store cannot keep them: a reader
+/// streams through the current chunk in 128 KiB reads and the kernel has a few of those in
+/// flight out of order, so four chunks (32 MiB of default chunks) are enough, and bound what
+/// a store that cannot store costs in memory.
+const UNSTORED_CHUNKS: usize = 4;
+
+/// The unstored chunks, least recently used first.
+#[derive(Default)]
+struct Unstored {
+    chunks: std::collections::VecDeque<(ChunkKey, Bytes)>,
+}
+
+impl Unstored {
+    fn get(&mut self, key: &ChunkKey) -> Option<Bytes> {
+        let at = self.chunks.iter().position(|(k, _)| k == key)?;
+        let entry = self.chunks.remove(at)?;
+        let bytes = entry.1.clone();
+        self.chunks.push_back(entry);
+        Some(bytes)
+    }
+
+    fn put(&mut self, key: ChunkKey, bytes: Bytes) {
+        self.chunks.retain(|(k, _)| *k != key);
+        if self.chunks.len() >= UNSTORED_CHUNKS {
+            self.chunks.pop_front();
+        }
+        self.chunks.push_back((key, bytes));
+    }
 }
 
 /// How far and how wide read-ahead goes.
@@ -182,6 +219,8 @@ impl ChunkFetcher {
             run_chunks: limits.run_chunks.max(1),
             runtime: Handle::try_current().ok(),
             evictor: OnceLock::new(),
+            unstored: Mutex::default(),
+            store_failing: false.into(),
         })
     }
 
@@ -195,6 +234,9 @@ impl ChunkFetcher {
     /// chunks. Chunks already stored or being fetched cost nothing.
     pub fn prefetch(self: &Arc<Self>, file: &FileRef, chunks: std::ops::Range<u64>) {
         let Some(rt) = &self.runtime else { return };
+        if self.store_failing.load(Ordering::Relaxed) {
+            return;
+        }
         let run_len = run_length(self.run_chunks, self.origin.link(), self.store.chunk_size());
         let mut first = chunks.start;
         while first < chunks.end {
@@ -231,6 +273,9 @@ impl ChunkFetcher {
         let len = chunk_len(file.remote.size, cs, index) as usize;
         if let Some(hit) = self.read_stored(content, index, len).await? {
             return Ok(hit);
+        }
+        if let Some(kept) = lock(&self.unstored).get(&(content, index)) {
+            return Ok(kept);
         }
         let flight = match self.claim(file, &[index]).pop() {
             // Nobody was fetching it: this caller started the fetch.
@@ -518,14 +563,24 @@ impl ChunkFetcher {
         })
         .await;
         let record = match stored {
-            Ok(record) => record,
+            Ok(record) => {
+                if self.store_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("chunks are stored again");
+                }
+                record
+            }
             Err(e) => {
+                self.store_failing.store(true, Ordering::Relaxed);
+                let mut unstored = lock(&self.unstored);
+                for (index, bytes) in chunks {
+                    unstored.put((content, *index), bytes.clone());
+                }
                 return tracing::warn!(
                     path = %file.remote.path,
                     first,
                     error = %e,
                     "chunk not stored; serving it without caching"
-                )
+                );
             }
         };
         if record.state == FileState::Complete && checked_whole {
@@ -597,12 +652,18 @@ impl ChunkFetcher {
     }
 }
 
-/// How much a full store makes room for: sixteen default chunks, so that the writes that follow
-/// (read-ahead stores several chunks at once) do not each hit the wall and run a pass.
-const ROOM_ON_FULL: u64 = 16 * crate::store::DEFAULT_CHUNK_SIZE;
+/// How many times a write that finds the store full makes room and tries again before the
+/// chunk is served without being stored: other writers may take the room one pass made.
+const FULL_ATTEMPTS: usize = 4;
 
-/// Store one chunk; when the store is full (map or disk), evict least recently used files and
-/// try once more. `Err(Full)` after that means nothing could be evicted.
+/// Store one chunk; when the store is full (map or disk), evict least recently used files,
+/// just enough for this chunk (each pass evicts whole files, so usually more), and try again.
+/// `Err(Full)` after that means nothing could be evicted.
+///
+/// Making room for a fixed large amount instead (it was 128 MiB) emptied a small disk at the
+/// first full write: a 24 MiB store reading its way through 4 MiB files kept one file at a
+/// time. And a writer that finds a pass running waits for it and tries again before evicting
+/// more, so concurrent writers share the room one pass makes.
 fn store_chunk(
     store: &dyn ChunkStore,
     evictor: Option<&Evictor>,
@@ -611,19 +672,41 @@ fn store_chunk(
     data: &[u8],
     size: u64,
 ) -> Result<FileRecord, StoreError> {
-    match store.put_chunk(content, size, index, data) {
-        Err(StoreError::Full) => {
-            let Some(evictor) = evictor else { return Err(StoreError::Full) };
-            match evictor.make_room(ROOM_ON_FULL.max(data.len() as u64)) {
-                Ok(Some(report)) if report.evicted_files == 0 => return Err(StoreError::Full),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "eviction to make room failed"),
+    let mut room_made = false;
+    for _ in 0..FULL_ATTEMPTS {
+        let seen = evictor.map(Evictor::passes);
+        match store.put_chunk(content, size, index, data) {
+            Err(StoreError::Full) => {
+                let (Some(evictor), Some(seen)) = (evictor, seen) else {
+                    return Err(StoreError::Full);
+                };
+                if std::mem::take(&mut room_made) {
+                    // libmdbx hands out the pages an eviction freed only once every read
+                    // transaction that began before it has ended; reads of other files run
+                    // all the time. Waiting for them beats evicting another file.
+                    std::thread::sleep(FREED_ROOM_WAIT);
+                    if let ok @ Ok(_) = store.put_chunk(content, size, index, data) {
+                        return ok;
+                    }
+                }
+                match evictor.make_room(data.len() as u64, seen) {
+                    Ok(crate::evict::Room::Made) => room_made = true,
+                    Ok(crate::evict::Room::None) => return Err(StoreError::Full),
+                    Err(e) => {
+                        tracing::error!(error = %e, "eviction to make room failed");
+                        return Err(StoreError::Full);
+                    }
+                }
             }
-            store.put_chunk(content, size, index, data)
+            other => return other,
         }
-        other => other,
     }
+    Err(StoreError::Full)
 }
+
+/// How long a write waits, after an eviction that did not make room at once, for the reads
+/// that still hold the freed space to end: a store read is one chunk, well under this.
+const FREED_ROOM_WAIT: Duration = Duration::from_millis(50);
 
 /// Sequential-read detection and the read-ahead window of one open handle.
 ///

@@ -781,7 +781,18 @@ impl ModelFs {
         let mut out = Vec::new();
         for piece in pieces(file.remote.size, self.store.chunk_size(), offset, size) {
             if !self.store.read_chunk(&content, piece.index, piece.range.clone(), &mut out)? {
-                let chunk = self.chunks.chunk(file, piece.index).await?;
+                let chunk = self.chunks.chunk(file, piece.index).await.map_err(|e| {
+                    // The log line the FUSE edge writes must say which file could not be read.
+                    match FsError::from(e) {
+                        FsError::Io(why) => FsError::Io(format!(
+                            "{} in {}@{}: {why}",
+                            file.remote.path,
+                            file.remote.repo,
+                            file.remote.commit.get(..12).unwrap_or(&file.remote.commit)
+                        )),
+                        other => other,
+                    }
+                })?;
                 let bytes =
                     chunk.get(piece.range).ok_or_else(|| FsError::Io("short chunk".into()))?;
                 out.extend_from_slice(bytes);
@@ -1411,6 +1422,27 @@ mod tests {
         assert_eq!(fs.snapshot(&repo, None).await.unwrap().manifest.commit, C2);
         // A pull (no stale commits) would have waited for the Hub instead: it must not hide
         // that it could not ask.
+    }
+
+    /// A store that cannot keep chunks (full, damaged) costs one fetch per chunk, not one per
+    /// kernel read: the last chunks are kept in memory.
+    #[tokio::test]
+    async fn a_store_that_cannot_store_streams_each_chunk_once() {
+        let w = world(FsConfig::default());
+        w.store.set_refuse_writes(true);
+        let ino = walk(&w.fs, "org/repo/all/onnx/model.onnx").await.unwrap();
+        let fh = w.fs.open(ino, false).unwrap();
+        let want = data(2, 2500);
+        for off in (0..2500u64).step_by(100) {
+            let got = w.fs.read(fh, off, 100).await.unwrap();
+            assert_eq!(got, want[off as usize..off as usize + 100]);
+        }
+        assert_eq!(w.hub.fetch_count(), 3, "three chunks, each fetched once");
+        assert_eq!(w.store.file_record(&hub_hash_of(&want)).unwrap(), None, "nothing stored");
+    }
+
+    fn hub_hash_of(bytes: &[u8]) -> crate::manifest::ContentId {
+        crate::hub::memory::hub_hash(bytes, true).content_id()
     }
 
     #[test]

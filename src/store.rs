@@ -37,6 +37,10 @@ pub enum StoreError {
     BadChunkLength { content: ContentId, index: u64, got: usize, expected: usize },
     #[error("the store is full")]
     Full,
+    /// The index's pages do not hold together (bit rot, a disk that lost writes, a file
+    /// written over): nothing read from it can be trusted to be found again.
+    #[error("the store's index is damaged ({0})")]
+    Damaged(String),
 }
 
 /// Download state of one file's content, as the `status` xattr reports it (with `missing`

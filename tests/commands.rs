@@ -441,7 +441,7 @@ fn verify_passes_a_good_store_and_fails_a_corrupted_file() {
     assert_eq!(
         stdout,
         format!(
-            "checked 5 files ({} hashed): 0 mismatches, 0 no longer complete\n",
+            "checked 5 files ({} hashed): 0 mismatches, 0 with a chunk that failed its checksum\n",
             human_bytes(total as u64)
         )
     );
@@ -461,7 +461,10 @@ fn verify_passes_a_good_store_and_fails_a_corrupted_file() {
         "{stdout}"
     );
     assert!(stdout.contains(": 1 mismatch, "), "{stdout}");
-    assert!(stderr.contains("modelfs: 1 file did not match the Hub's hash"), "{stderr}");
+    assert!(
+        stderr.contains("modelfs: store damaged: 1 file did not match the Hub's hash"),
+        "{stderr}"
+    );
     let v = views(&status_json(&store, &[]), "test-org/mixed");
     assert_eq!(counts(&v["all"]), [5, 0, 0, 1, 0]);
 

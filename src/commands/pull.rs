@@ -22,17 +22,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+pub use super::progress::Progress;
 use super::{blocking, human_bytes, plural, resolve, short, CommandError, Target};
 use crate::cli::PullArgs;
 use crate::evict::{Evictor, Policy};
 use crate::fetch::{verify_file, ChunkFetcher, FileRef, PrefetchLimits, Verdict};
 use crate::fs::{FsConfig, FsError, ModelFs, Snapshot};
 use crate::hub::client::{HubClient, HubConfig};
-use crate::hub::{RangeFetcher, RemoteFile, RepoSource};
+use crate::hub::{RangeFetcher, RepoSource};
 use crate::store::mdbx::MdbxStore;
 use crate::store::{chunk_count, chunk_len, ChunkStore, FileState, StoreError, DEFAULT_CHUNK_SIZE};
 
@@ -459,116 +460,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// How a pull shows its progress: bars on a terminal (one per file in flight above a total
-/// with rate and ETA, and a line per finished file), plain lines otherwise (one per finished
-/// file), or nothing (tests).
-#[derive(Clone)]
-pub struct Progress {
-    mode: Arc<Mode>,
-    total: ProgressBar,
-}
-
-enum Mode {
-    Bars(MultiProgress),
-    Plain,
-    Quiet,
-}
-
-/// Width of the file name column of a file's bar; longer paths are cut at the front, where
-/// the directory is, so the file name stays readable.
-const NAME_WIDTH: usize = 40;
-
-impl Progress {
-    pub fn bars() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
-        let total = multi.add(ProgressBar::new(0).with_style(style(
-            "{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )));
-        Self { mode: Arc::new(Mode::Bars(multi)), total }
-    }
-
-    pub fn plain() -> Self {
-        Self { mode: Arc::new(Mode::Plain), total: ProgressBar::hidden() }
-    }
-
-    pub fn quiet() -> Self {
-        Self { mode: Arc::new(Mode::Quiet), total: ProgressBar::hidden() }
-    }
-
-    fn start(&self, total: u64, already: u64) {
-        self.total.set_length(total);
-        self.total.set_position(already);
-        // The rate and ETA are of this run's downloads, not of what was already stored.
-        self.total.reset_eta();
-    }
-
-    fn file_started(&self, file: &RemoteFile, stored: u64) -> ProgressBar {
-        let Mode::Bars(multi) = &*self.mode else { return ProgressBar::hidden() };
-        let bar = ProgressBar::new(file.size)
-            .with_style(style("{msg} [{bar:30}] {bytes}/{total_bytes}"))
-            .with_message(left_cut(&file.path, NAME_WIDTH))
-            .with_position(stored);
-        multi.insert_before(&self.total, bar)
-    }
-
-    fn advance(&self, bar: Option<&ProgressBar>, bytes: u64) {
-        if let Some(bar) = bar {
-            bar.inc(bytes);
-        }
-        self.total.inc(bytes);
-    }
-
-    fn file_done(&self, bar: Option<ProgressBar>, file: &RemoteFile, outcome: &Result<(), String>) {
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-            if let Mode::Bars(multi) = &*self.mode {
-                multi.remove(&bar);
-            }
-        }
-        let line = match outcome {
-            Ok(()) => format!("verified  {} ({})", file.path, human_bytes(file.size)),
-            Err(reason) => format!("FAILED    {}: {reason}", file.path),
-        };
-        match &*self.mode {
-            // Printed above the bars, which stay at the bottom.
-            Mode::Bars(multi) => {
-                let _ = multi.println(line);
-            }
-            Mode::Plain => eprintln!("{line}"),
-            Mode::Quiet => {}
-        }
-    }
-
-    fn finish(&self) {
-        self.total.finish_and_clear();
-    }
-}
-
-fn style(template: &str) -> ProgressStyle {
-    // The templates are constants of this file; a typo falls back to a plain bar rather than
-    // failing a download.
-    ProgressStyle::with_template(template)
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-}
-
-/// `path` in at most `width` characters, padded, cut at the front with `…`.
-fn left_cut(path: &str, width: usize) -> String {
-    let n = path.chars().count();
-    if n <= width {
-        return format!("{path:<width$}");
-    }
-    let tail: String = path.chars().skip(n - (width - 1)).collect();
-    format!("…{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hub::memory::{hub_hash, MemoryHub};
     use crate::manifest::RepoId;
     use crate::store::memory::MemoryStore;
-    use proptest::prelude::*;
 
     const CS: u64 = 1000;
     const C1: &str = "1111111111111111111111111111111111111111";
@@ -757,20 +654,5 @@ mod tests {
         assert!(set.is_match("onnx/model.onnx"));
         assert!(!set.is_match("model.safetensors"));
         assert!(build_globs(&[]).unwrap().is_none());
-    }
-
-    proptest! {
-        #[test]
-        fn cut_names_keep_their_tail_and_width(path in "[a-z/._]{0,80}", width in 2usize..50) {
-            let cut = left_cut(&path, width);
-            prop_assert_eq!(cut.chars().count(), width.max(path.chars().count().min(width)));
-            let trimmed = cut.trim_end();
-            if path.chars().count() > width {
-                prop_assert!(cut.starts_with('…'));
-                prop_assert!(path.ends_with(&cut['…'.len_utf8()..]));
-            } else {
-                prop_assert_eq!(trimmed, path.trim_end());
-            }
-        }
     }
 }

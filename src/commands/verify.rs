@@ -4,7 +4,7 @@
 //! Each check is [`verify_file`], the daemon's own: a match leaves the file `verified`, a
 //! mismatch discards its chunks and marks it `failed` (the mount then answers `EIO` for it,
 //! and the next `pull` fetches it afresh). A chunk that fails its crc32c on the way is dropped
-//! by the store as on any read, and the file reported as no longer complete. Files are checked
+//! by the store as on any read, and the file reported damaged (and the command fails). Files are checked
 //! on a few threads at once: hashing is CPU-bound, the store is read through its memory map.
 
 use std::collections::BTreeMap;
@@ -26,9 +26,11 @@ pub struct VerifyReport {
     pub bytes_hashed: u64,
     /// `org/repo@commit: path` of every file whose bytes did not match, sorted.
     pub mismatches: Vec<String>,
-    /// Files that stopped being complete during the check (a chunk failed its crc32c and was
-    /// dropped, or the file was evicted meanwhile), sorted.
-    pub incomplete: Vec<String>,
+    /// Files found damaged: a chunk failed its crc32c and was dropped (the file is fetched
+    /// again on its next read or pull), sorted. Bit rot, a bad disk, a torn write.
+    pub damaged: Vec<String>,
+    /// Files evicted while the check ran (nothing wrong), sorted.
+    pub evicted: Vec<String>,
     /// Stored files no manifest in scope names (only counted with no target): their hash is
     /// unknown, so they cannot be checked.
     pub unnamed: usize,
@@ -43,23 +45,34 @@ pub(super) fn run(args: VerifyArgs) -> Result<(), CommandError> {
     let store = open_existing(&resolve(&args.store)?.store)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS);
     let report = verify_store(store, target.as_ref(), threads, &|line| println!("{line}"))?;
-    println!(
-        "checked {} ({} hashed): {}, {} no longer complete{}",
+    println!("{}", summary(&report));
+    // Anything wrong is a failure a cron job or a probe can see: a mismatch, or a chunk that
+    // failed its checksum (both were discarded and will be fetched again).
+    match (report.mismatches.len(), report.damaged.len()) {
+        (0, 0) => Ok(()),
+        (mismatches, damaged) => Err(CommandError::Damaged { mismatches, damaged }),
+    }
+}
+
+/// The last line `verify` prints.
+pub fn summary(report: &VerifyReport) -> String {
+    let mut out = format!(
+        "checked {} ({} hashed): {}, {} with a chunk that failed its checksum",
         plural(report.checked, "file"),
         human_bytes(report.bytes_hashed),
         mismatches(report.mismatches.len()),
-        report.incomplete.len(),
-        if report.unnamed > 0 {
-            format!("; {} stored but named by no manifest", plural(report.unnamed, "file"))
-        } else {
-            String::new()
-        }
+        report.damaged.len(),
     );
-    if report.mismatches.is_empty() {
-        Ok(())
-    } else {
-        Err(CommandError::Mismatches(report.mismatches.len()))
+    if !report.evicted.is_empty() {
+        out.push_str(&format!("; {} evicted meanwhile", plural(report.evicted.len(), "file")));
     }
+    if report.unnamed > 0 {
+        out.push_str(&format!(
+            "; {} stored but named by no manifest",
+            plural(report.unnamed, "file")
+        ));
+    }
+    out
 }
 
 fn mismatches(n: usize) -> String {
@@ -120,13 +133,22 @@ pub fn verify_store(
                             say(format!("MISMATCH {name}: discarded and marked failed"));
                             found.0.mismatches.push(name);
                         }
-                        Ok(Verdict::Incomplete) => {
-                            say(format!(
-                                "INCOMPLETE {name}: a chunk failed its checksum or was evicted; \
-                             it will be fetched again"
-                            ));
-                            found.0.incomplete.push(name);
-                        }
+                        // Eviction removes the record; a chunk dropped for a bad
+                        // checksum leaves it, partial.
+                        Ok(Verdict::Incomplete) => match store.file_record(&file.content()) {
+                            Ok(Some(_)) => {
+                                say(format!(
+                                    "DAMAGED {name}: a chunk failed its checksum and was \
+                                     dropped; it is fetched again on the next read"
+                                ));
+                                found.0.damaged.push(name);
+                            }
+                            Ok(None) => found.0.evicted.push(name),
+                            Err(e) => {
+                                found.1.get_or_insert(e.into());
+                                break;
+                            }
+                        },
                         Err(e) => {
                             found.1.get_or_insert(e.into());
                             break;
@@ -141,7 +163,8 @@ pub fn verify_store(
         return Err(e);
     }
     report.mismatches.sort();
-    report.incomplete.sort();
+    report.damaged.sort();
+    report.evicted.sort();
     Ok(report)
 }
 
@@ -266,15 +289,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chunk_that_fails_its_crc_is_reported_incomplete() {
+    async fn a_chunk_that_fails_its_crc_is_reported_damaged() {
         let store = pulled().await;
         let content = hub_hash(&data(2, 2500), true).content_id();
         assert!(store.corrupt_chunk(&content, 1));
         let target = Target::parse("org/repo@main").unwrap();
         let report = verify_store(store.clone(), Some(&target), 1, &|_| {}).unwrap();
-        assert_eq!(report.incomplete, [format!("org/repo@{}: b.bin", &C1[..12])]);
+        assert_eq!(report.damaged, [format!("org/repo@{}: b.bin", &C1[..12])]);
+        assert!(report.evicted.is_empty());
         assert_eq!((report.checked, report.mismatches.len()), (1, 0));
         assert!(!store.has_chunk(&content, 1).unwrap(), "the bad chunk was dropped");
+        assert_eq!(
+            summary(&report),
+            "checked 1 file (10 B hashed): 0 mismatches, 1 with a chunk that failed its checksum"
+        );
     }
 
     #[tokio::test]

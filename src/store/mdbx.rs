@@ -83,6 +83,11 @@ impl From<libmdbx::Error> for StoreError {
         match e {
             libmdbx::Error::MapFull => StoreError::Full,
             libmdbx::Error::Other(code) if code == libc::ENOSPC => StoreError::Full,
+            libmdbx::Error::Corrupted
+            | libmdbx::Error::PageNotFound
+            | libmdbx::Error::Panic
+            | libmdbx::Error::Invalid
+            | libmdbx::Error::WannaRecovery => StoreError::Damaged(e.to_string()),
             e => StoreError::Db(e.to_string()),
         }
     }
@@ -164,8 +169,20 @@ impl MdbxStore {
             // pointer into the map cannot corrupt the database.
             ..DatabaseOptions::default()
         };
-        let db = Database::<NoWriteMap>::open_with_options(dir, options)
-            .map_err(|e| open_err(e.to_string()))?;
+        let damaged = |detail: String| {
+            let p = dir.display();
+            open_err(format!(
+                "its index is damaged ({detail}), and what it holds cannot be trusted to be found \
+                 again. Stop every modelfs using it, move it aside (`mv {p} {p}.damaged`) or \
+                 remove it (`rm -r {p}`), and start again: models are fetched again from the Hub"
+            ))
+        };
+        let db = Database::<NoWriteMap>::open_with_options(dir, options).map_err(|e| {
+            match StoreError::from(e) {
+                StoreError::Damaged(detail) => damaged(detail),
+                other => open_err(other.to_string()),
+            }
+        })?;
         let mut store = MdbxStore {
             db,
             write_lock: Mutex::new(()),
@@ -217,7 +234,52 @@ impl MdbxStore {
             );
         }
         store.chunk_size = stored;
+        match store.check_structure() {
+            Err(StoreError::Damaged(detail)) => return Err(damaged(detail)),
+            Err(e) => return Err(open_err(e.to_string())),
+            Ok(()) => {}
+        }
         Ok(store)
+    }
+
+    /// Walk every page of the index once: each table's B-tree from its root to every leaf,
+    /// and the header of every chunk value's pages. Cheap next to what a damaged index costs
+    /// later (every write failing, every chunk fetched again and again), and it is what
+    /// libmdbx itself does to find a damaged page: follow the tree. Chunk bytes are not
+    /// read; their crc32c catches damage there, on every read.
+    pub fn check_structure(&self) -> Result<(), StoreError> {
+        self.read(|txn| {
+            for name in TABLES {
+                let table = txn.open_table(Some(name))?;
+                let mut cursor = txn.cursor(&table)?;
+                if name == CHUNKS {
+                    for item in cursor.iter_start::<Cow<'_, [u8]>, StoredLen>() {
+                        item?;
+                    }
+                } else {
+                    for item in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
+                        item?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// A write that failed with a plain I/O error on a filesystem with no room left is a full
+    /// store: libmdbx reports `EIO` for a page write into a hole of a full tmpfs, where the
+    /// caller can evict and retry, instead of `ENOSPC`.
+    fn full_if_out_of_space(&self, e: StoreError) -> StoreError {
+        let StoreError::Db(_) = &e else { return e };
+        match nix::sys::statvfs::statvfs(&self.path) {
+            Ok(fs)
+                if (fs.blocks_available() as u64) * (fs.fragment_size() as u64)
+                    < 2 * self.chunk_size =>
+            {
+                StoreError::Full
+            }
+            _ => e,
+        }
     }
 
     /// The directory the environment lives in.
@@ -516,6 +578,7 @@ impl ChunkStore for MdbxStore {
             put_record(txn, &files, content, &record)?;
             Ok(record)
         })
+        .map_err(|e| self.full_if_out_of_space(e))
     }
 
     fn file_record(&self, content: &ContentId) -> Result<Option<FileRecord>, StoreError> {
@@ -663,7 +726,7 @@ impl ChunkStore for MdbxStore {
     }
 
     fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError> {
-        self.write(|txn| {
+        let freed = self.write(|txn| {
             let chunks = txn.open_table(Some(CHUNKS))?;
             let mut freed = 0u64;
             for chunk in chunks_of(txn, &chunks, content)? {
@@ -673,7 +736,17 @@ impl ChunkStore for MdbxStore {
             let files = txn.open_table(Some(FILES))?;
             txn.del(&files, content.0, None)?;
             Ok(freed)
-        })
+        })?;
+        // libmdbx reuses the pages a transaction freed only once that transaction is durable
+        // (a crash must be able to go back to the last steady commit, which still uses them),
+        // and `NoMetaSync` leaves its meta page unsynced until the next commit. Without this
+        // sync, a full disk's next chunk write cannot use the room eviction just made, fails
+        // again, and evicts another file: a 24 MiB store evicted everything, one file per
+        // retry (tests/eviction.rs). One fsync per evicted file is nothing next to a refetch.
+        if freed > 0 {
+            self.db.sync(true)?;
+        }
+        Ok(freed)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::manifest::{ContentId, Manifest, RepoId};
 pub struct MemoryStore {
     chunk_size: u64,
     inner: Mutex<Inner>,
+    refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -59,7 +60,13 @@ impl MemoryStore {
             (1..=super::mdbx::MAX_CHUNK_SIZE).contains(&chunk_size),
             "chunk size {chunk_size} out of range"
         );
-        Self { chunk_size, inner: Mutex::new(Inner::default()) }
+        Self { chunk_size, inner: Mutex::new(Inner::default()), refuse_writes: false.into() }
+    }
+
+    /// While set, every chunk write fails as a damaged store's would: for tests of what the
+    /// layers above do with bytes they cannot keep.
+    pub fn set_refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.store(refuse, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn inner(&self) -> Result<MutexGuard<'_, Inner>, StoreError> {
@@ -160,6 +167,9 @@ impl ChunkStore for MemoryStore {
         data: &[u8],
     ) -> Result<FileRecord, StoreError> {
         format::check_put(content, file_size, self.chunk_size, index, data)?;
+        if self.refuse_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Damaged("writes refused by the test".into()));
+        }
         let now = format::now_secs();
         let mut inner = self.inner()?;
         let existing = inner.files.get(content).copied();
