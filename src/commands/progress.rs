@@ -98,7 +98,7 @@ pub fn human_duration(d: Duration) -> String {
 
 /// The progress line printed without a terminal: `12.0 MiB of 19.0 MiB (63%), 1.2 MiB/s, ETA 6 s`.
 pub fn plain_line(done: u64, total: u64, rate: Option<f64>, eta: Option<Duration>) -> String {
-    let percent = if total == 0 { 100 } else { done.saturating_mul(100) / total };
+    let percent = done.saturating_mul(100).checked_div(total).unwrap_or(100);
     let mut line = format!("{} of {} ({percent}%)", human_bytes(done), human_bytes(total));
     if let Some(rate) = rate {
         let _ = write!(line, ", {}/s", human_bytes(rate as u64));

@@ -384,14 +384,19 @@ impl HubClient {
         self.reach.outage().is_some()
     }
 
-    /// Ask the Hub for anything, once, to learn whether it answers: at a mount's start, so the
-    /// log says at once when the endpoint is dead (the mount still starts and serves the
-    /// store). Any HTTP answer counts.
+    /// Ask the Hub once whether it answers (`HEAD` of the endpoint, no token, nothing read):
+    /// at a mount's start, so that the log says at once when the endpoint is dead (the mount
+    /// still starts and serves the store). Any HTTP answer counts.
     pub async fn probe(&self) -> Result<(), HubError> {
         let url = self.endpoint.clone();
         let attempt = async {
-            let answered = self.get(&url, None).send().await;
-            answered.map(drop).map_err(|e| self.transport_failure(e, &url))
+            match self.http.head(url.clone()).send().await {
+                Ok(_) => {
+                    self.answered(&url);
+                    Ok(())
+                }
+                Err(e) => Err(self.transport_failure(e, &url)),
+            }
         };
         match Budget::probe(self.read_timeout.min(Duration::from_secs(10))).run(attempt).await {
             Ok(()) => Ok(()),

@@ -327,6 +327,13 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
 }
 
+impl RecordedRequest {
+    /// A mount's "does the Hub answer" at start.
+    pub fn is_probe(&self) -> bool {
+        self.method == "HEAD" && self.path_and_query == "/"
+    }
+}
+
 /// What goes wrong with one answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -646,9 +653,15 @@ impl MockHub {
         Ok(ids)
     }
 
-    /// Every request answered so far, in order.
+    /// Every request about repos answered so far, in order: all but the mount's liveness
+    /// probe at start (`HEAD /`, see [`MockHub::probes`]).
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        lock(&self.shared.requests).clone()
+        lock(&self.shared.requests).iter().filter(|r| !r.is_probe()).cloned().collect()
+    }
+
+    /// How many liveness probes (`HEAD /`) were answered.
+    pub fn probes(&self) -> usize {
+        lock(&self.shared.requests).iter().filter(|r| r.is_probe()).count()
     }
 
     pub fn clear_requests(&self) {

@@ -159,6 +159,14 @@ impl Mounted {
         self.child.as_ref().expect("running").id()
     }
 
+    /// Like [`Mounted::stop`], handing back the directory of the mountpoint (and the log)
+    /// instead of removing it: for a test that mounted something of its own there.
+    pub fn stop_keeping_dir(mut self) -> (ExitStatus, TestDir) {
+        let status = self.terminate();
+        assert!(!is_mounted(&self.mountpoint), "still mounted after the daemon exited");
+        (status, std::mem::replace(&mut self._dir, TestDir(PathBuf::new())))
+    }
+
     /// Stop the daemon with SIGTERM and return how it exited; the mount must be gone.
     pub fn stop(mut self) -> ExitStatus {
         let status = self.terminate();
