@@ -663,7 +663,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+/// `flock(2)` on `file`: the locks that leases, the eviction mutex and the mount registry
+/// rest on (held by an open file description, released when it closes, however the process
+/// ends).
+pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     // SAFETY: flock on a descriptor we own; no memory is passed.
     if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
         Ok(())

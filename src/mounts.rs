@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::evict::flock;
+
 /// The filesystem type every modelfs mount has (`fuse.` + the subtype), as mountinfo shows it.
 pub const FSTYPE: &str = "fuse.modelfs";
 
@@ -314,15 +316,6 @@ fn own_registry_dir() -> PathBuf {
 
 fn record_name(mountpoint: &Path) -> String {
     format!("{}.json", crate::cli::escape_path(mountpoint))
-}
-
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: flock on a descriptor we own; no memory is passed.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 #[cfg(test)]

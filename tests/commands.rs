@@ -15,7 +15,7 @@ use modelfs::store::mdbx::MdbxStore;
 use modelfs::store::ChunkStore;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo, Origin};
+use support::mock_hub::{Fault, FaultRule, MockFile, MockHub, MockRepo, Origin};
 use support::mount::{bytes, run, sha256_hex, temp_dir, Mounted};
 
 /// Small chunks: multi-chunk files stay small, and a pull has many steps to watch.
@@ -23,11 +23,7 @@ const CHUNK: usize = 64 << 10;
 const CHUNK_ARG: &str = "65536";
 
 fn hub_with(repos: Vec<MockRepo>) -> MockHub {
-    let hub = MockHub::start(MockConfig::default());
-    for r in repos {
-        hub.add_repo(r);
-    }
-    hub
+    MockHub::with_repos(repos)
 }
 
 /// `modelfs ARGS... --store STORE`, with no token and no user configuration in reach.
@@ -267,14 +263,7 @@ fn pull_beside_a_mount_shows_its_progress_in_the_xattrs() {
     );
     let hub = hub_with(vec![repo]);
     // Each chunk's body waits a little: one chunk at a time, the pull takes a few seconds.
-    let mut rule = FaultRule::new(
-        Some(Origin::Cdn),
-        &sha256_hex(&data),
-        100,
-        Fault::Stall(Duration::from_millis(400)),
-    );
-    rule.ranged_only = true;
-    hub.inject(rule);
+    hub.slow_ranges_of(&data, Duration::from_millis(400));
     let store = temp_dir("store");
     let m = Mounted::start(&hub.endpoint(), &store, &["--chunk-size", CHUNK_ARG]);
     let file = m.path("o/slow/all/w.bin");

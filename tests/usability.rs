@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo, Origin};
+use support::mock_hub::{MockFile, MockHub, MockRepo};
 use support::mount::{bytes, sha256_hex, temp_dir, wait_for, Mounted, SETTLE};
 
 /// Small chunks: multi-chunk files stay small.
@@ -22,11 +22,7 @@ const CHUNK: usize = 64 << 10;
 const CHUNK_ARG: &str = "65536";
 
 fn hub_with(repos: Vec<MockRepo>) -> MockHub {
-    let hub = MockHub::start(MockConfig::default());
-    for r in repos {
-        hub.add_repo(r);
-    }
-    hub
+    MockHub::with_repos(repos)
 }
 
 /// `modelfs ARGS...` with no token, no user configuration and no store in reach but what the
@@ -304,14 +300,7 @@ fn an_unreachable_hub_stalls_no_lookup_and_reads_share_one_budget() {
 fn pull_without_a_terminal_prints_progress_lines_and_refuses_an_empty_selection() {
     let data = bytes(21, 16 * CHUNK);
     let hub = hub_with(vec![MockRepo::new("o/slow", vec![MockFile::lfs("w.bin", data.clone())])]);
-    let mut rule = FaultRule::new(
-        Some(Origin::Cdn),
-        &sha256_hex(&data),
-        100,
-        Fault::Stall(Duration::from_millis(450)),
-    );
-    rule.ranged_only = true;
-    hub.inject(rule);
+    hub.slow_ranges_of(&data, Duration::from_millis(450));
     let store = temp_dir("store");
     let s = store.to_str().unwrap();
     let endpoint = hub.endpoint();
@@ -518,14 +507,7 @@ fn views_say_downloading_only_while_a_fetch_runs() {
         "o/dl",
         vec![MockFile::lfs("w.bin", data.clone()), MockFile::lfs("x.bin", bytes(32, 2 * CHUNK))],
     )]);
-    let mut rule = FaultRule::new(
-        Some(Origin::Cdn),
-        &sha256_hex(&data),
-        100,
-        Fault::Stall(Duration::from_millis(300)),
-    );
-    rule.ranged_only = true;
-    hub.inject(rule);
+    hub.slow_ranges_of(&data, Duration::from_millis(300));
     let store = temp_dir("store");
     let m = Mounted::start(&hub.endpoint(), &store, &["--chunk-size", CHUNK_ARG]);
     let repo = m.path("o/dl");

@@ -668,6 +668,25 @@ impl MockHub {
         lock(&self.shared.requests).clear();
     }
 
+    /// A mock Hub with the default configuration, serving `repos`.
+    pub fn with_repos(repos: Vec<MockRepo>) -> MockHub {
+        let hub = MockHub::start(MockConfig::default());
+        for repo in repos {
+            hub.add_repo(repo);
+        }
+        hub
+    }
+
+    /// Make every ranged CDN answer for the file with these bytes (up to 100 of them) wait
+    /// `each` before its body: a download of it that goes one chunk at a time takes a while,
+    /// for a test to watch.
+    pub fn slow_ranges_of(&self, data: &[u8], each: Duration) {
+        let sha = hex::encode(Sha256::digest(data));
+        let mut rule = FaultRule::new(Some(Origin::Cdn), &sha, 100, Fault::Stall(each));
+        rule.ranged_only = true;
+        self.inject(rule);
+    }
+
     /// Apply `rule.fault` to the next `rule.times` matching requests. Rules are tried in the
     /// order they were added.
     pub fn inject(&self, rule: FaultRule) {
