@@ -161,16 +161,15 @@ fn resolve(args: &StoreArgs) -> Result<StoreConfig, CommandError> {
     Ok(args.resolve(|k| std::env::var(k).ok())?)
 }
 
-/// Name of the libmdbx data file in a store directory.
-const STORE_DATA_FILE: &str = "mdbx.dat";
-
 /// Open a store that must already exist: the read-side commands (`status`, `verify`, `gc`)
 /// must not leave an empty store behind a mistyped `--store`.
 fn open_existing(dir: &Path) -> Result<Arc<dyn ChunkStore>, CommandError> {
     if dir.exists() && !dir.is_dir() {
         return Err(CommandError::StoreNotDir(dir.display().to_string()));
     }
-    if !dir.join(STORE_DATA_FILE).is_file() {
+    // Format 2's index, or format 1's (which opening migrates).
+    use crate::store::mdbx::{INDEX_DIR, MDBX_DATA_FILE};
+    if !dir.join(INDEX_DIR).join(MDBX_DATA_FILE).is_file() && !dir.join(MDBX_DATA_FILE).is_file() {
         return Err(CommandError::NoStore(dir.display().to_string()));
     }
     // The chunk size only matters for a new store; an existing one keeps its own.

@@ -672,7 +672,6 @@ fn store_chunk(
     data: &[u8],
     size: u64,
 ) -> Result<FileRecord, StoreError> {
-    let mut room_made = false;
     for _ in 0..FULL_ATTEMPTS {
         let seen = evictor.map(Evictor::passes);
         match store.put_chunk(content, size, index, data) {
@@ -680,17 +679,8 @@ fn store_chunk(
                 let (Some(evictor), Some(seen)) = (evictor, seen) else {
                     return Err(StoreError::Full);
                 };
-                if std::mem::take(&mut room_made) {
-                    // libmdbx hands out the pages an eviction freed only once every read
-                    // transaction that began before it has ended; reads of other files run
-                    // all the time. Waiting for them beats evicting another file.
-                    std::thread::sleep(FREED_ROOM_WAIT);
-                    if let ok @ Ok(_) = store.put_chunk(content, size, index, data) {
-                        return ok;
-                    }
-                }
                 match evictor.make_room(data.len() as u64, seen) {
-                    Ok(crate::evict::Room::Made) => room_made = true,
+                    Ok(crate::evict::Room::Made) => {}
                     Ok(crate::evict::Room::None) => return Err(StoreError::Full),
                     Err(e) => {
                         tracing::error!(error = %e, "eviction to make room failed");
@@ -703,10 +693,6 @@ fn store_chunk(
     }
     Err(StoreError::Full)
 }
-
-/// How long a write waits, after an eviction that did not make room at once, for the reads
-/// that still hold the freed space to end: a store read is one chunk, well under this.
-const FREED_ROOM_WAIT: Duration = Duration::from_millis(50);
 
 /// Sequential-read detection and the read-ahead window of one open handle.
 ///

@@ -1,7 +1,8 @@
 //! The chunk store: where fetched bytes and repo manifests live, across restarts and crashes.
 //!
-//! [`ChunkStore`] is the seam: [`mdbx::MdbxStore`] is the real one (one libmdbx environment,
-//! several processes may open it at once), [`memory::MemoryStore`] the in-memory double used
+//! [`ChunkStore`] is the seam: [`mdbx::MdbxStore`] is the real one (a libmdbx index and a data
+//! file per content; several processes may open it at once), [`memory::MemoryStore`] the
+//! in-memory double used
 //! by kernel-free tests. Files are stored by content ([`ContentId`]) in fixed-size chunks
 //! (chunk `i` holds bytes `[i*chunk_size, min((i+1)*chunk_size, size))`); each chunk carries
 //! crc32c checksums that are checked on every read, and a chunk that fails them is dropped
@@ -11,8 +12,11 @@
 //! write through `spawn_blocking`. No method holds a transaction after it returns, so no
 //! transaction ever spans an `.await` or a network call.
 
+mod data;
+mod format;
 pub mod mdbx;
 pub mod memory;
+mod migrate;
 
 use std::ops::Range;
 
@@ -185,6 +189,15 @@ pub trait ChunkStore: Send + Sync + 'static {
     /// the bytes of data removed. Used by eviction: whole files go, never single chunks, so a
     /// file is either as the Hub has it (once complete) or absent.
     fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError>;
+
+    /// A plain file holding exactly the bytes of `content` at their offsets, for the kernel to
+    /// read from directly (FUSE passthrough): only meaningful for a `Verified` content, whose
+    /// every byte is there and checked. `None` for a store without such files (the in-memory
+    /// double) or a content without one.
+    fn data_file(&self, content: &ContentId) -> Result<Option<std::fs::File>, StoreError> {
+        let _ = content;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

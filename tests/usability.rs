@@ -427,11 +427,6 @@ fn ioctls_are_not_a_typewriter_quietly() {
     m.stop();
 }
 
-/// The byte offset of `needle` in `hay`.
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A chunk whose bytes rot on disk is found by `verify`, which fails (a cron job can tell);
 /// an index whose B-tree pages are damaged is refused at open with what to do, by the mount
 /// and by the commands alike.
@@ -449,12 +444,13 @@ fn damage_is_reported_and_a_damaged_index_is_refused_with_what_to_do() {
     let (out, _, _) = run(&["verify", "--store", s]);
     assert!(out.status.success());
 
-    // One flipped bit in the second chunk's bytes, where the data file holds them.
-    let db = store.join("mdbx.dat");
-    let mut image = std::fs::read(&db).unwrap();
-    let at = find(&image, &data[CHUNK + 100..CHUNK + 164]).expect("chunk bytes in the data file");
-    image[at] ^= 0x10;
-    std::fs::write(&db, &image).unwrap();
+    // One flipped bit in the second chunk's bytes, in the file's data file.
+    let sha = sha256_hex(&data);
+    let data_file = store.join("data").join(&sha[..2]).join(&sha);
+    let mut image = std::fs::read(&data_file).unwrap();
+    assert!(image == data, "the data file holds the file");
+    image[CHUNK + 100] ^= 0x10;
+    std::fs::write(&data_file, &image).unwrap();
     let (out, stdout, stderr) = run(&["verify", "--store", s]);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stdout.contains("DAMAGED o/rot@"), "{stdout}");
@@ -468,6 +464,7 @@ fn damage_is_reported_and_a_damaged_index_is_refused_with_what_to_do() {
     // Now garble every B-tree page (branch or leaf) of the index, header and all, as a disk
     // that wrote garbage would: libmdbx's page header has the flags at byte 10 and the page's
     // own number at byte 16; 4 KiB pages.
+    let db = store.join("index/mdbx.dat");
     let mut image = std::fs::read(&db).unwrap();
     let page = 4096;
     let mut garbled = 0;

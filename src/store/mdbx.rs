@@ -1,29 +1,41 @@
-//! The real chunk store: one libmdbx environment in a directory, shared by every modelfs
-//! process on the machine (the daemon, `modelfs pull`, `modelfs status`).
+//! The real chunk store: a libmdbx index and one data file per content, in a directory
+//! shared by every modelfs process on the machine (the daemon, `modelfs pull`, `modelfs
+//! status`). Store format 2; format 1 (chunk bytes inside libmdbx) is migrated on first open
+//! (`migrate.rs`).
 //!
-//! It owns the on-disk format. Five tables:
+//! ```text
+//! <store>/index/mdbx.dat, mdbx.lck    the index: what is stored, checked, and where
+//! <store>/data/ab/abcd…(64 hex)       the bytes of one content, chunk i at i × chunk_size
+//! <store>/leases/                     who has what open or in flight (evict.rs)
+//! ```
+//!
+//! libmdbx is the only authority. Five tables:
 //!
 //! | table       | key                                   | value                                |
 //! |-------------|---------------------------------------|--------------------------------------|
-//! | `chunks`    | content id (32) ++ index (u64 BE)     | chunk header, then the chunk's bytes |
+//! | `chunks`    | content id (32) ++ index (u64 BE)     | chunk header: format, length, crc32c per 64 KiB block |
 //! | `files`     | content id (32)                       | format byte ++ rkyv [`FileRecord`]   |
 //! | `manifests` | `org/name@commit`                     | [`Manifest::encode`]                 |
 //! | `refs`      | `org/name@rev`                        | format byte ++ rkyv [`RefRecord`]    |
-//! | `meta`      | `chunk_size`                          | u64 BE, set when the store is made   |
+//! | `meta`      | `chunk_size`, `format`                | u64 BE each, set when the store is made |
+//!
+//! A data file's bytes count only where `chunks` has an entry, and are checked against that
+//! entry's crcs on every read through the daemon. A chunk write is `pwrite` of the bytes,
+//! then one write transaction for its entry and its file's record; so `cached_bytes` always
+//! equals the bytes of the chunks recorded, whatever process wrote them and wherever a crash
+//! fell, and a recorded chunk whose bytes a power loss took fails its crc and is fetched
+//! again. A file is marked verified only after its data file is synced (see
+//! [`ChunkStore::set_file_state`]). Eviction deletes the entries, then the data file.
 //!
 //! The chunk index is big-endian so that one file's chunks are adjacent and in order: a
 //! whole file is one cursor range, which is how [`ChunkStore::discard_file`] finds them.
-//! The chunk header is a format byte, the data length (u32 LE) and one crc32c (u32 LE) per
-//! [`CRC_BLOCK`](super::CRC_BLOCK) of data, so that a read checks only the blocks it
-//! touches. Every chunk write and the update of its file's record happen in one write
-//! transaction, so `cached_bytes` always equals the bytes of the chunks actually stored,
-//! whatever process wrote them and wherever a crash fell.
-//!
-//! The `format` module (chunk values, record transitions, key layout) is shared with the
-//! in-memory double, so both stores behave identically down to what a corrupt chunk does.
+//! `format.rs` (chunk headers, record transitions, key layout) is shared with the in-memory
+//! double, so both stores behave identically down to what a corrupt chunk does.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
+use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -36,15 +48,27 @@ use libmdbx::{
 use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError};
 use crate::manifest::{ContentId, Manifest, RepoId};
 
-use self::format::ReadError;
+use super::data::DataFiles;
+use super::format::{self, ReadError};
 
-const CHUNKS: &str = "chunks";
-const FILES: &str = "files";
-const MANIFESTS: &str = "manifests";
-const REFS: &str = "refs";
-const META: &str = "meta";
-const TABLES: [&str; 5] = [CHUNKS, FILES, MANIFESTS, REFS, META];
-const META_CHUNK_SIZE: &[u8] = b"chunk_size";
+pub(super) const CHUNKS: &str = "chunks";
+pub(super) const FILES: &str = "files";
+pub(super) const MANIFESTS: &str = "manifests";
+pub(super) const REFS: &str = "refs";
+pub(super) const META: &str = "meta";
+pub(super) const TABLES: [&str; 5] = [CHUNKS, FILES, MANIFESTS, REFS, META];
+pub(super) const META_CHUNK_SIZE: &[u8] = b"chunk_size";
+pub(super) const META_FORMAT: &[u8] = b"format";
+
+/// The store format this build writes and reads. 1: chunk bytes inside libmdbx values (the
+/// index at the store's top level); 2: the index in `index/`, chunk bytes in data files.
+pub const STORE_FORMAT: u64 = 2;
+
+/// The directory of the libmdbx index in a store.
+pub const INDEX_DIR: &str = "index";
+
+/// libmdbx's data file, in [`INDEX_DIR`] (and, for format 1, at the store's top level).
+pub const MDBX_DATA_FILE: &str = "mdbx.dat";
 
 /// Named tables the environment may hold: the five above, with room for a later format to
 /// add some without an environment that refuses to open them (a limit set at open time).
@@ -57,27 +81,56 @@ const MAX_TABLES: u64 = 16;
 /// few dozen bytes of the lock file.
 const MAX_READERS: u32 = 1024;
 
-/// Upper bound of the map. libmdbx reserves address space up to this bound when it opens the
-/// environment, so growing the file never has to move the map while other threads and
-/// processes hold pointers into it; the file itself grows only as chunks arrive. 4 TiB of
-/// the 128 TiB a 64-bit Linux process can address costs nothing until touched, and holds the
-/// largest models several times over: the store's real bound is `--max-cache-size`, which
-/// eviction enforces, not the map. With the default 4 KiB page it is also well inside
-/// libmdbx's limit of 2^31 pages.
-const MAX_MAP_SIZE: isize = 4 << 40;
+/// Upper bound of the index's map. libmdbx reserves address space up to this bound when it
+/// opens the environment, so growing the file never has to move the map while other threads
+/// and processes hold pointers into it. The index holds about 600 bytes per stored 8 MiB
+/// chunk (its header and key) plus the manifests: 64 GiB indexes petabytes, and address
+/// space costs nothing until touched.
+const MAX_MAP_SIZE: isize = 64 << 30;
 
-/// How much the file grows at a time: 32 default chunks. Small enough not to surprise a user
-/// watching `du`, large enough that filling a multi-GiB model does not grow (and fsync the
-/// geometry) every few chunks.
-const GROWTH_STEP: isize = 256 << 20;
+/// How much the index file grows at a time: a store of a few large models needs a few MiB of
+/// index, and growing (which syncs the geometry) a few times over a long download is cheap.
+const GROWTH_STEP: isize = 4 << 20;
 
 /// Largest chunk size a store may be created with. The chunk header stores the length in
 /// 32 bits, libmdbx caps a value at about 2 GiB, and a chunk is fetched in one range request
 /// and held in memory while it is written: 1 GiB leaves margin on all three.
 pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 
+/// How every process opens the index (and the migration its staging copy).
+pub(super) fn index_options(max_size: isize, growth_step: isize) -> DatabaseOptions {
+    DatabaseOptions {
+        max_readers: Some(MAX_READERS),
+        max_tables: Some(MAX_TABLES),
+        // No `exclusive`: several processes open the store at once (SPEC §4). `accede`
+        // lets a process join an environment that another opened with other mode flags
+        // (a different modelfs version) instead of failing to open.
+        accede: true,
+        mode: Mode::ReadWrite(ReadWriteOptions {
+            // Each commit's pages are flushed before `put_chunk` returns; only the meta page
+            // flush is deferred to the next commit. A kill -9 loses nothing committed (the
+            // page cache has it); a power loss can roll back the last committed transaction,
+            // which is one chunk: the index stays consistent and has lost at most the chunks
+            // in flight and the one just written (SPEC §4). Measured with format 1 on a cold
+            // 1 GiB stream (doc/DESIGN.md): Durable 5.6 s, this 3.1 s, SafeNoSync 2.5 s (but a
+            // power loss could roll back any number of chunks).
+            sync_mode: SyncMode::NoMetaSync,
+            min_size: None,
+            max_size: Some(max_size),
+            growth_step: Some(growth_step),
+            shrink_threshold: None,
+        }),
+        // Default `NoWriteMap`: pages are written with pwrite, so a stray write through a
+        // pointer into the map cannot corrupt the database.
+        ..DatabaseOptions::default()
+    }
+}
+
+/// The default geometry, for the migration's staging index.
+pub(super) const DEFAULT_GEOMETRY: (isize, isize) = (MAX_MAP_SIZE, GROWTH_STEP);
+
 /// Turn libmdbx's `MDBX_VALIDATION` (careful checks of every page it loads) on or off.
-fn set_validation(db: &Database<NoWriteMap>, on: bool) -> Result<(), StoreError> {
+pub(super) fn set_validation(db: &Database<NoWriteMap>, on: bool) -> Result<(), StoreError> {
     // SAFETY: the environment pointer is the open environment `db` owns, valid for the call;
     // MDBX_VALIDATION is one of the flags libmdbx allows to change on an open environment.
     let rc = unsafe { mdbx_sys::mdbx_env_set_flags(db.ptr().0, mdbx_sys::MDBX_VALIDATION, on) };
@@ -115,9 +168,8 @@ pub struct MdbxStore {
     write_lock: Mutex<()>,
     path: PathBuf,
     chunk_size: u64,
-    /// The environment's data file, opened again read-only, for warm reads that `pread` chunk
-    /// data instead of touching the map ([`direct`]); `None` where that is not possible.
-    data_file: Option<direct::DataFile>,
+    /// The chunk bytes.
+    data: DataFiles,
 }
 
 impl fmt::Debug for MdbxStore {
@@ -154,32 +206,13 @@ impl MdbxStore {
             return Err(open_err("not a directory".into()));
         }
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
+        // A store of format 1 becomes format 2 in place, before anything else opens it.
+        super::migrate::from_v1(dir)?;
+        let index = dir.join(INDEX_DIR);
+        std::fs::create_dir_all(&index).map_err(|e| open_err(e.to_string()))?;
+        let data = DataFiles::new(dir).map_err(|e| open_err(format!("data files: {e}")))?;
 
-        let options = DatabaseOptions {
-            max_readers: Some(MAX_READERS),
-            max_tables: Some(MAX_TABLES),
-            // No `exclusive`: several processes open the store at once (SPEC §4). `accede`
-            // lets a process join an environment that another opened with other mode flags
-            // (a different modelfs version) instead of failing to open.
-            accede: true,
-            mode: Mode::ReadWrite(ReadWriteOptions {
-                // Each commit's data pages are flushed before `put_chunk` returns; only the
-                // meta page flush is deferred to the next commit. A kill -9 loses nothing
-                // committed (the page cache has it); a power loss can roll back the last
-                // committed transaction, which is one chunk: the store stays consistent and
-                // has lost at most the chunks in flight and the one just written (SPEC §4).
-                // Measured on a cold 1 GiB stream (doc/DESIGN.md): Durable 5.6 s, this 3.1 s,
-                // SafeNoSync 2.5 s (but a power loss could roll back any number of chunks).
-                sync_mode: SyncMode::NoMetaSync,
-                min_size: None,
-                max_size: Some(max_size),
-                growth_step: Some(growth_step),
-                shrink_threshold: None,
-            }),
-            // Default `NoWriteMap`: pages are written with pwrite, so a stray write through a
-            // pointer into the map cannot corrupt the database.
-            ..DatabaseOptions::default()
-        };
+        let options = index_options(max_size, growth_step);
         let damaged = |detail: String| {
             let p = dir.display();
             open_err(format!(
@@ -188,7 +221,7 @@ impl MdbxStore {
                  remove it (`rm -r {p}`), and start again: models are fetched again from the Hub"
             ))
         };
-        let db = Database::<NoWriteMap>::open_with_options(dir, options).map_err(|e| {
+        let db = Database::<NoWriteMap>::open_with_options(&index, options).map_err(|e| {
             match StoreError::from(e) {
                 StoreError::Damaged(detail) => damaged(detail),
                 other => open_err(other.to_string()),
@@ -202,7 +235,7 @@ impl MdbxStore {
             write_lock: Mutex::new(()),
             path: dir.to_path_buf(),
             chunk_size: 0,
-            data_file: direct::DataFile::open(dir),
+            data,
         };
 
         // Creating the tables and recording the chunk size in one write transaction settles
@@ -213,6 +246,22 @@ impl MdbxStore {
                     txn.create_table(Some(name), TableFlags::empty())?;
                 }
                 let meta = txn.open_table(Some(META))?;
+                match txn.get::<Vec<u8>>(&meta, META_FORMAT)? {
+                    Some(bytes) if bytes.as_slice() != STORE_FORMAT.to_be_bytes() => {
+                        return Err(StoreError::Db(format!(
+                            "it is of store format {}, which this modelfs does not read (it reads \
+                             {STORE_FORMAT}): run the modelfs that wrote it, or move it aside",
+                            bytes.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0)
+                        )));
+                    }
+                    Some(_) => {}
+                    None => txn.put(
+                        &meta,
+                        META_FORMAT,
+                        STORE_FORMAT.to_be_bytes(),
+                        WriteFlags::empty(),
+                    )?,
+                }
                 match txn.get::<Vec<u8>>(&meta, META_CHUNK_SIZE)? {
                     Some(bytes) => {
                         let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
@@ -259,27 +308,37 @@ impl MdbxStore {
         // Checked: the fast path from here on ("a notable performance degradation" otherwise,
         // as libmdbx documents it, on every chunk lookup).
         set_validation(&store.db, false).map_err(|e| open_err(e.to_string()))?;
+        store.sweep_orphans();
         Ok(store)
     }
 
+    /// Remove data files no record names (left by a crash between an index commit and an
+    /// unlink). Best effort: an orphan only costs disk until the next sweep.
+    fn sweep_orphans(&self) {
+        let known: std::collections::HashSet<ContentId> = match self.files() {
+            Ok(files) => files.into_iter().map(|(c, _)| c).collect(),
+            Err(e) => return tracing::warn!(error = %e, "orphan data files not swept"),
+        };
+        match self.data.sweep(&|c| known.contains(c)) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed data files that no record names"),
+            Err(e) => tracing::warn!(error = %e, "orphan data files not swept"),
+        }
+    }
+
     /// Walk every page of the index once: each table's B-tree from its root to every leaf,
-    /// and the header of every chunk value's pages. Cheap next to what a damaged index costs
-    /// later (every write failing, every chunk fetched again and again), and it is what
-    /// libmdbx itself does to find a damaged page: follow the tree. Chunk bytes are not
-    /// read; their crc32c catches damage there, on every read.
+    /// every value with it (the index holds only small values: about 600 bytes per stored
+    /// chunk). Cheap next to what a damaged index costs later (every write failing, every
+    /// chunk fetched again and again), and it is what libmdbx itself does to find a damaged
+    /// page: follow the tree. Chunk bytes are not read; their crc32c catches damage there,
+    /// on every read.
     pub fn check_structure(&self) -> Result<(), StoreError> {
         self.read(|txn| {
             for name in TABLES {
                 let table = txn.open_table(Some(name))?;
                 let mut cursor = txn.cursor(&table)?;
-                if name == CHUNKS {
-                    for item in cursor.iter_start::<Cow<'_, [u8]>, StoredLen>() {
-                        item?;
-                    }
-                } else {
-                    for item in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
-                        item?;
-                    }
+                for item in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
+                    item?;
                 }
             }
             Ok(())
@@ -330,66 +389,96 @@ impl MdbxStore {
         Ok(value)
     }
 
-    /// Look chunk `index` of `content` up in one read transaction and hand its stored value
-    /// to `serve`, which checks and delivers bytes `range` of it while the transaction is
-    /// still open: the value's pages (in the map, and in the data file that [`direct`] reads)
-    /// cannot be reused by a writer until it ends. A value `serve` finds corrupt is dropped
-    /// and reported as absent.
+    /// Serve bytes `range` of chunk `index` of `content`: its header from the index (one
+    /// short read transaction), then the whole crc blocks the range touches from the data
+    /// file, checked, shown to `serve`. A chunk whose bytes fail their crcs, or whose data
+    /// file does not have them, is dropped and reported as absent.
     fn serve_chunk(
         &self,
         content: &ContentId,
         index: u64,
         range: Range<usize>,
-        serve: &mut dyn FnMut(&[u8]) -> Result<(), ReadError>,
+        serve: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, StoreError> {
         let key = format::chunk_key(content, index);
-        // The value is borrowed from the map (a read transaction never sees dirty pages).
-        let outcome = self.read(|txn| {
+        let header = self.read(|txn| {
             let chunks = txn.open_table(Some(CHUNKS))?;
-            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
-                return Ok(None);
-            };
-            Ok(Some(serve(&value)))
+            Ok(txn.get::<Vec<u8>>(&chunks, &key)?)
         })?;
+        let Some(header) = header else { return Ok(false) };
+        let outcome = READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            self.read_checked(content, index, &header, &range, &mut buf).map(|at| {
+                serve(&buf[range.start - at..range.end - at]);
+            })
+        });
         match outcome {
-            None => Ok(false),
-            Some(Ok(())) => Ok(true),
-            Some(Err(ReadError::OutOfChunk { len })) => Err(format::out_of_chunk(&range, len)),
-            Some(Err(ReadError::Corrupt(reason))) => {
-                self.drop_corrupt(content, index, &range, &reason)?;
+            Ok(()) => Ok(true),
+            Err(Checked::Store(e)) => Err(e),
+            Err(Checked::Read(ReadError::OutOfChunk { len })) => {
+                Err(format::out_of_chunk(&range, len))
+            }
+            Err(Checked::Read(ReadError::Corrupt(reason))) => {
+                self.drop_corrupt(content, index, &header, &reason)?;
                 Ok(false)
             }
         }
     }
 
-    /// Drop chunk `index` of `content` after a read found it corrupt, and take its bytes out
-    /// of the file's record. The chunk is checked again inside the write transaction: another
-    /// thread or process may have dropped it and stored a good copy since our read.
+    /// Read into `buf` the crc blocks of chunk `index` that `range` touches, check them, and
+    /// return the offset in the chunk where `buf` starts.
+    fn read_checked(
+        &self,
+        content: &ContentId,
+        index: u64,
+        header: &[u8],
+        range: &Range<usize>,
+        buf: &mut Vec<u8>,
+    ) -> Result<usize, Checked> {
+        let header =
+            format::parse_header(header).map_err(|e| Checked::Read(ReadError::Corrupt(e)))?;
+        let cover = header.covering(range).map_err(Checked::Read)?;
+        buf.clear();
+        buf.resize(cover.len(), 0);
+        let at = index * self.chunk_size + cover.start as u64;
+        let present = self
+            .data
+            .read_at(content, at, buf)
+            .map_err(|e| Checked::Store(StoreError::Db(format!("data file of {content}: {e}"))))?;
+        if !present {
+            return Err(Checked::Read(ReadError::Corrupt("the data file does not hold it".into())));
+        }
+        header.check(cover.start, buf).map_err(Checked::Read)?;
+        if buf.capacity() > MAX_KEPT_BUFFER {
+            // A long read (not the warm path's): do not keep its buffer for the thread.
+            buf.shrink_to(MAX_KEPT_BUFFER);
+        }
+        Ok(cover.start)
+    }
+
+    /// Drop chunk `index` of `content` after a read found it bad, and take its bytes out of
+    /// the file's record: only if its entry is still the one the read saw (another thread or
+    /// process may have dropped it and stored it again since).
     fn drop_corrupt(
         &self,
         content: &ContentId,
         index: u64,
-        range: &Range<usize>,
+        seen: &[u8],
         reason: &str,
     ) -> Result<(), StoreError> {
         let key = format::chunk_key(content, index);
         let dropped = self.write(|txn| {
             let chunks = txn.open_table(Some(CHUNKS))?;
-            let Some(value) = txn.get::<Cow<'_, [u8]>>(&chunks, &key)? else {
-                return Ok(false);
-            };
-            if !matches!(format::check_range(&value, range.clone()), Err(ReadError::Corrupt(_))) {
+            let Some(header) = txn.get::<Vec<u8>>(&chunks, &key)? else { return Ok(false) };
+            if header != seen {
                 return Ok(false);
             }
-            let stored_len = format::data_len(&value).ok();
-            // The value points into a page that the delete frees.
-            drop(value);
             txn.del(&chunks, key, None)?;
             let files = txn.open_table(Some(FILES))?;
             if let Some(record) = get_record(txn, &files, content)? {
-                let len = stored_len
-                    .map(|l| l as u64)
-                    .unwrap_or_else(|| super::chunk_len(record.size, self.chunk_size, index));
+                let len = format::parse_header(&header)
+                    .map(|h| h.len as u64)
+                    .unwrap_or_else(|_| super::chunk_len(record.size, self.chunk_size, index));
                 put_record(txn, &files, content, &format::after_drop(record, len))?;
             }
             Ok(true)
@@ -406,7 +495,13 @@ impl MdbxStore {
         Ok(())
     }
 
-    /// Replace the raw stored value of a chunk: how tests corrupt one.
+    /// Where the bytes of `content` are: its data file.
+    pub fn data_path(&self, content: &ContentId) -> PathBuf {
+        self.data.path(content)
+    }
+
+    /// Replace the raw stored chunk (header, then data, as [`format::encode_chunk`] lays it
+    /// out): how tests corrupt one. The header goes to the index, the data to the data file.
     #[cfg(test)]
     pub(crate) fn rewrite_raw(
         &self,
@@ -415,11 +510,33 @@ impl MdbxStore {
         f: &mut dyn FnMut(&mut Vec<u8>),
     ) {
         let key = format::chunk_key(content, index);
+        let header = self
+            .read(|txn| {
+                let chunks = txn.open_table(Some(CHUNKS))?;
+                Ok(txn.get::<Vec<u8>>(&chunks, &key)?)
+            })
+            .unwrap()
+            .expect("chunk to rewrite");
+        let len = format::parse_header(&header).unwrap().len;
+        let at = index * self.chunk_size;
+        let mut data = vec![0; len];
+        assert!(self.data.read_at(content, at, &mut data).unwrap());
+        let mut value = header.clone();
+        value.extend_from_slice(&data);
+        f(&mut value);
+        let split = format::header_len(len).min(value.len());
+        let (new_header, new_data) = value.split_at(split);
+        // A value cut short is, on disk, a chunk whose last bytes were lost: they read back
+        // as something else.
+        let mut new_data = new_data.to_vec();
+        let kept = new_data.len().min(len);
+        new_data.truncate(len);
+        new_data.extend(data[kept..].iter().map(|b| !b));
+        let size = std::fs::metadata(self.data.path(content)).unwrap().len();
+        self.data.write_at(content, size, at, &new_data).unwrap();
         self.write(|txn| {
             let chunks = txn.open_table(Some(CHUNKS))?;
-            let mut value = txn.get::<Vec<u8>>(&chunks, &key)?.expect("chunk to rewrite");
-            f(&mut value);
-            txn.put(&chunks, key, value, WriteFlags::empty())?;
+            txn.put(&chunks, key, new_header, WriteFlags::empty())?;
             Ok(())
         })
         .unwrap();
@@ -448,13 +565,28 @@ impl MdbxStore {
     }
 }
 
-/// The data length a chunk value's header announces, read without touching (or, in a write
-/// transaction, copying) the data: `None` when the header is malformed.
+/// Why a checked read failed: the store could not be read, or what it read is not right.
+enum Checked {
+    Store(StoreError),
+    Read(ReadError),
+}
+
+/// Largest read buffer a thread keeps between reads: a kernel read is at most 1 MiB, plus
+/// the partial crc blocks at either end.
+const MAX_KEPT_BUFFER: usize = (1 << 20) + 2 * super::CRC_BLOCK;
+
+thread_local! {
+    /// Each thread's read buffer: the warm path reads into it and lends a slice of it, so it
+    /// allocates nothing.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The data length a chunk header announces: `None` when the header is malformed.
 struct StoredLen(Option<usize>);
 
 impl Decodable<'_> for StoredLen {
     fn decode(value: &[u8]) -> Result<Self, libmdbx::Error> {
-        Ok(StoredLen(format::data_len(value).ok()))
+        Ok(StoredLen(format::parse_header(value).ok().map(|h| h.len)))
     }
 }
 
@@ -523,14 +655,7 @@ impl ChunkStore for MdbxStore {
         range: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<bool, StoreError> {
-        self.serve_chunk(content, index, range.clone(), &mut |value| {
-            if let Some(file) = &self.data_file {
-                if direct::append(file, value, &range, out) {
-                    return Ok(());
-                }
-            }
-            format::read_range(value, range.clone(), out)
-        })
+        self.serve_chunk(content, index, range, &mut |bytes| out.extend_from_slice(bytes))
     }
 
     fn visit_chunk(
@@ -540,14 +665,7 @@ impl ChunkStore for MdbxStore {
         range: Range<usize>,
         visit: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, StoreError> {
-        self.serve_chunk(content, index, range.clone(), &mut |value| {
-            if let Some(file) = &self.data_file {
-                if direct::visit(file, value, &range, visit) {
-                    return Ok(());
-                }
-            }
-            format::visit_range(value, range.clone(), visit)
-        })
+        self.serve_chunk(content, index, range, visit)
     }
 
     fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError> {
@@ -570,6 +688,17 @@ impl ChunkStore for MdbxStore {
         let header = format::encode_header(data);
         let key = format::chunk_key(content, index);
         let now = format::now_secs();
+        // The bytes first, the index entry second: an entry never names bytes not written
+        // (see the module documentation). A chunk already recorded keeps its bytes (the first
+        // stored copy is the one its crcs describe); only its record is touched below.
+        if !self.has_chunk(content, index)? {
+            self.data.write_at(content, file_size, index * self.chunk_size, data).map_err(|e| {
+                match e.raw_os_error() {
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::Full,
+                    _ => StoreError::Db(format!("data file of {content}: {e}")),
+                }
+            })?;
+        }
         self.write(|txn| {
             let files = txn.open_table(Some(FILES))?;
             let chunks = txn.open_table(Some(CHUNKS))?;
@@ -577,12 +706,7 @@ impl ChunkStore for MdbxStore {
             format::check_size(content, existing.as_ref(), file_size)?;
             let new_chunk = txn.get::<()>(&chunks, &key)?.is_none();
             if new_chunk {
-                // Written straight into the page: no 8 MiB intermediate buffer.
-                let dst =
-                    txn.reserve(&chunks, key, header.len() + data.len(), WriteFlags::empty())?;
-                let (head, body) = dst.split_at_mut(header.len());
-                head.copy_from_slice(&header);
-                body.copy_from_slice(data);
+                txn.put(&chunks, key, &header, WriteFlags::empty())?;
             }
             let record = match existing {
                 Some(record) => format::after_put(record, new_chunk, data.len() as u64, now),
@@ -608,7 +732,15 @@ impl ChunkStore for MdbxStore {
         })
     }
 
+    /// `Verified` is recorded only after the data file is synced: a verified file may be
+    /// handed to the kernel, which reads it without checking crcs, so its bytes must be the
+    /// ones on disk, not ones a power loss could take back.
     fn set_file_state(&self, content: &ContentId, state: FileState) -> Result<(), StoreError> {
+        if state == FileState::Verified {
+            self.data
+                .sync(content)
+                .map_err(|e| StoreError::Db(format!("syncing the data file of {content}: {e}")))?;
+        }
         self.write(|txn| {
             let files = txn.open_table(Some(FILES))?;
             // No record: the file was discarded or evicted meanwhile (maybe by another
@@ -632,7 +764,9 @@ impl ChunkStore for MdbxStore {
                 put_record(txn, &files, content, &format::discarded(record, state))?;
             }
             Ok(())
-        })
+        })?;
+        self.remove_data(content);
+        Ok(())
     }
 
     fn put_manifest(&self, manifest: &Manifest) -> Result<(), StoreError> {
@@ -757,16 +891,26 @@ impl ChunkStore for MdbxStore {
             txn.del(&files, content.0, None)?;
             Ok(freed)
         })?;
-        // libmdbx reuses the pages a transaction freed only once that transaction is durable
-        // (a crash must be able to go back to the last steady commit, which still uses them),
-        // and `NoMetaSync` leaves its meta page unsynced until the next commit. Without this
-        // sync, a full disk's next chunk write cannot use the room eviction just made, fails
-        // again, and evicts another file: a 24 MiB store evicted everything, one file per
-        // retry (tests/eviction.rs). One fsync per evicted file is nothing next to a refetch.
-        if freed > 0 {
-            self.db.sync(true)?;
-        }
+        // After the commit: a crash in between leaves an orphan data file (swept at the next
+        // open), never an entry without its bytes.
+        self.remove_data(content);
         Ok(freed)
+    }
+
+    fn data_file(&self, content: &ContentId) -> Result<Option<File>, StoreError> {
+        self.data
+            .open_read_only(content)
+            .map_err(|e| StoreError::Db(format!("data file of {content}: {e}")))
+    }
+}
+
+impl MdbxStore {
+    /// Give back the disk of `content`'s data file, once its entries are gone.
+    fn remove_data(&self, content: &ContentId) {
+        if let Err(e) = self.data.remove(content) {
+            // Swept at the next open.
+            tracing::warn!(content = %content.to_hex(), error = %e, "data file not removed");
+        }
     }
 }
 
@@ -792,584 +936,6 @@ fn keys_of_repo<K: TransactionKind>(
         }
     }
     Ok(out)
-}
-
-/// Warm reads with `pread` from the environment's data file instead of through libmdbx's map.
-///
-/// Through the map, a read whose pages were dropped from the page cache takes a page fault
-/// per few pages, each a synchronous read-around on the faulting thread, and leaves the pages
-/// mapped into the daemon (they count in its RSS and `drop_caches` cannot drop them). A
-/// `pread` of the same bytes goes through the file's own read-ahead instead. libmdbx still
-/// finds the value (the b-tree pages and the first page of the value's overflow run are
-/// touched through the map) and lends it as a slice of the map; the slice's address gives its
-/// offset in the file, because this process's mappings of the file are linear: address `a` of
-/// a mapping that starts at `start` with file offset `pgoff` shows byte `a - start + pgoff`.
-/// A large value's overflow pages are contiguous, so one `pread` reads the data.
-///
-/// Correctness never rests on the offset being right: the header (length, crcs) is read from
-/// the map, the crcs are checked on the bytes `pread` returned, and whatever does not check
-/// out (an unknown address, a short read, a crc mismatch, say because the map moved) falls
-/// back to the map, which alone decides that a chunk is corrupt. The read transaction is open
-/// throughout, so no writer can reuse the value's pages while they are read. With
-/// `NoWriteMap` writers `pwrite` the same file, so the map, `pread` and writes all see one
-/// page cache.
-mod direct {
-    use std::cell::RefCell;
-    use std::fs::File;
-    use std::ops::Range;
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    use std::path::Path;
-
-    use super::format;
-    use crate::store::CRC_BLOCK;
-
-    /// libmdbx's name for the data file of an environment in a directory.
-    const DATA_FILE: &str = "mdbx.dat";
-
-    /// Largest buffer a thread keeps between reads: a kernel read is at most 1 MiB, plus the
-    /// partial crc blocks at either end. Longer reads (none on the warm path) allocate anew.
-    const KEPT_BUFFER: usize = (1 << 20) + 2 * CRC_BLOCK;
-
-    thread_local! {
-        /// Where [`visit`] reads to: reused, so a warm read allocates nothing.
-        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub(super) struct DataFile {
-        file: File,
-        /// This process's mappings of the file when the store was opened.
-        maps: Vec<Mapping>,
-    }
-
-    /// One address range of a mapping of the data file, and the file offset it starts at.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) struct Mapping {
-        pub(super) start: usize,
-        pub(super) end: usize,
-        pub(super) offset: u64,
-    }
-
-    impl DataFile {
-        /// Open the data file of the environment in `dir`, read-only, and find the map
-        /// libmdbx made of it (the environment must be open). `None`, logged, when either
-        /// fails: reads then go through the map only.
-        pub(super) fn open(dir: &Path) -> Option<DataFile> {
-            let opened = (|| {
-                let file = File::open(dir.join(DATA_FILE))?;
-                let meta = file.metadata()?;
-                let maps = std::fs::read_to_string("/proc/self/maps")?;
-                let dev = (libc::major(meta.dev()) as u64, libc::minor(meta.dev()) as u64);
-                Ok::<_, std::io::Error>((file, mappings_of(&maps, dev, meta.ino())))
-            })();
-            match opened {
-                Ok((file, maps)) if !maps.is_empty() => {
-                    // The kernel's read-ahead window for this descriptor: warm reads of a
-                    // chunk are sequential in the file, so let it grow to its maximum.
-                    // Advice only; nothing depends on it being taken.
-                    // SAFETY: a plain syscall on a descriptor that `file` owns and keeps open.
-                    let _ = unsafe {
-                        libc::posix_fadvise(
-                            std::os::fd::AsRawFd::as_raw_fd(&file),
-                            0,
-                            0,
-                            libc::POSIX_FADV_SEQUENTIAL,
-                        )
-                    };
-                    Some(DataFile { file, maps })
-                }
-                Ok(_) => {
-                    tracing::debug!(dir = %dir.display(), "no mapping of the store's data file found; reads go through the map");
-                    None
-                }
-                Err(e) => {
-                    tracing::debug!(dir = %dir.display(), error = %e, "store data file not opened for direct reads");
-                    None
-                }
-            }
-        }
-
-        /// Pretend the mappings start `by` bytes further into the file: how tests make every
-        /// direct read land on the wrong bytes.
-        #[cfg(test)]
-        pub(super) fn misplace(&mut self, by: u64) {
-            for m in &mut self.maps {
-                m.offset += by;
-            }
-        }
-
-        /// Offset in the file of `bytes`, a slice of one of the mappings; `None` otherwise.
-        fn offset_of(&self, bytes: &[u8]) -> Option<u64> {
-            offset_in(&self.maps, bytes.as_ptr() as usize, bytes.len())
-        }
-    }
-
-    /// Where `len` bytes at address `at` lie in the file, if one of `maps` holds them all.
-    pub(super) fn offset_in(maps: &[Mapping], at: usize, len: usize) -> Option<u64> {
-        let end = at.checked_add(len)?;
-        let m = maps.iter().find(|m| m.start <= at && end <= m.end)?;
-        Some(m.offset + (at - m.start) as u64)
-    }
-
-    /// The mappings of the file `(dev, ino)` in a `/proc/PID/maps` listing, adjacent ones
-    /// that continue each other (libmdbx's `madvise` calls split one map into several
-    /// entries) merged, so that a value spanning a split is still found.
-    pub(super) fn mappings_of(listing: &str, dev: (u64, u64), ino: u64) -> Vec<Mapping> {
-        let mut maps: Vec<Mapping> = Vec::new();
-        for line in listing.lines() {
-            let Some(m) = parse_line(line, dev, ino) else { continue };
-            match maps.last_mut() {
-                Some(last)
-                    if last.end == m.start
-                        && last.offset + (last.end - last.start) as u64 == m.offset =>
-                {
-                    last.end = m.end
-                }
-                _ => maps.push(m),
-            }
-        }
-        maps
-    }
-
-    /// `start-end perms offset major:minor inode path`, all numbers but the inode in hex.
-    fn parse_line(line: &str, dev: (u64, u64), ino: u64) -> Option<Mapping> {
-        let mut fields = line.split_ascii_whitespace();
-        let (start, end) = fields.next()?.split_once('-')?;
-        let _perms = fields.next()?;
-        let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
-        let (major, minor) = fields.next()?.split_once(':')?;
-        let line_dev = (u64::from_str_radix(major, 16).ok()?, u64::from_str_radix(minor, 16).ok()?);
-        let line_ino: u64 = fields.next()?.parse().ok()?;
-        if line_dev != dev || line_ino != ino || ino == 0 {
-            return None;
-        }
-        let start = usize::from_str_radix(start, 16).ok()?;
-        let end = usize::from_str_radix(end, 16).ok()?;
-        (start < end).then_some(Mapping { start, end, offset })
-    }
-
-    /// What a direct read of `range` of a stored value reads: whole crc blocks.
-    struct Covering {
-        /// File offset of the first covering block.
-        offset: u64,
-        /// The covering blocks, in data coordinates.
-        blocks: Range<usize>,
-        first_block: usize,
-    }
-
-    /// `None` when the value is malformed, the range empty or outside it, or the value not in
-    /// a known mapping: the map path then answers (and reports what is wrong).
-    fn covering(file: &DataFile, value: &[u8], range: &Range<usize>) -> Option<Covering> {
-        let len = format::data_len(value).ok()?;
-        if range.is_empty() || range.end > len {
-            return None;
-        }
-        let first_block = range.start / CRC_BLOCK;
-        let blocks = first_block * CRC_BLOCK..range.end.div_ceil(CRC_BLOCK) * CRC_BLOCK;
-        let blocks = blocks.start..blocks.end.min(len);
-        let offset = file.offset_of(value)? + (format::header_len(len) + blocks.start) as u64;
-        Some(Covering { offset, blocks, first_block })
-    }
-
-    /// Read the covering blocks into `dst` (exactly their length) and check their crcs
-    /// against the header in `value`.
-    fn fill(file: &DataFile, value: &[u8], cov: &Covering, dst: &mut [u8]) -> bool {
-        if let Err(e) = file.file.read_exact_at(dst, cov.offset) {
-            tracing::debug!(error = %e, "direct read of a chunk failed; reading through the map");
-            return false;
-        }
-        // The crcs follow the fixed header, which is what a header of no data is.
-        let crcs = format::header_len(0);
-        let good = dst.chunks(CRC_BLOCK).zip(cov.first_block..).all(|(bytes, block)| {
-            let at = crcs + 4 * block;
-            value
-                .get(at..at + 4)
-                .and_then(|c| <[u8; 4]>::try_from(c).ok())
-                .is_some_and(|c| crc32c::crc32c(bytes) == u32::from_le_bytes(c))
-        });
-        if !good {
-            tracing::debug!("direct read of a chunk failed its crc; reading through the map");
-        }
-        good
-    }
-
-    /// Show bytes `range` of the chunk stored as `value` to `visit`, read from the file and
-    /// checked. `false` (and `visit` not called) when they could not be: read through the map.
-    pub(super) fn visit(
-        file: &DataFile,
-        value: &[u8],
-        range: &Range<usize>,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> bool {
-        let Some(cov) = covering(file, value, range) else { return false };
-        let wanted = range.start - cov.blocks.start..range.end - cov.blocks.start;
-        let mut serve = |buf: &mut Vec<u8>| {
-            let n = cov.blocks.len();
-            // Grown, never cleared: only the bytes read are looked at.
-            if buf.len() < n {
-                buf.resize(n, 0);
-            }
-            let ok = fill(file, value, &cov, &mut buf[..n]);
-            if ok {
-                visit(&buf[wanted.clone()]);
-            }
-            ok
-        };
-        BUFFER.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => {
-                let ok = serve(&mut buf);
-                if buf.len() > KEPT_BUFFER {
-                    *buf = Vec::new();
-                }
-                ok
-            }
-            // A visitor that reads the store again: give it a buffer of its own.
-            Err(_) => serve(&mut Vec::new()),
-        })
-    }
-
-    /// Append bytes `range` of the chunk stored as `value` to `out`, read from the file and
-    /// checked. `false`, with `out` as it was, when they could not be: read through the map.
-    pub(super) fn append(
-        file: &DataFile,
-        value: &[u8],
-        range: &Range<usize>,
-        out: &mut Vec<u8>,
-    ) -> bool {
-        let Some(cov) = covering(file, value, range) else { return false };
-        let old = out.len();
-        out.resize(old + cov.blocks.len(), 0);
-        if !fill(file, value, &cov, &mut out[old..]) {
-            out.truncate(old);
-            return false;
-        }
-        // Keep only the range: drop the ends of partial blocks (none for aligned reads).
-        out.truncate(old + range.end - cov.blocks.start);
-        out.drain(old..old + range.start - cov.blocks.start);
-        true
-    }
-}
-
-/// What both stores share: the chunk value format, the key layout of repo records, and how
-/// a file record changes on each event. Keeping it in one place is what makes the in-memory
-/// double a faithful one.
-pub(super) mod format {
-    use std::ops::Range;
-    use std::time::{SystemTime, UNIX_EPOCH};
-
-    use crate::manifest::{ContentId, Manifest, RepoId};
-    use crate::store::{
-        chunk_count, chunk_len, FileRecord, FileState, RefRecord, StoreError, CRC_BLOCK,
-    };
-
-    /// First byte of every chunk value. A value with another one is never served: it is
-    /// dropped like a corrupt one and fetched again.
-    const CHUNK_FORMAT: u8 = 1;
-    /// Format byte, then the data length (u32 LE); the crcs (u32 LE each) follow.
-    const FIXED_HEADER: usize = 1 + 4;
-    /// First byte of stored file and ref records, for the same reason as the manifest's.
-    const RECORD_FORMAT: u8 = 1;
-
-    pub(in crate::store) fn chunk_key(content: &ContentId, index: u64) -> [u8; 40] {
-        let mut key = [0; 40];
-        key[..32].copy_from_slice(&content.0);
-        key[32..].copy_from_slice(&index.to_be_bytes());
-        key
-    }
-
-    pub(in crate::store) fn header_len(data_len: usize) -> usize {
-        FIXED_HEADER + 4 * data_len.div_ceil(CRC_BLOCK)
-    }
-
-    /// The header of the value that stores `data`; `data` is at most [`super::MAX_CHUNK_SIZE`]
-    /// long (checked by [`check_put`] through the store's chunk size).
-    pub(in crate::store) fn encode_header(data: &[u8]) -> Vec<u8> {
-        let mut header = Vec::with_capacity(header_len(data.len()));
-        header.push(CHUNK_FORMAT);
-        header.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        for block in data.chunks(CRC_BLOCK) {
-            header.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
-        }
-        header
-    }
-
-    /// The whole value that stores `data`.
-    pub(in crate::store) fn encode_chunk(data: &[u8]) -> Vec<u8> {
-        let mut value = encode_header(data);
-        value.extend_from_slice(data);
-        value
-    }
-
-    #[derive(Debug, PartialEq, Eq)]
-    pub(in crate::store) enum ReadError {
-        /// The requested range does not lie inside the chunk's `len` bytes: a caller's bug.
-        OutOfChunk { len: usize },
-        /// The value is malformed or a block fails its crc: the chunk must be dropped.
-        Corrupt(String),
-    }
-
-    struct Parsed<'a> {
-        crcs: &'a [u8],
-        data: &'a [u8],
-    }
-
-    fn parse(value: &[u8]) -> Result<Parsed<'_>, String> {
-        let (&format, rest) = value.split_first().ok_or("empty value")?;
-        if format != CHUNK_FORMAT {
-            return Err(format!("unknown chunk format {format}"));
-        }
-        let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated header")?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let crc_len = 4 * len.div_ceil(CRC_BLOCK);
-        if rest.len() != crc_len + len {
-            return Err(format!(
-                "header announces {len} bytes of data, the value holds {} after the length",
-                rest.len()
-            ));
-        }
-        let (crcs, data) = rest.split_at(crc_len);
-        Ok(Parsed { crcs, data })
-    }
-
-    /// Data length of a well-formed value.
-    pub(in crate::store) fn data_len(value: &[u8]) -> Result<usize, String> {
-        parse(value).map(|p| p.data.len())
-    }
-
-    /// Check the crcs of the blocks `range` touches, and nothing else.
-    pub(in crate::store) fn check_range(
-        value: &[u8],
-        range: Range<usize>,
-    ) -> Result<(), ReadError> {
-        let chunk = parse(value).map_err(ReadError::Corrupt)?;
-        checked(&chunk, range).map(|_| ())
-    }
-
-    fn checked<'a>(chunk: &Parsed<'a>, range: Range<usize>) -> Result<&'a [u8], ReadError> {
-        let len = chunk.data.len();
-        if range.start > range.end || range.end > len {
-            return Err(ReadError::OutOfChunk { len });
-        }
-        if range.is_empty() {
-            return Ok(&[]);
-        }
-        for block in range.start / CRC_BLOCK..=(range.end - 1) / CRC_BLOCK {
-            let bytes = &chunk.data[block * CRC_BLOCK..((block + 1) * CRC_BLOCK).min(len)];
-            let mut stored = [0; 4];
-            stored.copy_from_slice(&chunk.crcs[4 * block..4 * block + 4]);
-            if crc32c::crc32c(bytes) != u32::from_le_bytes(stored) {
-                return Err(ReadError::Corrupt(format!("block {block} fails its crc32c")));
-            }
-        }
-        Ok(&chunk.data[range])
-    }
-
-    /// Append bytes `range` of the chunk stored as `value` to `out`, after checking the crcs
-    /// of the blocks the range touches. `out` is untouched on error.
-    pub(in crate::store) fn read_range(
-        value: &[u8],
-        range: Range<usize>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), ReadError> {
-        visit_range(value, range, &mut |bytes| out.extend_from_slice(bytes))
-    }
-
-    /// Check the blocks `range` touches, then show those bytes to `visit`.
-    pub(in crate::store) fn visit_range(
-        value: &[u8],
-        range: Range<usize>,
-        visit: &mut dyn FnMut(&[u8]),
-    ) -> Result<(), ReadError> {
-        let chunk = parse(value).map_err(ReadError::Corrupt)?;
-        visit(checked(&chunk, range)?);
-        Ok(())
-    }
-
-    pub(in crate::store) fn out_of_chunk(range: &Range<usize>, len: usize) -> StoreError {
-        StoreError::Db(format!("read of {range:?} outside a chunk of {len} bytes"))
-    }
-
-    /// Reject a chunk that cannot belong to a file of `file_size` bytes. A file has chunks
-    /// `0..chunk_count`, and an empty file one empty chunk 0, whose put records the file as
-    /// complete.
-    pub(in crate::store) fn check_put(
-        content: &ContentId,
-        file_size: u64,
-        chunk_size: u64,
-        index: u64,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
-        if index >= chunk_count(file_size, chunk_size).max(1) {
-            return Err(StoreError::Db(format!(
-                "chunk {index} of {content} is past the end of a file of {file_size} bytes"
-            )));
-        }
-        let expected = chunk_len(file_size, chunk_size, index) as usize;
-        if data.len() != expected {
-            return Err(StoreError::BadChunkLength {
-                content: *content,
-                index,
-                got: data.len(),
-                expected,
-            });
-        }
-        Ok(())
-    }
-
-    /// Reject a chunk put for a size other than the one the content is recorded with: the
-    /// same content id cannot have two sizes, so one of the callers is confused.
-    pub(in crate::store) fn check_size(
-        content: &ContentId,
-        existing: Option<&FileRecord>,
-        file_size: u64,
-    ) -> Result<(), StoreError> {
-        match existing {
-            Some(record) if record.size != file_size => Err(StoreError::Db(format!(
-                "content {content} is recorded with {} bytes, a chunk was put for {file_size}",
-                record.size
-            ))),
-            _ => Ok(()),
-        }
-    }
-
-    fn state_for(cached: u64, size: u64) -> FileState {
-        if cached >= size {
-            FileState::Complete
-        } else {
-            FileState::Partial
-        }
-    }
-
-    /// The record after chunk of `len` bytes was put. A chunk that was already stored changes
-    /// nothing but the access time (a `Verified` file stays verified).
-    pub(in crate::store) fn after_put(
-        record: FileRecord,
-        new_chunk: bool,
-        len: u64,
-        now: u64,
-    ) -> FileRecord {
-        if !new_chunk {
-            return FileRecord { last_access: now, ..record };
-        }
-        let cached = record.cached_bytes.saturating_add(len).min(record.size);
-        FileRecord {
-            size: record.size,
-            cached_bytes: cached,
-            // `Failed` sticks: bytes of a file that did not match its hash once are not
-            // trusted again because more of them arrived.
-            state: if record.state == FileState::Failed {
-                FileState::Failed
-            } else {
-                state_for(cached, record.size)
-            },
-            last_access: now,
-        }
-    }
-
-    /// A record made from the chunks actually stored (there was none, or it was unreadable).
-    pub(in crate::store) fn rebuilt(size: u64, cached: u64, now: u64) -> FileRecord {
-        FileRecord { size, cached_bytes: cached, state: state_for(cached, size), last_access: now }
-    }
-
-    /// The record after a corrupt chunk of `len` bytes was dropped: whatever it was, the file
-    /// is no longer whole.
-    pub(in crate::store) fn after_drop(record: FileRecord, len: u64) -> FileRecord {
-        let state = match record.state {
-            FileState::Complete | FileState::Verified => FileState::Partial,
-            other => other,
-        };
-        FileRecord { cached_bytes: record.cached_bytes.saturating_sub(len), state, ..record }
-    }
-
-    /// The record after `set_file_state`: a file is `Verified` only while every byte is
-    /// there (a chunk dropped between hashing and marking leaves it as it was).
-    pub(in crate::store) fn with_state(record: FileRecord, state: FileState) -> FileRecord {
-        if state == FileState::Verified && record.cached_bytes != record.size {
-            return record;
-        }
-        FileRecord { state, ..record }
-    }
-
-    pub(in crate::store) fn discarded(record: FileRecord, state: FileState) -> FileRecord {
-        FileRecord { cached_bytes: 0, state, ..record }
-    }
-
-    /// Key of a manifest (`rev` a commit) or of a ref: `org/name@rev`. Org and repo names
-    /// never contain `@`, so the first `@` always ends the repo.
-    pub(in crate::store) fn repo_key(repo: &RepoId, rev: &str) -> String {
-        format!("{}/{}@{rev}", repo.org, repo.name)
-    }
-
-    /// The repo a manifest or ref key belongs to; `None` for a key of another shape.
-    pub(in crate::store) fn repo_of_key(key: &[u8]) -> Option<RepoId> {
-        let key = std::str::from_utf8(key).ok()?;
-        let (repo, _rev) = key.split_once('@')?;
-        let (org, name) = repo.split_once('/')?;
-        Some(RepoId::new(org, name))
-    }
-
-    /// A stored manifest, or `None` (logged) when it cannot be decoded: it is then fetched
-    /// again, never served as garbage.
-    pub(in crate::store) fn decode_manifest(key: &str, bytes: &[u8]) -> Option<Manifest> {
-        match Manifest::decode(bytes) {
-            Ok(manifest) => Some(manifest),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "unreadable manifest, treated as absent");
-                None
-            }
-        }
-    }
-
-    pub(in crate::store) fn now_secs() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-    }
-
-    fn encode_record<T>(value: &T) -> Result<Vec<u8>, StoreError>
-    where
-        T: for<'a> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::util::AlignedVec,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Error,
-            >,
-        >,
-    {
-        let body = rkyv::to_bytes::<rkyv::rancor::Error>(value)
-            .map_err(|e| StoreError::Db(format!("serializing a record: {e}")))?;
-        let mut out = Vec::with_capacity(body.len() + 1);
-        out.push(RECORD_FORMAT);
-        out.extend_from_slice(&body);
-        Ok(out)
-    }
-
-    /// The archive after the format byte, copied to an aligned buffer as rkyv requires (store
-    /// values have no alignment). Records are a few dozen bytes.
-    fn record_body(bytes: &[u8]) -> Result<rkyv::util::AlignedVec<16>, String> {
-        let (&format, body) = bytes.split_first().ok_or("empty record")?;
-        if format != RECORD_FORMAT {
-            return Err(format!("record format {format}, this build reads {RECORD_FORMAT}"));
-        }
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
-        aligned.extend_from_slice(body);
-        Ok(aligned)
-    }
-
-    pub(in crate::store) fn encode_file_record(record: &FileRecord) -> Result<Vec<u8>, StoreError> {
-        encode_record(record)
-    }
-
-    pub(in crate::store) fn decode_file_record(bytes: &[u8]) -> Result<FileRecord, String> {
-        rkyv::from_bytes::<FileRecord, rkyv::rancor::Error>(&record_body(bytes)?)
-            .map_err(|e| e.to_string())
-    }
-
-    pub(in crate::store) fn encode_ref_record(record: &RefRecord) -> Result<Vec<u8>, StoreError> {
-        encode_record(record)
-    }
-
-    pub(in crate::store) fn decode_ref_record(bytes: &[u8]) -> Result<RefRecord, String> {
-        rkyv::from_bytes::<RefRecord, rkyv::rancor::Error>(&record_body(bytes)?)
-            .map_err(|e| e.to_string())
-    }
 }
 
 #[cfg(test)]
@@ -1402,7 +968,7 @@ mod tests {
             }
         }
         assert!(MdbxStore::open(dir.path(), 1024).is_ok(), "an intact store opens");
-        let db = dir.path().join("mdbx.dat");
+        let db = dir.path().join(INDEX_DIR).join(MDBX_DATA_FILE);
         let mut image = std::fs::read(&db).unwrap();
         let page = 4096;
         let leaf = (3..image.len() / page)
@@ -1516,33 +1082,104 @@ mod tests {
     }
 
     #[test]
-    fn a_full_map_is_reported_as_full_and_stores_nothing() {
+    fn a_full_index_is_reported_as_full_and_stores_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        // A 4 MiB map: room for a few dozen 64 KiB chunks, then no more.
-        let store =
-            MdbxStore::open_with_geometry(dir.path(), SMALL_CHUNK, 4 << 20, 1 << 20).unwrap();
-        let size = 200 * SMALL_CHUNK;
-        let bytes = file_bytes(5, SMALL_CHUNK);
+        // A 1 MiB map and one-byte chunks: room for some thousands of chunk entries.
+        let store = MdbxStore::open_with_geometry(dir.path(), 1, 1 << 20, 64 << 10).unwrap();
+        let size = 100_000;
         let id = content(5);
         let mut stored = 0;
         let full_at = loop {
-            match store.put_chunk(&id, size, stored, &bytes) {
+            match store.put_chunk(&id, size, stored, &[stored as u8]) {
                 Ok(record) => {
                     stored += 1;
-                    assert_eq!(record.cached_bytes, stored * SMALL_CHUNK);
-                    assert!(stored < 200, "a 4 MiB map took 200 chunks of 64 KiB");
+                    assert_eq!(record.cached_bytes, stored);
+                    assert!(stored < size, "a 1 MiB index took {size} chunks");
                 }
                 Err(StoreError::Full) => break stored,
                 Err(e) => panic!("chunk {stored}: {e}"),
             }
         };
-        assert!(full_at > 10, "full after {full_at} chunks");
+        assert!(full_at > 1000, "full after {full_at} chunks");
         assert!(!store.has_chunk(&id, full_at).unwrap());
-        assert_eq!(store.file_record(&id).unwrap().unwrap().cached_bytes, full_at * SMALL_CHUNK);
+        assert_eq!(store.file_record(&id).unwrap().unwrap().cached_bytes, full_at);
         // Room made by discarding is used again.
         store.discard_file(&id, FileState::Failed).unwrap();
-        let record = store.put_chunk(&id, size, full_at, &bytes).unwrap();
-        assert_eq!(record.cached_bytes, SMALL_CHUNK);
+        let record = store.put_chunk(&id, size, full_at, &[1]).unwrap();
+        assert_eq!(record.cached_bytes, 1);
+    }
+
+    /// Format 2 on disk: the index value of a chunk is its header alone; the chunk's bytes are
+    /// at their offset in the content's data file, which is as long as the file and sparse
+    /// where nothing is stored; evicting gives the disk back.
+    #[test]
+    fn the_index_holds_headers_and_the_data_file_the_bytes() {
+        let (dir, store) = fresh(SMALL_CHUNK);
+        let id = content(8);
+        let size = 40 * SMALL_CHUNK;
+        let bytes = file_bytes(8, size);
+        let chunk = conformance::chunk_of(&bytes, SMALL_CHUNK, 30);
+        store.put_chunk(&id, size, 30, chunk).unwrap();
+        let key = format::chunk_key(&id, 30);
+        let value = store
+            .read(|txn| {
+                let chunks = txn.open_table(Some(CHUNKS))?;
+                Ok(txn.get::<Vec<u8>>(&chunks, &key)?)
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(value, format::encode_header(chunk));
+        let path =
+            dir.path().join(super::super::data::DATA_DIR).join(&id.to_hex()[..2]).join(id.to_hex());
+        assert_eq!(store.data_path(&id), path);
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(on_disk.len() as u64, size);
+        let at = (30 * SMALL_CHUNK) as usize;
+        assert!(on_disk[at..at + chunk.len()] == *chunk);
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(allocated < size / 4, "{allocated} bytes allocated for one chunk of {size}");
+        assert!(dir.path().join(INDEX_DIR).join(MDBX_DATA_FILE).is_file());
+        assert_eq!(store.evict_file(&id).unwrap(), chunk.len() as u64);
+        assert!(!path.exists(), "eviction leaves the data file");
+    }
+
+    /// What a crash between a data write and its index entry leaves (bytes no entry names)
+    /// is never read; what one between an eviction's commit and its unlink leaves (a data
+    /// file no record names) is swept at open once old enough.
+    #[test]
+    fn leftovers_of_a_crash_are_never_read_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = content(2);
+        let orphan = content(3);
+        {
+            let store = MdbxStore::open(dir.path(), SMALL_CHUNK).unwrap();
+            let bytes = file_bytes(2, 2 * SMALL_CHUNK);
+            store
+                .put_chunk(&id, 2 * SMALL_CHUNK, 0, conformance::chunk_of(&bytes, SMALL_CHUNK, 0))
+                .unwrap();
+            // Bytes of chunk 1 written, entry never committed.
+            store.data.write_at(&id, 2 * SMALL_CHUNK, SMALL_CHUNK, b"not an entry").unwrap();
+            assert!(!store.has_chunk(&id, 1).unwrap());
+            let mut out = Vec::new();
+            assert!(!store.read_chunk(&id, 1, 0..12, &mut out).unwrap());
+            store.data.write_at(&orphan, 10, 0, b"orphan").unwrap();
+        }
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        File::options()
+            .write(true)
+            .open(
+                dir.path()
+                    .join(super::super::data::DATA_DIR)
+                    .join(&orphan.to_hex()[..2])
+                    .join(orphan.to_hex()),
+            )
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let store = MdbxStore::open(dir.path(), SMALL_CHUNK).unwrap();
+        assert!(!store.data_path(&orphan).exists(), "the orphan was swept");
+        assert!(store.data_path(&id).exists(), "a file with a record stays");
     }
 
     /// Set for the re-executed test binary that plays the second process.
@@ -1678,91 +1315,6 @@ mod tests {
         assert!(!called);
     }
 
-    /// Reads go to the data file (the store found its map), serve exactly the stored bytes
-    /// for ranges that start and end anywhere in a crc block, and leave `out` as it was
-    /// before the call's bytes.
-    #[test]
-    fn direct_reads_serve_the_stored_bytes() {
-        // Chunks of three crc blocks and a bit, so that ranges can start and end in each.
-        const CHUNK: u64 = 3 * CRC_BLOCK as u64 + 5;
-        let (_dir, store) = fresh(CHUNK);
-        assert!(store.data_file.is_some(), "the data file or its mapping was not found");
-        let id = content(7);
-        let size = 3 * CHUNK - 17;
-        let bytes = file_bytes(7, size);
-        put_file(&store, &id, &bytes);
-        let block = CRC_BLOCK;
-        let chunk = CHUNK as usize;
-        for (index, range) in [
-            (0, 0..chunk),
-            (1, 1..2),
-            (1, block - 1..block + 1),
-            (1, block..2 * block),
-            (1, 2 * block + 1..chunk),
-            (2, 3..chunk - 17),
-            (2, chunk - 18..chunk - 17),
-        ] {
-            let start = index as usize * chunk;
-            let expected = &bytes[start + range.start..start + range.end];
-            let mut out = vec![0xAA; 3];
-            assert!(store.read_chunk(&id, index, range.clone(), &mut out).unwrap());
-            assert_eq!(out.len(), 3 + range.len());
-            assert!(out[..3] == [0xAA; 3] && out[3..] == *expected, "read {index} {range:?}");
-            let mut seen: Vec<u8> = Vec::new();
-            assert!(store
-                .visit_chunk(&id, index, range.clone(), &mut |b| seen.extend_from_slice(b))
-                .unwrap());
-            assert!(seen == expected, "visit {index} {range:?}");
-        }
-    }
-
-    /// A direct read that lands on the wrong bytes (the map moved, say) fails its crcs and is
-    /// answered through the map: the right bytes, and the good chunk is not dropped.
-    #[test]
-    fn misplaced_direct_reads_fall_back_to_the_map() {
-        let (_dir, mut store) = fresh(SMALL_CHUNK);
-        let id = content(8);
-        let bytes = file_bytes(8, 2 * SMALL_CHUNK);
-        put_file(&store, &id, &bytes);
-        store.data_file.as_mut().expect("direct reads available").misplace(4096);
-        let chunk = SMALL_CHUNK as usize;
-        let mut out = Vec::new();
-        assert!(store.read_chunk(&id, 1, 10..chunk, &mut out).unwrap());
-        assert!(out == bytes[chunk + 10..]);
-        let mut seen: Vec<u8> = Vec::new();
-        assert!(store
-            .visit_chunk(&id, 0, 0..CRC_BLOCK + 1, &mut |b| seen.extend_from_slice(b))
-            .unwrap());
-        assert!(seen == bytes[..CRC_BLOCK + 1]);
-        assert!(store.has_chunk(&id, 0).unwrap() && store.has_chunk(&id, 1).unwrap());
-        assert_eq!(store.file_record(&id).unwrap().unwrap().cached_bytes, 2 * SMALL_CHUNK);
-    }
-
-    #[test]
-    fn mappings_of_the_data_file_are_found_and_merged() {
-        let listing = "\
-7f0000000000-7f0000001000 r--s 00000000 fd:01 1234 /s/mdbx.dat
-7f0000001000-7f0000003000 r--s 00001000 fd:01 1234 /s/mdbx.dat
-7f0000003000-7f0000004000 r--s 00005000 fd:01 1234 /s/mdbx.dat
-7f0000004000-7f0000005000 r--s 00006000 fd:02 1234 /other/mdbx.dat
-7f0000005000-7f0000006000 r--s 00000000 fd:01 1235 /s/mdbx.lck
-7f0000006000-7f0000007000 rw-p 00000000 00:00 0
-garbage line
-";
-        let maps = direct::mappings_of(listing, (0xfd, 1), 1234);
-        let m = |start, end, offset| direct::Mapping { start, end, offset };
-        assert_eq!(
-            maps,
-            [m(0x7f0000000000, 0x7f0000003000, 0), m(0x7f0000003000, 0x7f0000004000, 0x5000)]
-        );
-        // A value across the merged split is found; one across the discontinuity is not.
-        assert_eq!(direct::offset_in(&maps, 0x7f0000000ff0, 0x20), Some(0xff0));
-        assert_eq!(direct::offset_in(&maps, 0x7f0000003010, 0x10), Some(0x5010));
-        assert_eq!(direct::offset_in(&maps, 0x7f0000002ff0, 0x20), None);
-        assert_eq!(direct::offset_in(&maps, 0x7f0000004000, 1), None);
-        assert_eq!(direct::offset_in(&maps, usize::MAX, 2), None);
-    }
-
     #[test]
     fn chunk_values_have_the_documented_layout() {
         let data = file_bytes(1, CRC_BLOCK as u64 + 3);
@@ -1782,9 +1334,9 @@ garbage line
     }
 
     proptest::proptest! {
-        /// Direct reads of any range of any chunk serve exactly the stored bytes.
+        /// Reads of any range of any chunk serve exactly the stored bytes.
         #[test]
-        fn direct_reads_of_any_range(index in 0u64..3, a in 0usize..SMALL_CHUNK as usize, b in 0usize..SMALL_CHUNK as usize) {
+        fn reads_of_any_range_serve_the_stored_bytes(index in 0u64..3, a in 0usize..SMALL_CHUNK as usize, b in 0usize..SMALL_CHUNK as usize) {
             static STORE: std::sync::OnceLock<(tempfile::TempDir, MdbxStore)> = std::sync::OnceLock::new();
             const SIZE: u64 = 3 * SMALL_CHUNK - 1000;
             let (_, store) = STORE.get_or_init(|| {
@@ -1799,28 +1351,6 @@ garbage line
             let mut out = Vec::new();
             proptest::prop_assert!(store.read_chunk(&content(9), index, range.clone(), &mut out).unwrap());
             proptest::prop_assert!(out == bytes[start + range.start..start + range.end]);
-        }
-
-        /// An address is placed in the file by the mapping that holds all its bytes, or not
-        /// at all.
-        #[test]
-        fn offsets_come_from_the_mapping_that_holds_the_bytes(
-            starts in proptest::collection::vec((0usize..1 << 20, 1usize..1 << 16, 0u64..1 << 30), 0..4),
-            at in 0usize..1 << 21,
-            len in 0usize..1 << 16,
-        ) {
-            let maps: Vec<direct::Mapping> = starts
-                .iter()
-                .map(|&(start, size, offset)| direct::Mapping { start, end: start + size, offset })
-                .collect();
-            match direct::offset_in(&maps, at, len) {
-                Some(offset) => {
-                    let m = maps.iter().find(|m| m.start <= at && at + len <= m.end);
-                    let m = m.expect("an offset without a mapping");
-                    proptest::prop_assert_eq!(offset, m.offset + (at - m.start) as u64);
-                }
-                None => proptest::prop_assert!(maps.iter().all(|m| at < m.start || at + len > m.end)),
-            }
         }
 
         /// Any value, however mangled, is either read correctly or reported: never a panic,
