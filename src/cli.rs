@@ -861,6 +861,7 @@ mod tests {
             pid,
             mountpoint: mp.into(),
             store: store.into(),
+            passthrough: None,
         };
         let one = [mount("/models", "/srv/store", 42)];
         let c = args.resolve_with(None, env_of(&home), &one);

@@ -336,7 +336,7 @@ pub fn mount(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result
 
 fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(), DaemonError> {
     let pid_file = cfg.pid_file.as_deref().map(PidFile::create).transpose()?.map(Arc::new);
-    let (mp, _registration) = prepare_mountpoint(&cfg.mountpoint, &cfg.store)?;
+    let (mp, mut registration) = prepare_mountpoint(&cfg.mountpoint, &cfg.store)?;
     let mp_str = mp.display().to_string();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -437,7 +437,11 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
     };
+    let passthrough = adapter.passthrough();
     let (session, own) = start_session(adapter, &mp, &how, options)?;
+    // The session has answered INIT: passthrough is decided.
+    registration.note_passthrough(&passthrough.describe());
+    crate::fuse::invalidate_failed_files(&fs, session.notifier());
     let signal_ready = ready.clone();
     let signal_own = own.clone();
     let signal_pid_file = pid_file.clone();

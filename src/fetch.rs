@@ -17,15 +17,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch, Semaphore};
+
+mod verify;
+
+pub use verify::{verify_file, Verdict};
+use verify::{FileHasher, InOrder, Prefixed};
 
 use crate::evict::Evictor;
 use crate::hub::{HubError, LinkEstimate, RangeFetcher, RemoteFile};
 use crate::manifest::{ContentId, FileHash};
-use crate::store::{chunk_count, chunk_len, ChunkStore, FileRecord, FileState, StoreError};
+use crate::store::{chunk_len, ChunkStore, FileRecord, FileState, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -98,7 +101,14 @@ pub struct ChunkFetcher {
     unstored: Mutex<Unstored>,
     /// The last store write failed: read-ahead would only fetch what cannot be kept.
     store_failing: AtomicBool,
+    /// Told of every content found bad here (see `ModelFs::set_on_failed`).
+    on_failed: OnceLock<FailedHook>,
+    /// Files hashed as their chunks are stored, in order.
+    in_order: Arc<InOrder>,
 }
+
+/// What is told of a content found bad.
+type FailedHook = Arc<dyn Fn(&ContentId) + Send + Sync>;
 
 /// Chunks [`ChunkFetcher`] keeps in memory when the store cannot keep them: a reader
 /// streams through the current chunk in 128 KiB reads and the kernel has a few of those in
@@ -221,7 +231,20 @@ impl ChunkFetcher {
             evictor: OnceLock::new(),
             unstored: Mutex::default(),
             store_failing: false.into(),
+            on_failed: OnceLock::new(),
+            in_order: Arc::default(),
         })
+    }
+
+    /// Whom to tell when a content is found bad (once; later calls are ignored).
+    pub fn set_on_failed(&self, hook: FailedHook) {
+        let _ = self.on_failed.set(hook);
+    }
+
+    fn failed(&self, content: &ContentId) {
+        if let Some(hook) = self.on_failed.get() {
+            hook(content);
+        }
     }
 
     /// Give the fetcher an evictor (once; later calls are ignored).
@@ -476,6 +499,7 @@ impl ChunkFetcher {
                 })
                 .await?;
                 tracing::error!(repo = %file.remote.repo, path = %file.remote.path, "file does not match the Hub's hash; marked failed");
+                self.failed(&file.content());
                 return Err(FetchError::Failed { path: file.remote.path.clone() });
             }
             tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await;
@@ -553,21 +577,27 @@ impl ChunkFetcher {
         let bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
         let first = chunks.first().map_or(0, |(i, _)| *i);
         let to_store = chunks.to_vec();
+        let (in_order, f) = (self.in_order.clone(), file.clone());
         let stored = blocking(move || {
             let mut last = None;
+            let mut prefixed = Prefixed::Pending;
             for (index, data) in &to_store {
                 last =
                     Some(store_chunk(&*store, evictor.as_deref(), &content, *index, data, size)?);
+                if !checked_whole {
+                    prefixed = in_order.stored(&*store, &f, *index, data)?;
+                }
             }
-            last.ok_or_else(|| FetchError::Internal("no chunk to store".into()))
+            let record = last.ok_or_else(|| FetchError::Internal("no chunk to store".into()))?;
+            Ok((record, prefixed))
         })
         .await;
-        let record = match stored {
-            Ok(record) => {
+        let (record, prefixed) = match stored {
+            Ok(stored) => {
                 if self.store_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("chunks are stored again");
                 }
-                record
+                stored
             }
             Err(e) => {
                 self.store_failing.store(true, Ordering::Relaxed);
@@ -583,6 +613,24 @@ impl ChunkFetcher {
                 );
             }
         };
+        match prefixed {
+            Prefixed::Verified => {
+                tracing::debug!(path = %file.remote.path, "file verified as its chunks landed, in order");
+            }
+            Prefixed::Failed => {
+                tracing::error!(
+                    repo = %file.remote.repo,
+                    path = %file.remote.path,
+                    "file does not match the Hub's hash; discarded and marked failed"
+                );
+                self.failed(&file.content());
+            }
+            Prefixed::Pending if record.state == FileState::Complete && !checked_whole => {
+                // Whole, but its chunks did not all come in order: hash it from the store.
+                self.spawn_verify(file.clone());
+            }
+            Prefixed::Pending => {}
+        }
         if record.state == FileState::Complete && checked_whole {
             // Checked before it was served.
             crate::metrics::get().file_verified(true);
@@ -591,8 +639,6 @@ impl ChunkFetcher {
             if let Err(e) = marked.await {
                 tracing::warn!(path = %file.remote.path, error = %e, "verified state not stored");
             }
-        } else if record.state == FileState::Complete {
-            self.spawn_verify(file.clone());
         }
         if let Some(evictor) = self.evictor.get() {
             if evictor.stored(bytes) {
@@ -637,11 +683,14 @@ impl ChunkFetcher {
                 Ok(Verdict::Match) => {
                     tracing::debug!(path = %file.remote.path, "file verified");
                 }
-                Ok(Verdict::Mismatch) => tracing::error!(
-                    repo = %file.remote.repo,
-                    path = %file.remote.path,
-                    "file does not match the Hub's hash; discarded and marked failed"
-                ),
+                Ok(Verdict::Mismatch) => {
+                    tracing::error!(
+                        repo = %file.remote.repo,
+                        path = %file.remote.path,
+                        "file does not match the Hub's hash; discarded and marked failed"
+                    );
+                    this.failed(&content);
+                }
                 Ok(Verdict::Incomplete) => {}
                 Err(e) => {
                     tracing::warn!(path = %file.remote.path, error = %e, "verification failed to run")
@@ -769,41 +818,6 @@ impl ReadAhead {
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Match,
-    Mismatch,
-    /// A chunk went missing meanwhile (dropped for a bad crc, or evicted): nothing to decide.
-    Incomplete,
-}
-
-/// Hash every stored chunk of `file` and compare with the Hub's hash: `Verified` on a match,
-/// chunks discarded and `Failed` on a mismatch. Synchronous: reads the whole file.
-pub fn verify_file(store: &dyn ChunkStore, file: &FileRef) -> Result<Verdict, StoreError> {
-    let content = file.content();
-    let cs = store.chunk_size();
-    let size = file.remote.size;
-    let mut hasher = FileHasher::new(&file.hash, size);
-    let mut buf = Vec::with_capacity(cs as usize);
-    for index in 0..chunk_count(size, cs) {
-        buf.clear();
-        let len = chunk_len(size, cs, index) as usize;
-        if !store.read_chunk(&content, index, 0..len, &mut buf)? {
-            return Ok(Verdict::Incomplete);
-        }
-        hasher.update(&buf);
-    }
-    let matches = hasher.matches();
-    crate::metrics::get().file_verified(matches);
-    if matches {
-        store.set_file_state(&content, FileState::Verified)?;
-        Ok(Verdict::Match)
-    } else {
-        store.discard_file(&content, FileState::Failed)?;
-        Ok(Verdict::Mismatch)
-    }
-}
-
 /// How long a file that failed verification answers EIO before it is fetched afresh: long
 /// enough that a bad copy on a CDN is not downloaded again and again, short enough that the
 /// mount heals by itself once the origin is fixed (`modelfs pull` clears it at once).
@@ -812,45 +826,6 @@ const FAILED_RETRY_AFTER: Duration = Duration::from_secs(600);
 /// Fetches of a whole small file whose bytes do not match its hash, before it is marked
 /// `failed`: a CDN edge that served a bad copy once rarely does it three times running.
 const WHOLE_FILE_ATTEMPTS: u32 = 3;
-
-/// The hash the Hub gives a file, computed over its bytes in order: sha256 for LFS files, the
-/// git blob sha1 (`"blob <size>\0"` then the bytes) for files stored in git.
-struct FileHasher {
-    want: FileHash,
-    sha256: Sha256,
-    sha1: Sha1,
-}
-
-impl FileHasher {
-    fn new(want: &FileHash, size: u64) -> Self {
-        let mut sha1 = Sha1::new();
-        if let FileHash::Git(_) = want {
-            sha1.update(format!("blob {size}\0").as_bytes());
-        }
-        Self { want: *want, sha256: Sha256::new(), sha1 }
-    }
-
-    fn update(&mut self, bytes: &[u8]) {
-        match self.want {
-            FileHash::Lfs(_) => self.sha256.update(bytes),
-            FileHash::Git(_) => self.sha1.update(bytes),
-        }
-    }
-
-    fn matches(self) -> bool {
-        match self.want {
-            FileHash::Lfs(want) => <[u8; 32]>::from(self.sha256.finalize()) == want,
-            FileHash::Git(want) => <[u8; 20]>::from(self.sha1.finalize()) == want,
-        }
-    }
-
-    /// Whether `bytes`, a whole file, have the hash `want`.
-    fn digest_matches(want: &FileHash, bytes: &[u8]) -> bool {
-        let mut hasher = Self::new(want, bytes.len() as u64);
-        hasher.update(bytes);
-        hasher.matches()
-    }
-}
 
 /// The flight of one chunk of a run: its bytes as soon as the run has stored them, or the
 /// run's error if it ended without them. Awaiting it drives the run, so a reader waiting for

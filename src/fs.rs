@@ -674,17 +674,51 @@ impl ModelFs {
         self.revalidate_secs.store(interval.as_secs(), Ordering::Relaxed);
     }
 
-    /// Whether the kernel may keep this file's pages across opens: only once the whole file has
-    /// matched the Hub's hash. Until then a cached page may hold a byte that verification later
-    /// rejects (a flipped byte inside one chunk of a large file cannot be seen before the file
-    /// is complete), and dropping the page cache at each open is what stops it from being
-    /// served again once the file is `failed`. Verified files, the warm case, keep it.
-    pub fn may_keep_cache(&self, fh: u64) -> bool {
+    /// Whether the file of this handle is `failed` (its bytes did not match the Hub's hash).
+    /// Contents at a commit never change, so every other file keeps its page cache across
+    /// opens, partial ones too: what a read put there was checked against its crcs. A file
+    /// found bad later has its pages dropped at once in this process ([`ModelFs::set_on_failed`])
+    /// and, by this check, at its next open after another process found it bad.
+    pub fn is_failed(&self, fh: u64) -> bool {
         let Ok(handle) = self.handle(fh) else { return false };
         matches!(
             self.store.file_record(&handle.file.content()),
-            Ok(Some(record)) if record.state == FileState::Verified
+            Ok(Some(record)) if record.state == FileState::Failed
         )
+    }
+
+    /// The plain file the kernel may read this handle's bytes from (FUSE passthrough): only a
+    /// verified file's, whose every byte is there, checked against the Hub's hash and durable.
+    pub fn passthrough_file(&self, fh: u64) -> Option<std::fs::File> {
+        let handle = self.handle(fh).ok()?;
+        let content = handle.file.content();
+        match self.store.file_record(&content) {
+            Ok(Some(record)) if record.state == FileState::Verified => {}
+            _ => return None,
+        }
+        match self.store.data_file(&content) {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::debug!(path = %handle.file.remote.path, error = %e, "no data file to pass through");
+                None
+            }
+        }
+    }
+
+    /// Every inode that shows `content` (at any commit, in any view).
+    pub fn inodes_of(&self, content: &crate::manifest::ContentId) -> Vec<u64> {
+        self.inodes.find(|node| match node {
+            Node::File { snap, file, .. } => {
+                snap.file(*file).is_some_and(|f| f.hash.content_id() == *content)
+            }
+            _ => false,
+        })
+    }
+
+    /// Called with a content the moment this process finds it bad (a whole-file hash
+    /// mismatch): the FUSE edge drops the kernel's cached pages of its inodes.
+    pub fn set_on_failed(&self, hook: Arc<dyn Fn(&crate::manifest::ContentId) + Send + Sync>) {
+        self.chunks.set_on_failed(hook);
     }
 
     /// Keep the store under a bound, never evicting files open here (and make room when the
@@ -1443,6 +1477,40 @@ mod tests {
 
     fn hub_hash_of(bytes: &[u8]) -> crate::manifest::ContentId {
         crate::hub::memory::hub_hash(bytes, true).content_id()
+    }
+
+    /// A file read front to back (or in any order, from its first chunk on) is verified by
+    /// the time the read that brought its last chunk returns: no background pass, no window
+    /// in which it is complete but unchecked. A wrong byte is caught the same way.
+    #[tokio::test]
+    async fn a_file_stored_from_its_first_chunk_is_verified_as_its_last_lands() {
+        let w = world(FsConfig::default());
+        let ino = walk(&w.fs, "org/repo/all/onnx/model.onnx").await.unwrap();
+        let content = hub_hash_of(&data(2, 2500));
+        let fh = w.fs.open(ino, false).unwrap();
+        for (i, off) in [0u64, 2000, 1000].into_iter().enumerate() {
+            w.fs.read(fh, off, 10).await.unwrap();
+            let state = w.store.file_record(&content).unwrap().unwrap().state;
+            let want = if i < 2 { FileState::Partial } else { FileState::Verified };
+            assert_eq!(state, want, "after reading chunk {}", off / CS);
+        }
+        // Its first chunk stored by another process (no prefix here): the background pass
+        // decides once the rest lands.
+        let other = walk(&w.fs, "org/repo/all/onnx/model_q4.onnx").await.unwrap();
+        let bytes = data(3, 3000);
+        let content = hub_hash_of(&bytes);
+        w.store.put_chunk(&content, 3000, 0, &bytes[..1000]).unwrap();
+        let fh = w.fs.open(other, false).unwrap();
+        for off in [1000u64, 2000] {
+            w.fs.read(fh, off, 10).await.unwrap();
+        }
+        for _ in 0..200 {
+            if w.store.file_record(&content).unwrap().unwrap().state == FileState::Verified {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never verified");
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //! cannot (getattr, open, release, reads the store can answer) are answered inline, which is
 //! the warm path: store → one copy → kernel, no task hop.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 use tokio::runtime::Handle;
 
@@ -22,6 +24,11 @@ use crate::fs::{Attr, DirEntry, Entry, FsError, Kind, ModelFs, XATTR_PREFIX};
 /// Read-ahead the kernel may do on its own (from the page cache's point of view): 1 MiB
 /// requests of an immutable file are never wasted.
 const MAX_READAHEAD: u32 = 1 << 20;
+
+/// How deep the kernel may stack filesystems under a passthrough file: 2 lets the store (the
+/// backing files) sit on overlayfs, as in a container whose store is not a volume; the price
+/// is that this mount cannot itself be a lower layer of an overlay.
+const PASSTHROUGH_STACK_DEPTH: u32 = 2;
 
 /// Background requests (async reads, readahead) the kernel may keep queued: enough that
 /// several parallel chunk fetches are in flight for sequential readers.
@@ -50,12 +57,123 @@ fn errno_of(e: &FsError) -> Errno {
 pub struct FuseAdapter {
     fs: Arc<ModelFs>,
     rt: Handle,
+    passthrough: Arc<Passthrough>,
+    /// Backing files handed to the kernel: one per inode while any handle on it is open.
+    backing: Mutex<BackingCache>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<ModelFs>, rt: Handle) -> Self {
-        Self { fs, rt }
+        Self { fs, rt, passthrough: Arc::new(Passthrough::default()), backing: Mutex::default() }
     }
+
+    /// Whether verified files are served by FUSE passthrough, decided when the kernel's
+    /// `INIT` arrives (and turned off for good if the kernel refuses a backing file).
+    pub fn passthrough(&self) -> Arc<Passthrough> {
+        self.passthrough.clone()
+    }
+}
+
+/// FUSE passthrough: a verified file is opened with its data file as the kernel's backing
+/// file, so reads, splice and mmap of it are served by the kernel from that file, with no
+/// request to the daemon and no copy through it (Linux ≥ 6.9, and a daemon allowed to open
+/// backing files: root). Where that is not possible, everything goes through the daemon with
+/// the page cache kept, and [`Passthrough::describe`] says why.
+#[derive(Debug, Default)]
+pub struct Passthrough {
+    on: AtomicBool,
+    why_not: Mutex<Option<String>>,
+}
+
+impl Passthrough {
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, on: bool, why_not: Option<String>) {
+        self.on.store(on, Ordering::Relaxed);
+        *lock(&self.why_not) = why_not;
+        crate::metrics::get().set_passthrough(on);
+    }
+
+    /// `on`, or `off: <why>`, as the log and `modelfs status` say it.
+    pub fn describe(&self) -> String {
+        if self.is_on() {
+            "on".into()
+        } else {
+            format!("off: {}", lock(&self.why_not).as_deref().unwrap_or("not negotiated yet"))
+        }
+    }
+}
+
+/// How each inode's open handles are served. The kernel requires one backing file per inode
+/// for all its passthrough handles (the id is closed when the last one is released), and
+/// refuses (`EIO`) a passthrough open of an inode that still has handles open through the page
+/// cache: a file opened before it was verified and still open keeps being served that way
+/// until every such handle is closed.
+#[derive(Default)]
+struct BackingCache {
+    by_ino: HashMap<u64, Weak<BackingId>>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
+    /// Handles served through the daemon, per inode.
+    cached: HashMap<u64, usize>,
+    /// The inode of each handle served through the daemon.
+    cached_handles: HashMap<u64, u64>,
+}
+
+impl BackingCache {
+    fn opened_cached(&mut self, ino: u64, fh: u64) {
+        *self.cached.entry(ino).or_default() += 1;
+        self.cached_handles.insert(fh, ino);
+    }
+
+    fn released(&mut self, fh: u64) {
+        self.by_handle.remove(&fh);
+        if let Some(ino) = self.cached_handles.remove(&fh) {
+            if let Some(n) = self.cached.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    self.cached.remove(&ino);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Drop the kernel's cached pages of every inode that shows a content found bad, so that no
+/// byte of it is served again from the page cache (files keep their page cache across opens:
+/// see `ModelFs::is_failed`).
+///
+/// On a thread of its own: the kernel invalidates a page only once it can lock it, and the
+/// pages a reader is waiting on stay locked until that read is answered, which may be by the
+/// very task that found the file bad (a read of a small file checked whole). Invalidating in
+/// that task deadlocked it with the reader; here, the read gets its `EIO` and then its pages
+/// go.
+pub fn invalidate_failed_files(fs: &Arc<ModelFs>, notifier: fuser::Notifier) {
+    let weak = Arc::downgrade(fs);
+    let notifier = Arc::new(notifier);
+    fs.set_on_failed(Arc::new(move |content| {
+        let Some(fs) = weak.upgrade() else { return };
+        let inodes = fs.inodes_of(content);
+        let notifier = notifier.clone();
+        let spawned = std::thread::Builder::new().name("modelfs-inval".into()).spawn(move || {
+            for ino in inodes {
+                // ENOENT: the kernel has no such inode cached, so nothing to drop.
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::warn!(ino, error = %e, "cached pages of a bad file not invalidated");
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the invalidation of a bad file's pages");
+        }
+    }));
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -106,6 +224,33 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+impl FuseAdapter {
+    /// The backing id of inode `ino`, shared by all its open handles, now held by `fh` too.
+    fn backing_for(
+        &self,
+        ino: u64,
+        fh: u64,
+        reply: &ReplyOpen,
+        file: &std::fs::File,
+    ) -> std::io::Result<Arc<BackingId>> {
+        let mut cache = lock(&self.backing);
+        let id = match cache.by_ino.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => {
+                let id = Arc::new(reply.open_backing(file)?);
+                cache.by_ino.insert(ino, Arc::downgrade(&id));
+                id
+            }
+        };
+        cache.by_handle.insert(fh, id.clone());
+        // Inodes whose last handle closed leave dead entries: drop them now and then.
+        if cache.by_ino.len() > 2 * cache.by_handle.len() + 64 {
+            cache.by_ino.retain(|_, id| id.strong_count() > 0);
+        }
+        Ok(id)
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Best effort: each is an optimisation the kernel may not offer. FUSE_POSIX_ACL makes
@@ -125,6 +270,17 @@ impl Filesystem for FuseAdapter {
         let _ =
             config.set_max_readahead(MAX_READAHEAD).or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_background(MAX_BACKGROUND);
+        let why_not = if !nix::unistd::geteuid().is_root() {
+            Some("the daemon is not root (opening backing files needs CAP_SYS_ADMIN)".to_string())
+        } else if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_err() {
+            Some("the kernel does not offer it (Linux 6.9 or later is needed)".to_string())
+        } else if let Err(max) = config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH) {
+            Some(format!("the kernel allows a stack depth of {max} only"))
+        } else {
+            None
+        };
+        self.passthrough.set(why_not.is_none(), why_not);
+        tracing::info!(passthrough = %self.passthrough.describe(), "FUSE passthrough for verified files");
         Ok(())
     }
 
@@ -155,19 +311,40 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY)
             || flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_CREAT) != 0;
-        match self.fs.open(ino.0, write) {
-            // Contents at a commit never change: once verified, keep the page cache across
-            // opens, so warm reads and mmap page-ins never reach the daemon. Before that, the
-            // kernel drops it at each open (see `ModelFs::may_keep_cache`).
-            Ok(fh) if self.fs.may_keep_cache(fh) => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
-            }
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        let fh = match self.fs.open(ino.0, write) {
+            Ok(fh) => fh,
             Err(e) => {
                 log_error("open", &e);
-                reply.error(errno(&e))
+                return reply.error(errno(&e));
+            }
+        };
+        // A file found bad: its pages go (an open without KEEP_CACHE drops them), and every
+        // read of it is EIO.
+        if self.fs.is_failed(fh) {
+            lock(&self.backing).opened_cached(ino.0, fh);
+            return reply.opened(FileHandle(fh), FopenFlags::empty());
+        }
+        let cached_elsewhere = lock(&self.backing).cached.contains_key(&ino.0);
+        if self.passthrough.is_on() && !cached_elsewhere {
+            if let Some(file) = self.fs.passthrough_file(fh) {
+                match self.backing_for(ino.0, fh, &reply, &file) {
+                    Ok(id) => {
+                        crate::metrics::get().passthrough_opened();
+                        return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                    }
+                    Err(e) => {
+                        // Once is enough to know: the kernel or our privileges do not allow it.
+                        let why = format!("the kernel refused a backing file: {e}");
+                        tracing::warn!(error = %e, "FUSE passthrough off; files are served through the daemon");
+                        self.passthrough.set(false, Some(why));
+                    }
+                }
             }
         }
+        // Contents at a commit never change: keep the page cache across opens, so warm reads
+        // and mmap page-ins never reach the daemon.
+        lock(&self.backing).opened_cached(ino.0, fh);
+        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
     }
 
     fn read(
@@ -217,6 +394,8 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The last handle of an inode closes its backing id (the `Arc` held here).
+        lock(&self.backing).released(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }

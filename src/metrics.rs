@@ -121,6 +121,8 @@ pub struct Metrics {
     verified: Counter,
     verify_failed: Counter,
     hub_reachable: Gauge,
+    passthrough: Gauge,
+    passthrough_opens: Counter,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -213,6 +215,19 @@ impl Metrics {
              id), by result; a failed file is discarded and not served",
             verifications.clone(),
         );
+        let passthrough = Gauge::default();
+        r.register(
+            "passthrough",
+            "1 when verified files are served by FUSE passthrough (the kernel reads their data \
+             files directly), 0 when every read goes through the daemon",
+            passthrough.clone(),
+        );
+        let passthrough_opens = Counter::default();
+        r.register(
+            "passthrough_opens",
+            "Opens of verified files answered with FUSE passthrough",
+            passthrough_opens.clone(),
+        );
         let hub_reachable = Gauge::default();
         hub_reachable.set(1);
         r.register(
@@ -255,6 +270,8 @@ impl Metrics {
             fuse_errors,
             chunk_checksum_failures,
             hub_reachable,
+            passthrough,
+            passthrough_opens,
         }
     }
 
@@ -285,6 +302,16 @@ impl Metrics {
     pub fn retry(&self, error: &HubError, rate_limited: bool) {
         let reason = if rate_limited { "rate_limited" } else { retry_reason(error) };
         self.retries.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    /// Whether FUSE passthrough is in effect.
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.set(i64::from(on));
+    }
+
+    /// An open answered with FUSE passthrough.
+    pub fn passthrough_opened(&self) {
+        self.passthrough_opens.inc();
     }
 
     /// Whether the Hub answers.

@@ -180,6 +180,10 @@ pub struct LiveMount {
     pub pid: u32,
     pub mountpoint: PathBuf,
     pub store: PathBuf,
+    /// Whether verified files are served by FUSE passthrough (`on`, or `off: why`); absent
+    /// until the kernel and the daemon have agreed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passthrough: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +202,7 @@ pub struct Registration {
     path: PathBuf,
     /// Holds the exclusive lock; closing it releases it, however the process ends.
     file: File,
+    record: LiveMount,
 }
 
 impl Registration {
@@ -230,6 +235,7 @@ impl Registration {
                     pid: 0,
                     mountpoint: mountpoint.to_path_buf(),
                     store: PathBuf::from("?"),
+                    passthrough: None,
                 });
                 return Err(RegistryError::Taken { mount });
             }
@@ -239,12 +245,26 @@ impl Registration {
             pid: std::process::id(),
             mountpoint: mountpoint.to_path_buf(),
             store: store.to_path_buf(),
+            passthrough: None,
         };
-        let text = serde_json::to_string(&record).map_err(|e| err(io::Error::other(e)))?;
-        file.set_len(0).map_err(err)?;
-        file.rewind().map_err(err)?;
-        file.write_all(text.as_bytes()).map_err(err)?;
-        Ok(Registration { path, file })
+        let mut registration = Registration { path, file, record };
+        registration.write().map_err(err)?;
+        Ok(registration)
+    }
+
+    fn write(&mut self) -> io::Result<()> {
+        let text = serde_json::to_string(&self.record).map_err(io::Error::other)?;
+        self.file.set_len(0)?;
+        self.file.rewind()?;
+        self.file.write_all(text.as_bytes())
+    }
+
+    /// Record whether FUSE passthrough is in effect, for `modelfs status`.
+    pub fn note_passthrough(&mut self, state: &str) {
+        self.record.passthrough = Some(state.to_string());
+        if let Err(e) = self.write() {
+            tracing::debug!(error = %e, "mount record not updated");
+        }
     }
 }
 
@@ -381,7 +401,8 @@ garbage line
     #[test]
     fn a_dead_holders_record_is_not_live() {
         let dir = tempfile::tempdir().unwrap();
-        let record = LiveMount { pid: 1, mountpoint: "/m".into(), store: "/s".into() };
+        let record =
+            LiveMount { pid: 1, mountpoint: "/m".into(), store: "/s".into(), passthrough: None };
         let path = dir.path().join(record_name(Path::new("/m")));
         std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
         assert!(live_in(dir.path()).is_empty(), "nobody holds its lock");

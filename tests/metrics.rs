@@ -243,11 +243,23 @@ fn metrics_tell_what_readers_and_the_hub_did() {
     assert_eq!(delta(&s1, "modelfs_retries_total{reason=\"status_5xx\"}"), 0.0);
     wait_for("the handle to be released", || scrape(&addr).get("modelfs_open_handles") == 0.0);
 
-    // Warm, with the page cache dropped: every byte from the store, nothing fetched.
+    // Warm, with the page cache dropped: every byte from the store, nothing fetched. The
+    // file is verified by now, so the kernel reads its data file itself (passthrough, where it
+    // is on): no byte goes through the daemon.
     drop_page_cache(&big);
     assert_eq!(sha256_hex(&std::fs::read(&big).unwrap()), sha256_hex(&data[BIG]));
     let s2 = scrape(&addr);
-    assert_eq!(s2.get(store_bytes) - s1.get(store_bytes), BIG_LEN as f64);
+    let through_daemon = if s2.get("modelfs_passthrough") == 1.0 {
+        // Two: the open that dropped the page cache, and the read's.
+        assert_eq!(
+            s2.get("modelfs_passthrough_opens_total") - s1.get("modelfs_passthrough_opens_total"),
+            2.0
+        );
+        0.0
+    } else {
+        BIG_LEN as f64
+    };
+    assert_eq!(s2.get(store_bytes) - s1.get(store_bytes), through_daemon);
     assert_eq!(s2.get(network), s1.get(network));
     assert_eq!(s2.get(fetched_ok), s1.get(fetched_ok));
     assert_eq!(s2.get(count), s1.get(count));
@@ -362,4 +374,66 @@ fn a_busy_metrics_address_fails_the_start_before_mounting() {
     assert!(stderr.contains("Address already in use"), "{stderr}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(mountpoint.to_str().unwrap()), "mounted anyway");
+}
+
+/// A verified file is opened with FUSE passthrough: the kernel reads its data file, so its
+/// bytes (by `read` and by `mmap`) are exact and no read reaches the daemon; `/metrics`, the
+/// log and `modelfs status` say passthrough is on.
+#[test]
+fn verified_files_are_served_by_passthrough_without_the_daemon() {
+    let data = bytes(77, 3 * CHUNK + 123);
+    let hub = MockHub::with_repos(vec![MockRepo::new(
+        "o/pt",
+        vec![MockFile::lfs("w.bin", data.clone())],
+    )]);
+    let store = temp_dir("store");
+    let m = Mounted::start(
+        &hub.endpoint(),
+        &store,
+        &["--chunk-size", CHUNK_ARG, "--metrics-addr", "127.0.0.1:0"],
+    );
+    let addr = metrics_addr(&m);
+    let file = m.path("o/pt/all/w.bin");
+    // Opened before it is verified, and held: served through the daemon until closed.
+    let early = File::open(&file).unwrap();
+    assert_eq!(sha256_hex(&std::fs::read(&file).unwrap()), sha256_hex(&data));
+    wait_for("verification", || {
+        support::mount::getfattr(&file, "user.modelfs.status") == Ok("verified".into())
+    });
+    // The kernel refuses a passthrough open while a handle on the inode goes through the page
+    // cache: this one is served the same way as the held one, not failed.
+    let opens = scrape(&addr).get("modelfs_passthrough_opens_total");
+    assert_eq!(sha256_hex(&std::fs::read(&file).unwrap()), sha256_hex(&data));
+    let mut again = vec![0; data.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&early, &mut again, 0).unwrap();
+    assert!(again == data);
+    assert_eq!(scrape(&addr).get("modelfs_passthrough_opens_total"), opens);
+    drop(early);
+    wait_for("the held handle to be released", || scrape(&addr).get("modelfs_open_handles") == 0.0);
+    let before = scrape(&addr);
+    assert_eq!(before.get("modelfs_passthrough"), 1.0, "{}", m.log());
+    let served = |s: &Scrape| {
+        s.get("modelfs_read_bytes_total{source=\"store\"}")
+            + s.get("modelfs_read_bytes_total{source=\"network\"}")
+    };
+    for _ in 0..2 {
+        drop_page_cache(&file);
+        assert_eq!(sha256_hex(&std::fs::read(&file).unwrap()), sha256_hex(&data));
+        let f = File::open(&file).unwrap();
+        // SAFETY: a read-only private mapping of a file nobody writes.
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        assert!(map[..] == data[..], "mmap of a passthrough file");
+    }
+    let after = scrape(&addr);
+    assert!(after.get("modelfs_passthrough_opens_total") >= 4.0, "{}", after.text);
+    assert_eq!(served(&after), served(&before), "reads reached the daemon");
+    assert!(m.log().contains("passthrough=on"), "{}", m.log());
+    let status = Command::new(env!("CARGO_BIN_EXE_modelfs"))
+        .args(["status", "--store"])
+        .arg(&*store)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains(", FUSE passthrough on"), "{stdout}");
+    m.stop();
 }

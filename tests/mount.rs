@@ -275,7 +275,8 @@ fn xattrs_report_status_progress_and_identity() {
 
     // Every file: the repo is downloaded.
     for (p, _) in &files {
-        std::fs::read(m.path(&format!("test-org/sized/all/{p}"))).unwrap();
+        std::fs::read(m.path(&format!("test-org/sized/all/{p}")))
+            .unwrap_or_else(|e| panic!("{p}: {e}\n{}", m.log()));
     }
     assert_eq!(x(&repo_dir, "progress"), Ok(format!("{total}/{total}")));
     assert_eq!(x(&repo_dir, "status"), Ok("downloaded".into()));

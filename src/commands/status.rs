@@ -31,13 +31,23 @@ pub struct StatusReport {
     pub store: String,
     /// How the store was found: `from --store`, `the store of the mount at /models (pid 7)`...
     pub store_origin: String,
-    /// Bytes the store's directory takes on disk (`du`), index and leases included: more
-    /// than `stored_bytes` by the index's free pages.
+    /// Bytes the store's directory takes on disk (`du`): the data files (holes are free) and
+    /// the index.
     pub disk_bytes: u64,
+    /// The live mounts serving this store, and whether FUSE passthrough is in effect in each.
+    pub mounts: Vec<MountStatus>,
     pub chunk_size: u64,
     /// Bytes of file data stored, over every file (what `--max-cache-size` bounds).
     pub stored_bytes: u64,
     pub repos: Vec<RepoStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MountStatus {
+    pub mountpoint: String,
+    pub pid: u32,
+    /// `on`, or `off: <why>`.
+    pub passthrough: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -143,6 +153,16 @@ pub(super) fn run(args: StatusArgs) -> Result<(), CommandError> {
     ))?;
     report.store_origin = config.origin.to_string();
     report.disk_bytes = super::disk_usage(&dir);
+    let here = crate::mounts::canonical(&dir);
+    report.mounts = crate::mounts::live_mounts()
+        .into_iter()
+        .filter(|m| crate::mounts::canonical(&m.store) == here)
+        .map(|m| MountStatus {
+            mountpoint: m.mountpoint.display().to_string(),
+            pid: m.pid,
+            passthrough: m.passthrough.unwrap_or_else(|| "unknown".into()),
+        })
+        .collect();
     let out = if args.json {
         let mut json = serde_json::to_string_pretty(&report)
             .map_err(|e| CommandError::Internal(e.to_string()))?;
@@ -200,6 +220,7 @@ pub async fn status_report(
         store: store_path.to_string(),
         store_origin: String::new(),
         disk_bytes: 0,
+        mounts: Vec::new(),
         chunk_size: store.chunk_size(),
         stored_bytes: crate::evict::stored_bytes(store.as_ref())?,
         repos: out,
@@ -371,6 +392,13 @@ pub fn render_table(report: &StatusReport, now: u64) -> String {
         0 => String::new(),
         bytes => format!(", {} on disk", human_bytes(bytes)),
     };
+    for m in &report.mounts {
+        let _ = writeln!(
+            out,
+            "mounted at {} (pid {}), FUSE passthrough {}",
+            m.mountpoint, m.pid, m.passthrough
+        );
+    }
     let _ = writeln!(
         out,
         "store {}{origin}: {} cached in {}{disk}",

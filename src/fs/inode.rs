@@ -110,6 +110,11 @@ impl InodeTable {
         (ino, node)
     }
 
+    /// Every inode whose node `pred` picks (a scan: for rare events, such as a file found bad).
+    pub fn find(&self, pred: impl Fn(&Node) -> bool) -> Vec<u64> {
+        self.read().by_ino.iter().filter(|(_, n)| pred(n)).map(|(ino, _)| *ino).collect()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
