@@ -208,6 +208,12 @@ impl Evictor {
         }
     }
 
+    /// Whether the store is over its bound, as last estimated: after the last handle on a
+    /// file closes, a store that open files kept over its bound can come back under it.
+    pub fn over_bound(&self) -> bool {
+        self.policy().max_cache_size.is_some_and(|bound| self.stored_estimate() > bound)
+    }
+
     /// A handle on `content` was released.
     pub fn closed(&self, content: &ContentId) {
         let last = {

@@ -207,6 +207,9 @@ pub struct ModelFs {
     /// mtime of everything: the Hub gives no per-file times that matter to readers, and a
     /// constant keeps `make`-style tools quiet.
     mounted_at: SystemTime,
+    /// The runtime current at construction (the daemon's): where work that a FUSE thread
+    /// must not wait for is spawned.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl ModelFs {
@@ -233,6 +236,7 @@ impl ModelFs {
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -660,6 +664,18 @@ impl ModelFs {
         }
         if let (Some(evictor), Some(handle)) = (&self.evictor, handle) {
             evictor.closed(&handle.file.content());
+            // Files held open may have kept the store over its bound: with one fewer, a pass
+            // can bring it back (off this FUSE thread).
+            if evictor.over_bound() {
+                if let Some(rt) = &self.runtime {
+                    let evictor = evictor.clone();
+                    rt.spawn_blocking(move || {
+                        if let Err(e) = evictor.evict_to_bound() {
+                            tracing::error!(error = %e, "eviction pass failed");
+                        }
+                    });
+                }
+            }
         }
     }
 

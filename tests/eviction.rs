@@ -199,3 +199,58 @@ fn a_full_disk_evicts_and_then_streams_without_caching() {
     assert_eq!(served, kept, "the files of the second batch stored whole, and no other");
     m.stop();
 }
+
+/// A file held open keeps the store over its bound while a larger one is read; once the
+/// larger one is closed too, the store comes back under the bound, and so does the disk it
+/// takes (evicting a file removes its data file). Before, it stayed at 60 MiB of a 48 MiB bound
+/// until the next write.
+#[test]
+fn the_bound_holds_again_once_open_files_are_closed_and_the_disk_follows() {
+    const MB: usize = 1 << 20;
+    let files: Vec<(String, Vec<u8>)> =
+        [("held.bin", 20), ("a.bin", 10), ("b.bin", 10), ("big.bin", 40)]
+            .iter()
+            .enumerate()
+            .map(|(i, (p, mib))| (p.to_string(), bytes(50 + i as u64, mib * MB)))
+            .collect();
+    let hub = MockHub::with_repos(vec![MockRepo::new(
+        "evict/repo",
+        files.iter().map(|(p, d)| MockFile::lfs(p, d.clone())).collect(),
+    )]);
+    let store = temp_dir("evict-bound");
+    let m =
+        Mounted::start(&hub.endpoint(), &store, &["--chunk-size", "1M", "--max-cache-size", "48M"]);
+    let path = |p: &str| m.path(&format!("evict/repo/all/{p}"));
+    let held = File::open(path("held.bin")).unwrap();
+    let mut got = vec![0; 20 * MB];
+    held.read_exact_at(&mut got, 0).unwrap();
+    assert!(got == files[0].1);
+    for (p, d) in &files[1..] {
+        assert!(std::fs::read(path(p)).unwrap() == *d, "{p}");
+    }
+    let bound = 48 * MB as u64;
+    let left = settles_under(&m, &files, bound);
+    assert_eq!(cached_bytes(&path("held.bin")), 20 * MB as u64, "the held file was evicted");
+    let data_dir = store.join("data");
+    let on_disk: u64 = walk_blocks(&data_dir);
+    assert!(on_disk <= bound, "{on_disk} bytes of data files on disk, {left} cached");
+    drop(held);
+    m.stop();
+}
+
+/// Bytes allocated to the files below `dir`.
+fn walk_blocks(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                walk_blocks(&e.path())
+            } else {
+                meta.blocks() * 512
+            }
+        })
+        .sum()
+}
