@@ -82,8 +82,8 @@ mkdir -p "$W" "$LOGS" "$MNT" "$RMNT"
 chmod 755 "$W"
 avail_kib=$(df -Pk "$W" | awk 'NR==2{print $4}')
 [ -f "$BIG" ] && avail_kib=$((avail_kib + BIG_SIZE / 1024))
-[ "$avail_kib" -ge $((4 * 1024 * 1024)) ] ||
-    die "$W has $((avail_kib / 1024)) MiB free; needs ~4 GiB (1 GiB data, 1 GiB kept store, 2 GiB per-run caches)"
+[ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
+    die "$W has $((avail_kib / 1024)) MiB free; needs ~6 GiB (2 GiB data, 2 GiB kept store, 2 GiB per-run caches)"
 log "work dir $W ($((avail_kib / 1024)) MiB free; data kept for the next run, per-run caches deleted)"
 
 need_apt=()
@@ -127,8 +127,11 @@ record meta.tree_files "$TREE_FILES"
 
 STAMP="$DATA/.stamp"
 # Bump GEN_VERSION when the generator (here or `gen_tree` in bench.py) changes its output.
-GEN_VERSION=1
-STAMP_WANT="v$GEN_VERSION seed=$SEED big=$BIG_SIZE tree=$TREE_FILES"
+GEN_VERSION=2
+CKPT="$DATA/files/bench/ckpt"
+CKPT_SHARDS=2
+CKPT_SHARD_BYTES=$((512 << 20))
+STAMP_WANT="v$GEN_VERSION seed=$SEED big=$BIG_SIZE tree=$TREE_FILES ckpt=${CKPT_SHARDS}x$CKPT_SHARD_BYTES"
 if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$STAMP_WANT" ]; then
     log "generating data in $DATA (seed $SEED): 1 GiB file, $TREE_FILES-file tree"
     rm -rf "$DATA"
@@ -139,12 +142,20 @@ if [ "$(head -n1 "$STAMP" 2>/dev/null)" != "$STAMP_WANT" ]; then
         openssl enc -aes-128-ctr -K "$key" -iv 00000000000000000000000000000000 -nosalt >"$BIG"
     echo '{"architectures": ["BenchModel"], "model_type": "bench"}' >"$DATA/files/bench/big/config.json"
     python3 "$HELPER" gen-tree "$TREE" "$SEED" "$TREE_FILES"
+    python3 "$HELPER" gen-ckpt "$CKPT" "$SEED" "$CKPT_SHARDS" "$CKPT_SHARD_BYTES"
+    chmod 644 "$CKPT"/*
     big_sha=$(sha256sum "$BIG" | cut -c1-64)
     { echo "$STAMP_WANT"; echo "$big_sha"; } >"$STAMP"
 fi
 BIG_SHA=$(sed -n 2p "$STAMP")
 # The CDN view: the same inode, named by sha256 (hardlink, so nginx serves identical bytes).
 [ -e "$DATA/lfs/$BIG_SHA" ] || ln "$BIG" "$DATA/lfs/$BIG_SHA"
+for shard in "$CKPT"/*.safetensors; do
+    sha=$(sha256sum "$shard" | cut -c1-64)
+    [ -e "$DATA/lfs/$sha" ] || ln "$shard" "$DATA/lfs/$sha"
+done
+CKPT_BYTES=$(cat "$CKPT"/*.safetensors | wc -c)
+record meta.ckpt_bytes "$CKPT_BYTES"
 [ "$(stat -c %s "$BIG")" = "$BIG_SIZE" ] || die "$BIG has the wrong size"
 (cd "$TREE" && find . -type f | sed 's|^\./||' | sort) >"$W/tree.list"
 [ "$(wc -l <"$W/tree.list")" = "$TREE_FILES" ] || die "tree has $(wc -l <"$W/tree.list") files"
@@ -509,6 +520,57 @@ for _ in $(seq "$RUNS"); do
     py_timed mmap.hot.modelfs mmap "$MOUNTED_BIG"
     py_timed mmap.hot.plain mmap "$BIG"
 done
+
+log "a partially cached file: its cached half reread, page cache dropped and hot"
+# A store of its own, where the first half of the file was read (read-ahead fetches a little
+# more, never the whole: the file stays partial, so it is served by the daemon, with pread
+# from its data file, and the kernel keeps its pages).
+PART_STORE="$W/store-partial"
+HALF_MB=$((BIG_SIZE / 2 / 1048576))
+stop_modelfs
+rm -rf "$PART_STORE"
+start_modelfs "$PART_STORE" "$HUB_U"
+dd if="$MOUNTED_BIG" of=/dev/null bs=1M count="$HALF_MB" 2>/dev/null
+note "partially cached file before the partial rows: $(getfattr -n user.modelfs.status --only-values "$MOUNTED_BIG" 2>/dev/null), $(getfattr -n user.modelfs.cached_bytes --only-values "$MOUNTED_BIG" 2>/dev/null) bytes cached"
+for _ in $(seq "$RUNS"); do
+    stop_modelfs; drop_caches; start_modelfs "$PART_STORE" "$HUB_U"
+    timed partial.store.modelfs dd if="$MOUNTED_BIG" of=/dev/null bs=1M count="$HALF_MB"
+    drop_caches
+    timed partial.store.plain dd if="$PLAIN_COPY" of=/dev/null bs=1M count="$HALF_MB"
+done
+dd if="$MOUNTED_BIG" of=/dev/null bs=1M count="$HALF_MB" 2>/dev/null
+dd if="$BIG" of=/dev/null bs=1M count="$HALF_MB" 2>/dev/null
+for _ in $(seq "$RUNS"); do
+    timed partial.hot.modelfs dd if="$MOUNTED_BIG" of=/dev/null bs=1M count="$HALF_MB"
+    timed partial.hot.plain dd if="$BIG" of=/dev/null bs=1M count="$HALF_MB"
+done
+stop_modelfs
+rm -rf "$PART_STORE"
+
+log "a 1 GiB sharded safetensors checkpoint, loaded warm through the mount and from disk"
+# Cached and verified in the warm store first (a cold read through the mount), then loaded
+# as vLLM does (safe_open, tensors in sorted-name order) with the page cache dropped and hot.
+start_modelfs "$W/store-warm" "$HUB_U"
+MCKPT="$MNT/bench/ckpt/all"
+cat "$MCKPT"/* >/dev/null
+for _ in $(seq 100); do
+    left=$(for f in "$MCKPT"/*.safetensors; do getfattr -n user.modelfs.status --only-values "$f"; echo; done | grep -vc verified || true)
+    [ "$left" = 0 ] && break
+    sleep 0.2
+done
+for _ in $(seq "$RUNS"); do
+    fresh_modelfs
+    py_timed ckpt.store.modelfs load-ckpt "$MCKPT"
+    drop_caches
+    py_timed ckpt.store.plain load-ckpt "$CKPT"
+done
+python3 "$HELPER" load-ckpt "$MCKPT" >/dev/null
+python3 "$HELPER" load-ckpt "$CKPT" >/dev/null
+for _ in $(seq "$RUNS"); do
+    py_timed ckpt.hot.modelfs load-ckpt "$MCKPT"
+    py_timed ckpt.hot.plain load-ckpt "$CKPT"
+done
+note "FUSE passthrough in the warm rows: $(grep -o 'passthrough=[a-z]*' "$LOGS/modelfs.log" | tail -n1)"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Metadata of a cached 3,000-file repo
