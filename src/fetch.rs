@@ -84,6 +84,9 @@ pub struct ChunkFetcher {
     in_flight: Mutex<HashMap<ChunkKey, Flight>>,
     /// Contents whose whole-file check is running, so a file is checked once at a time.
     verifying: Mutex<HashSet<ContentId>>,
+    /// Contents the background pass has checked (tests: which check verified a file).
+    #[cfg(test)]
+    verified_in_background: Mutex<HashSet<ContentId>>,
     /// One permit per read-ahead request in flight: bounds the memory that read-ahead holds
     /// (each request buffers up to `run_chunks` chunks) and the connections it opens. Demand
     /// reads do not take permits, so a reader never queues behind read-ahead.
@@ -225,6 +228,8 @@ impl ChunkFetcher {
             read_timeout,
             in_flight: Mutex::default(),
             verifying: Mutex::default(),
+            #[cfg(test)]
+            verified_in_background: Mutex::default(),
             prefetch_slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             run_chunks: limits.run_chunks.max(1),
             runtime: Handle::try_current().ok(),
@@ -234,6 +239,11 @@ impl ChunkFetcher {
             on_failed: OnceLock::new(),
             in_order: Arc::default(),
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn was_verified_in_background(&self, content: &ContentId) -> bool {
+        lock(&self.verified_in_background).contains(content)
     }
 
     /// Whom to tell when a content is found bad (once; later calls are ignored).
@@ -577,22 +587,16 @@ impl ChunkFetcher {
         let bytes: u64 = chunks.iter().map(|(_, b)| b.len() as u64).sum();
         let first = chunks.first().map_or(0, |(i, _)| *i);
         let to_store = chunks.to_vec();
-        let (in_order, f) = (self.in_order.clone(), file.clone());
         let stored = blocking(move || {
             let mut last = None;
-            let mut prefixed = Prefixed::Pending;
             for (index, data) in &to_store {
                 last =
                     Some(store_chunk(&*store, evictor.as_deref(), &content, *index, data, size)?);
-                if !checked_whole {
-                    prefixed = in_order.stored(&*store, &f, *index, data)?;
-                }
             }
-            let record = last.ok_or_else(|| FetchError::Internal("no chunk to store".into()))?;
-            Ok((record, prefixed))
+            last.ok_or_else(|| FetchError::Internal("no chunk to store".into()))
         })
         .await;
-        let (record, prefixed) = match stored {
+        let record = match stored {
             Ok(stored) => {
                 if self.store_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("chunks are stored again");
@@ -613,23 +617,11 @@ impl ChunkFetcher {
                 );
             }
         };
-        match prefixed {
-            Prefixed::Verified => {
-                tracing::debug!(path = %file.remote.path, "file verified as its chunks landed, in order");
+        if !checked_whole {
+            if first == 0 {
+                self.in_order.track(file);
             }
-            Prefixed::Failed => {
-                tracing::error!(
-                    repo = %file.remote.repo,
-                    path = %file.remote.path,
-                    "file does not match the Hub's hash; discarded and marked failed"
-                );
-                self.failed(&file.content());
-            }
-            Prefixed::Pending if record.state == FileState::Complete && !checked_whole => {
-                // Whole, but its chunks did not all come in order: hash it from the store.
-                self.spawn_verify(file.clone());
-            }
-            Prefixed::Pending => {}
+            self.spawn_advance(file.clone());
         }
         if record.state == FileState::Complete && checked_whole {
             // Checked before it was served.
@@ -666,6 +658,36 @@ impl ChunkFetcher {
         }
     }
 
+    /// Advance `file`'s in-order hash in the background, behind its readers; a file whose
+    /// hash is not tracked and that is whole gets the background pass instead.
+    fn spawn_advance(self: &Arc<Self>, file: FileRef) {
+        let Some(rt) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let (store, in_order, f) = (this.store.clone(), this.in_order.clone(), file.clone());
+            let outcome = blocking(move || Ok(in_order.advance(store.as_ref(), &f)?)).await;
+            match outcome {
+                Ok(Prefixed::Verified) => {
+                    tracing::debug!(path = %file.remote.path, "file verified as its chunks landed, in order");
+                }
+                Ok(Prefixed::Failed) => {
+                    tracing::error!(
+                        repo = %file.remote.repo,
+                        path = %file.remote.path,
+                        "file does not match the Hub's hash; discarded and marked failed"
+                    );
+                    this.failed(&file.content());
+                }
+                Ok(Prefixed::Pending) => {}
+                // Not hashed in order here: once whole, the background pass decides.
+                Ok(Prefixed::Untracked) => this.verify_if_unchecked(&file),
+                Err(e) => tracing::debug!(path = %file.remote.path, error = %e, "in-order hash stopped"),
+            }
+        });
+    }
+
     fn spawn_verify(self: &Arc<Self>, file: FileRef) {
         let Some(rt) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
             return;
@@ -679,6 +701,8 @@ impl ChunkFetcher {
             let store = this.store.clone();
             let f = file.clone();
             let outcome = blocking(move || Ok(verify_file(store.as_ref(), &f)?)).await;
+            #[cfg(test)]
+            lock(&this.verified_in_background).insert(content);
             match outcome {
                 Ok(Verdict::Match) => {
                     tracing::debug!(path = %file.remote.path, "file verified");

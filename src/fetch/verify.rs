@@ -88,12 +88,24 @@ impl FileHasher {
 }
 
 /// Files whose hash is being computed as their chunks are stored, in order: for each, the
-/// hasher and the next chunk it needs. A chunk that arrives ahead of the prefix is picked up
-/// from the store once the prefix reaches it; a file whose prefix never completes is left to
-/// the background pass.
+/// hasher and the next chunk it needs. Hashing runs behind the readers, never on their path:
+/// after a chunk is stored and handed to its readers, [`InOrder::advance`] (on a blocking
+/// thread, one at a time per file) reads the chunks the prefix has reached back from the
+/// store (the page cache: they were just written) and hashes them. Reading back rather than
+/// keeping the fetched buffers bounds the memory to one chunk per file being hashed, however
+/// far the network runs ahead of the hash. A file whose first chunk was stored elsewhere (by
+/// another process, before a restart) has no prefix, and is left to the background pass.
 #[derive(Default)]
 pub(super) struct InOrder {
-    files: Mutex<HashMap<ContentId, Prefix>>,
+    files: Mutex<HashMap<ContentId, Slot>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// `None` while an `advance` holds it, hashing.
+    prefix: Option<Prefix>,
+    /// A chunk was stored while an `advance` held the prefix: it must look again.
+    again: bool,
 }
 
 struct Prefix {
@@ -102,63 +114,89 @@ struct Prefix {
 }
 
 /// Files hashed in order at once: one per file being downloaded. Past this, a new file's
-/// prefix replaces an arbitrary other (which then gets the background pass): the bound only
-/// limits memory (about 400 bytes a file) if many downloads stop half way.
+/// prefix replaces an arbitrary idle other (which then gets the background pass): the bound
+/// only limits memory (about 400 bytes a file) if many downloads stop half way.
 const MAX_IN_ORDER: usize = 1024;
 
-/// What feeding a stored chunk to [`InOrder`] decided.
+/// What advancing a file's in-order hash decided.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Prefixed {
-    /// The file is not whole, or its chunks did not come in order: nothing decided.
+    /// The file is not whole yet, or another call is advancing it: nothing decided.
     Pending,
-    /// The last chunk landed and the in-order hash matched: marked `Verified`.
+    /// The last chunk was reached and the in-order hash matched: marked `Verified`.
     Verified,
     /// It did not match: discarded and marked `Failed`.
     Failed,
+    /// This file has no prefix (its first chunk was not stored through here).
+    Untracked,
 }
 
 impl InOrder {
-    /// Chunk `index` of `file`, `data`, was just stored. Runs on a blocking thread: it hashes
-    /// (and may read stored chunks that came ahead of the prefix).
-    pub(super) fn stored(
+    /// Chunk 0 of `file` was just stored here: its hash can be computed in order.
+    pub(super) fn track(&self, file: &FileRef) {
+        let content = file.content();
+        let mut files = lock(&self.files);
+        if files.contains_key(&content) {
+            return;
+        }
+        if files.len() >= MAX_IN_ORDER {
+            let idle = files.iter().find(|(_, s)| s.prefix.is_some()).map(|(c, _)| *c);
+            if let Some(victim) = idle {
+                files.remove(&victim);
+            }
+        }
+        let prefix = Prefix { hasher: FileHasher::new(&file.hash, file.remote.size), next: 0 };
+        files.insert(content, Slot { prefix: Some(prefix), again: false });
+    }
+
+    /// Hash the chunks of `file` the prefix has reached that are stored, and decide once the
+    /// last is hashed. Runs on a blocking thread; a concurrent call for the same file returns
+    /// `Pending` at once and leaves the work to this one.
+    pub(super) fn advance(
         &self,
         store: &dyn ChunkStore,
         file: &FileRef,
-        index: u64,
-        data: &[u8],
     ) -> Result<Prefixed, StoreError> {
         let content = file.content();
         let size = file.remote.size;
         let cs = store.chunk_size();
         let count = chunk_count(size, cs);
-        let mut files = self.files.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if index == 0 && !files.contains_key(&content) {
-            if files.len() >= MAX_IN_ORDER {
-                if let Some(victim) = files.keys().next().copied() {
-                    files.remove(&victim);
+        let mut prefix = {
+            let mut files = lock(&self.files);
+            let Some(slot) = files.get_mut(&content) else { return Ok(Prefixed::Untracked) };
+            slot.again = false;
+            match slot.prefix.take() {
+                Some(prefix) => prefix,
+                None => {
+                    slot.again = true;
+                    return Ok(Prefixed::Pending);
                 }
             }
-            files.insert(content, Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 });
-        }
-        let Some(prefix) = files.get_mut(&content) else { return Ok(Prefixed::Pending) };
-        if index != prefix.next {
-            return Ok(Prefixed::Pending);
-        }
-        prefix.hasher.update(data);
-        prefix.next += 1;
-        // Chunks that came ahead of the prefix are in the store.
+        };
         let mut buf = Vec::new();
-        while prefix.next < count {
-            let len = chunk_len(size, cs, prefix.next) as usize;
-            buf.clear();
-            if !store.read_chunk(&content, prefix.next, 0..len, &mut buf)? {
+        loop {
+            while prefix.next < count {
+                let len = chunk_len(size, cs, prefix.next) as usize;
+                buf.clear();
+                if !store.read_chunk(&content, prefix.next, 0..len, &mut buf)? {
+                    break;
+                }
+                prefix.hasher.update(&buf);
+                prefix.next += 1;
+            }
+            let mut files = lock(&self.files);
+            if prefix.next < count {
+                let Some(slot) = files.get_mut(&content) else { return Ok(Prefixed::Pending) };
+                if std::mem::take(&mut slot.again) {
+                    // More was stored while this call hashed: look again.
+                    continue;
+                }
+                slot.prefix = Some(prefix);
                 return Ok(Prefixed::Pending);
             }
-            prefix.hasher.update(&buf);
-            prefix.next += 1;
+            files.remove(&content);
+            break;
         }
-        let Some(prefix) = files.remove(&content) else { return Ok(Prefixed::Pending) };
-        drop(files);
         let matches = prefix.hasher.matches();
         crate::metrics::get().file_verified(matches);
         if matches {
@@ -169,4 +207,8 @@ impl InOrder {
             Ok(Prefixed::Failed)
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -366,3 +366,42 @@ pub(in crate::store) fn decode_ref_record(bytes: &[u8]) -> Result<RefRecord, Str
     rkyv::from_bytes::<RefRecord, rkyv::rancor::Error>(&record_body(bytes)?)
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes every encoding writes, pinned: a change here is a change of store format
+    /// (bump the store format and migrate, `store/migrate.rs`), never an accident.
+    #[test]
+    fn golden_bytes() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let header = encode_header(&data);
+        assert_eq!(hex::encode(&header), GOLDEN_HEADER);
+        assert_eq!(header_len(data.len()), header.len());
+        let parsed = parse_header(&header).unwrap();
+        assert_eq!(parsed.len, 70_000);
+        parsed.check(0, &data).unwrap();
+        let key = chunk_key(&ContentId([0xab; 32]), 0x0102);
+        assert_eq!(hex::encode(key), format!("{}0000000000000102", "ab".repeat(32)));
+        let record = FileRecord {
+            size: 123_456_789,
+            cached_bytes: 8 << 20,
+            state: FileState::Partial,
+            last_access: 1_764_000_000,
+        };
+        assert_eq!(hex::encode(encode_file_record(&record).unwrap()), GOLDEN_FILE_RECORD);
+        assert_eq!(decode_file_record(&hex::decode(GOLDEN_FILE_RECORD).unwrap()), Ok(record));
+        let r = RefRecord { commit: "c".repeat(40), resolved_at: 1_764_000_001 };
+        assert_eq!(hex::encode(encode_ref_record(&r).unwrap()), GOLDEN_REF_RECORD);
+        assert_eq!(decode_ref_record(&hex::decode(GOLDEN_REF_RECORD).unwrap()), Ok(r));
+        assert_eq!(repo_key(&RepoId::new("org", "name"), "main"), "org/name@main");
+    }
+
+    const GOLDEN_HEADER: &str = "0170110100defcaa0dbcc9bdbf";
+    const GOLDEN_FILE_RECORD: &str =
+        "0115cd5b0700000000000080000000000000000000000000000081246900000000";
+    const GOLDEN_REF_RECORD: &str =
+        "01636363636363636363636363636363636363636363636363636363636363636363636363636363\
+                                      63a8000000d8ffffff0181246900000000";
+}
