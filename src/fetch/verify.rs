@@ -173,16 +173,37 @@ impl InOrder {
                 }
             }
         };
-        let mut buf = Vec::new();
         loop {
             while prefix.next < count {
                 let len = chunk_len(size, cs, prefix.next) as usize;
-                buf.clear();
-                if !store.read_chunk(&content, prefix.next, 0..len, &mut buf)? {
-                    break;
+                // In pieces the store lends from its per-thread buffer: no chunk-sized
+                // allocation per chunk (new memory is what costs most on a VM whose host backs
+                // it lazily, and it showed in the daemon's RSS).
+                let mut at = 0;
+                let mut missing_at = None;
+                while at < len {
+                    let end = len.min(at + HASH_PIECE);
+                    let found =
+                        store.visit_chunk(&content, prefix.next, at..end, &mut |bytes| {
+                            prefix.hasher.update(bytes)
+                        })?;
+                    if !found {
+                        missing_at = Some(at);
+                        break;
+                    }
+                    at = end;
                 }
-                prefix.hasher.update(&buf);
-                prefix.next += 1;
+                match missing_at {
+                    None => prefix.next += 1,
+                    // Not stored yet: the prefix waits here (the usual case).
+                    Some(0) => break,
+                    // Dropped half way (a bad crc): what was hashed of it must not count
+                    // twice, so the hash is rebuilt over the chunks before it.
+                    Some(_) => {
+                        prefix = restart(prefix, file, store)?;
+                        break;
+                    }
+                }
             }
             let mut files = lock(&self.files);
             if prefix.next < count {
@@ -209,6 +230,108 @@ impl InOrder {
     }
 }
 
+/// How much of a chunk the in-order hash reads at a time: the largest read the store's
+/// per-thread buffer keeps (a kernel read), so hashing never grows it.
+const HASH_PIECE: usize = 1 << 20;
+
+/// A prefix whose current chunk was only partly hashed (it went missing half way): the hash
+/// is rebuilt over the chunks before it. Rare (a chunk dropped for a bad crc between two
+/// pieces), so it costs a re-read, not bookkeeping on every piece.
+fn restart(prefix: Prefix, file: &FileRef, store: &dyn ChunkStore) -> Result<Prefix, StoreError> {
+    let content = file.content();
+    let size = file.remote.size;
+    let cs = store.chunk_size();
+    let mut fresh = Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 };
+    while fresh.next < prefix.next {
+        let len = chunk_len(size, cs, fresh.next) as usize;
+        let mut at = 0;
+        while at < len {
+            let end = len.min(at + HASH_PIECE);
+            let whole = store
+                .visit_chunk(&content, fresh.next, at..end, &mut |b| fresh.hasher.update(b))?;
+            if !whole {
+                // An earlier chunk went too: hash from there when it is back.
+                return Ok(Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 });
+            }
+            at = end;
+        }
+        fresh.next += 1;
+    }
+    Ok(fresh)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::RemoteFile;
+    use crate::manifest::RepoId;
+    use crate::store::memory::MemoryStore;
+
+    /// Three pieces a chunk: room to lose the third after the first two were hashed.
+    const CS: u64 = 3 * HASH_PIECE as u64;
+
+    fn file(data: &[u8]) -> FileRef {
+        FileRef {
+            remote: RemoteFile {
+                repo: RepoId::new("o", "r"),
+                commit: "c".repeat(40),
+                path: "w.bin".into(),
+                size: data.len() as u64,
+            },
+            hash: FileHash::Lfs(Sha256::digest(data).into()),
+        }
+    }
+
+    /// A chunk that fails its crc half way through being hashed is not hashed twice: the
+    /// prefix starts over, and the file is still decided right once the chunk is back.
+    #[test]
+    fn a_chunk_dropped_half_way_is_hashed_again_from_the_start() {
+        let store = MemoryStore::new(CS);
+        let data: Vec<u8> = (0..2 * CS + 5).map(|i| (i % 253) as u8).collect();
+        let f = file(&data);
+        let content = f.content();
+        let chunk =
+            |i: u64| &data[(i * CS) as usize..((i + 1) * CS).min(data.len() as u64) as usize];
+        let order = InOrder::default();
+        order.track(&f);
+        store.put_chunk(&content, data.len() as u64, 0, chunk(0)).unwrap();
+        store.put_chunk(&content, data.len() as u64, 1, chunk(1)).unwrap();
+        // Chunk 1's last piece rots before the prefix reaches it.
+        // The double's value is the chunk header (format byte, length, a crc per 64 KiB
+        // block), then the bytes.
+        let header = 1 + 4 + 4 * (CS as usize).div_ceil(crate::store::CRC_BLOCK);
+        let at = header + 2 * HASH_PIECE + 7;
+        store.rewrite_raw(&content, 1, &mut |v| v[at] ^= 1);
+        assert_eq!(order.advance(&store, &f).unwrap(), Prefixed::Pending);
+        assert!(!store.has_chunk(&content, 1).unwrap(), "the bad chunk was dropped");
+        store.put_chunk(&content, data.len() as u64, 1, chunk(1)).unwrap();
+        store.put_chunk(&content, data.len() as u64, 2, chunk(2)).unwrap();
+        assert_eq!(order.advance(&store, &f).unwrap(), Prefixed::Verified);
+        assert_eq!(store.file_record(&content).unwrap().unwrap().state, FileState::Verified);
+        // Untracked files are left to the background pass.
+        let other = file(b"other bytes");
+        assert_eq!(order.advance(&store, &other).unwrap(), Prefixed::Untracked);
+    }
+
+    /// A wrong byte, whichever chunk it is in, fails the file.
+    #[test]
+    fn a_wrong_byte_fails_the_file() {
+        let store = MemoryStore::new(CS);
+        let data: Vec<u8> = (0..CS + 9).map(|i| (i % 251) as u8).collect();
+        let f = file(&data);
+        let content = f.content();
+        let order = InOrder::default();
+        order.track(&f);
+        let mut bad = data.clone();
+        bad[(CS + 3) as usize] ^= 0x20;
+        store.put_chunk(&content, data.len() as u64, 0, &bad[..CS as usize]).unwrap();
+        store.put_chunk(&content, data.len() as u64, 1, &bad[CS as usize..]).unwrap();
+        assert_eq!(order.advance(&store, &f).unwrap(), Prefixed::Failed);
+        let record = store.file_record(&content).unwrap().unwrap();
+        assert_eq!((record.state, record.cached_bytes), (FileState::Failed, 0));
+    }
 }
