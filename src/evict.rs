@@ -336,6 +336,22 @@ impl Evictor {
         })
     }
 
+    /// After the last handle on a file closed: like [`Evictor::evict_to_bound`], but a pass
+    /// already running is waited for rather than taken as covering this call. That pass
+    /// may have started while the file was open, and kept it.
+    pub fn evict_to_bound_after_close(&self) -> Result<EvictReport, EvictError> {
+        let guard = lock(&self.pass);
+        self.finish_pass(guard, || {
+            let before = stored_bytes(self.store.as_ref())?;
+            match self.policy().max_cache_size {
+                Some(bound) if before > bound => {
+                    self.evict(before, (bound as f64 * LOW_WATER) as u64, 0)
+                }
+                _ => Ok(EvictReport { before, after: before, ..EvictReport::default() }),
+            }
+        })
+    }
+
     /// Passes so far: read before a write that may find the store full, and hand to
     /// [`Evictor::make_room`].
     pub fn passes(&self) -> u64 {

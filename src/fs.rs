@@ -670,7 +670,7 @@ impl ModelFs {
                 if let Some(rt) = &self.runtime {
                     let evictor = evictor.clone();
                     rt.spawn_blocking(move || {
-                        if let Err(e) = evictor.evict_to_bound() {
+                        if let Err(e) = evictor.evict_to_bound_after_close() {
                             tracing::error!(error = %e, "eviction pass failed");
                         }
                     });
