@@ -120,6 +120,8 @@ pub struct Evictor {
     /// Passes run so far, so a writer that waited for another's pass knows to try its write
     /// again before evicting more.
     passes: AtomicU64,
+    /// A pass after a close is queued and has not started yet.
+    close_pass_queued: AtomicBool,
     /// The last lease publication failed (logged once, not at every open).
     publish_failing: AtomicBool,
 }
@@ -157,6 +159,7 @@ impl Evictor {
             since_scan: AtomicU64::new(0),
             pass: Mutex::new(()),
             passes: AtomicU64::new(0),
+            close_pass_queued: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
         }))
     }
@@ -336,11 +339,20 @@ impl Evictor {
         })
     }
 
+    /// Whether a pass after a close should be queued now: at most one waits at a time, so
+    /// a loader closing thousands of files while pinned or open files keep the store over its
+    /// bound costs one pass per pass, not one per close.
+    pub fn queue_close_pass(&self) -> bool {
+        !self.close_pass_queued.swap(true, Ordering::AcqRel)
+    }
+
     /// After the last handle on a file closed: like [`Evictor::evict_to_bound`], but a pass
     /// already running is waited for rather than taken as covering this call. That pass
     /// may have started while the file was open, and kept it.
     pub fn evict_to_bound_after_close(&self) -> Result<EvictReport, EvictError> {
         let guard = lock(&self.pass);
+        // Closes from here on need a pass after this one.
+        self.close_pass_queued.store(false, Ordering::Release);
         self.finish_pass(guard, || {
             let before = stored_bytes(self.store.as_ref())?;
             match self.policy().max_cache_size {

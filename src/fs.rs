@@ -666,8 +666,8 @@ impl ModelFs {
             evictor.closed(&handle.file.content());
             // Files held open may have kept the store over its bound: with one fewer, a pass
             // can bring it back (off this FUSE thread).
-            if evictor.over_bound() {
-                if let Some(rt) = &self.runtime {
+            if let Some(rt) = self.runtime.as_ref().filter(|_| evictor.over_bound()) {
+                if evictor.queue_close_pass() {
                     let evictor = evictor.clone();
                     rt.spawn_blocking(move || {
                         if let Err(e) = evictor.evict_to_bound_after_close() {
