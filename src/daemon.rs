@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use fuser::{MountOption, SessionACL};
@@ -125,7 +125,7 @@ impl Readiness {
     }
 
     fn report(&self, bytes: &[u8]) {
-        let taken = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let taken = crate::lock(&self.0).take();
         if let Some(mut pipe) = taken {
             // The parent may have been killed meanwhile; nothing to do about it then.
             let _ = pipe.write_all(bytes);

@@ -23,6 +23,7 @@
 //! chunk. Nothing here holds a store transaction across anything: each record listing and
 //! each file removal is one short transaction of its own.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Write};
@@ -691,10 +692,6 @@ impl Leases {
         }
         Ok(out)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// `flock(2)` on `file`: the locks that leases, the eviction mutex and the mount registry

@@ -10,6 +10,7 @@
 //! Store calls are synchronous and may touch the disk, so on the runtime they run through
 //! `spawn_blocking`; no store transaction is ever held across an `.await`.
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -929,12 +930,6 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FetchError> + Send + 'static,
 ) -> Result<T, FetchError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| FetchError::Internal(e.to_string()))?
-}
-
-/// A poisoned lock here only means another task panicked while holding a map of in-flight
-/// work; the map itself is still consistent (every update is a single insert or remove).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 mod inode;
 mod snapshot;
 
+use crate::lock;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1027,10 +1028,6 @@ pub fn pieces(file_size: u64, chunk_size: u64, offset: u64, size: u32) -> Vec<Pi
         pos = stop;
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

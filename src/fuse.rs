@@ -6,6 +6,7 @@
 //! cannot (getattr, open, release, reads the store can answer) are answered inline, which is
 //! the warm path: store → one copy → kernel, no task hop.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,10 +139,6 @@ impl BackingCache {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Drop the kernel's cached pages of every inode that shows a content found bad, so that no

@@ -22,3 +22,11 @@ pub mod mounts;
 pub mod names;
 pub mod quant;
 pub mod store;
+
+/// Lock `m`, taking over a lock poisoned by a panic elsewhere: every mutex in modelfs guards
+/// maps and counters updated by single inserts and removes (or nothing, only an order), which
+/// a panic cannot leave half-changed; refusing to serve after one would only turn one failed
+/// request into many.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -8,8 +8,9 @@
 //! first second of a download (connections opening, the first chunk's time to first byte)
 //! says nothing about the rest; an ETA computed from it was 45 minutes for a 20-second pull.
 
+use crate::lock;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
@@ -257,10 +258,6 @@ fn left_cut(path: &str, width: usize) -> String {
     }
     let tail: String = path.chars().skip(n - (width - 1)).collect();
     format!("…{tail}")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

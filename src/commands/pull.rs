@@ -15,10 +15,11 @@
 //! A pull ends only when every file it fetched is verified (by its own fetcher, or by the
 //! daemon that completed it) or has failed.
 
+use crate::lock;
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -454,10 +455,6 @@ fn summary(target: &Target, r: &PullReport, elapsed: Duration) -> String {
         out.push_str(&format!("; {} failed", plural(r.failed.len(), "file")));
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

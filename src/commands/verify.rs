@@ -109,7 +109,6 @@ pub fn verify_store(
 
     let next = AtomicUsize::new(0);
     let found: Mutex<(VerifyReport, Option<CommandError>)> = Mutex::new((report, None));
-    let lock = || found.lock().unwrap_or_else(PoisonError::into_inner);
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {
@@ -121,7 +120,7 @@ pub fn verify_store(
                         file.remote.path
                     );
                     let verdict = verify_file(store.as_ref(), file);
-                    let mut found = lock();
+                    let mut found = crate::lock(&found);
                     match verdict {
                         Ok(Verdict::Match) => {
                             found.0.checked += 1;

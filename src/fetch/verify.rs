@@ -3,6 +3,7 @@
 //! are stored, in order ([`InOrder`]), so that a file downloaded front to back is verified
 //! the moment its last chunk lands instead of being read back whole afterwards.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -258,10 +259,6 @@ fn restart(prefix: Prefix, file: &FileRef, store: &dyn ChunkStore) -> Result<Pre
         fresh.next += 1;
     }
     Ok(fresh)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

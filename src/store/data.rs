@@ -14,12 +14,13 @@
 //! may unlink a file (eviction) while this one holds it open; every use checks the link
 //! count and reopens, so a write never lands in an unlinked inode nor a read in a stale one.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::manifest::ContentId;
@@ -192,10 +193,6 @@ impl DataFiles {
 fn parse_hex(name: &str) -> Option<ContentId> {
     let bytes = hex::decode(name).ok()?;
     Some(ContentId(bytes.try_into().ok()?))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

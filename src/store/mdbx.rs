@@ -38,7 +38,7 @@ use std::fmt;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use libmdbx::{
     Database, DatabaseOptions, Decodable, Mode, NoWriteMap, ReadWriteOptions, SyncMode, TableFlags,
@@ -382,7 +382,7 @@ impl MdbxStore {
         f: impl FnOnce(&Transaction<'_, RW, NoWriteMap>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         // The mutex guards no data, only the order of transactions: a poisoned one is fine.
-        let _serial = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _serial = crate::lock(&self.write_lock);
         let txn = self.db.begin_rw_txn()?;
         let value = f(&txn)?;
         txn.commit()?;
