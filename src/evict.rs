@@ -183,13 +183,7 @@ impl Evictor {
 
     /// A handle on `content` was opened: it cannot be evicted until closed.
     pub fn opened(&self, content: &ContentId) {
-        let first = {
-            let mut open = lock(&self.open);
-            let n = open.entry(*content).or_default();
-            *n += 1;
-            *n == 1
-        };
-        if first {
+        if count_up(&self.open, content, 1) {
             self.publish();
         }
         self.touch(content);
@@ -220,55 +214,21 @@ impl Evictor {
 
     /// A handle on `content` was released.
     pub fn closed(&self, content: &ContentId) {
-        let last = {
-            let mut open = lock(&self.open);
-            match open.get_mut(content) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    open.remove(content);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+        if count_down(&self.open, content, 1) {
             self.publish();
         }
     }
 
-    /// A chunk fetch of `content` started in this process.
-    pub fn fetch_started(&self, content: &ContentId) {
-        let first = {
-            let mut fetching = lock(&self.fetching);
-            let n = fetching.entry(*content).or_default();
-            *n += 1;
-            *n == 1
-        };
-        if first {
+    /// `chunks` chunk fetches of `content` started in this process.
+    pub fn fetch_started(&self, content: &ContentId, chunks: usize) {
+        if count_up(&self.fetching, content, chunks) {
             self.publish_fetching();
         }
     }
 
-    /// A chunk fetch of `content` ended (stored, or failed) in this process.
-    pub fn fetch_ended(&self, content: &ContentId) {
-        let last = {
-            let mut fetching = lock(&self.fetching);
-            match fetching.get_mut(content) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                Some(_) => {
-                    fetching.remove(content);
-                    true
-                }
-                None => false,
-            }
-        };
-        if last {
+    /// `chunks` chunk fetches of `content` ended (stored, or failed) in this process.
+    pub fn fetch_ended(&self, content: &ContentId, chunks: usize) {
+        if count_down(&self.fetching, content, chunks) {
             self.publish_fetching();
         }
     }
@@ -706,6 +666,36 @@ pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Add `n` to `content`'s count; whether it was the first (the count was zero before).
+fn count_up(counts: &Mutex<HashMap<ContentId, usize>>, content: &ContentId, n: usize) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let mut counts = lock(counts);
+    let count = counts.entry(*content).or_default();
+    *count += n;
+    *count == n
+}
+
+/// Take `n` from `content`'s count, dropping it at zero; whether that was the last.
+fn count_down(counts: &Mutex<HashMap<ContentId, usize>>, content: &ContentId, n: usize) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let mut counts = lock(counts);
+    match counts.get_mut(content) {
+        Some(count) if *count > n => {
+            *count -= n;
+            false
+        }
+        Some(_) => {
+            counts.remove(content);
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -911,14 +901,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(CS));
         let ev = Evictor::new(store.clone(), Some(dir.path()), Policy::default()).unwrap();
-        ev.fetch_started(&id(3));
-        ev.fetch_started(&id(3));
-        ev.fetch_ended(&id(3));
+        ev.fetch_started(&id(3), 1);
+        ev.fetch_started(&id(3), 1);
+        ev.fetch_ended(&id(3), 1);
         assert_eq!(fetching_in(dir.path()), HashSet::from([id(3)]));
         assert_eq!(ev.fetching_anywhere(), HashSet::from([id(3)]));
         let other = Evictor::new(store, Some(dir.path()), Policy::default()).unwrap();
         assert_eq!(other.fetching_anywhere(), HashSet::from([id(3)]), "seen from another lease");
-        ev.fetch_ended(&id(3));
+        ev.fetch_ended(&id(3), 1);
         assert!(fetching_in(dir.path()).is_empty());
     }
 

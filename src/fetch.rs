@@ -366,9 +366,8 @@ impl ChunkFetcher {
         }
         drop(map);
         if let Some(evictor) = self.evictor.get() {
-            for _ in claimed.iter().flat_map(|(_, flights)| flights) {
-                evictor.fetch_started(&content);
-            }
+            let chunks = claimed.iter().map(|(_, flights)| flights.len()).sum();
+            evictor.fetch_started(&content, chunks);
         }
         claimed
     }
@@ -387,9 +386,7 @@ impl ChunkFetcher {
         drop(map);
         // Every flight entered in the map by `claim` leaves it here exactly once.
         if let Some(evictor) = self.evictor.get() {
-            for _ in 0..removed {
-                evictor.fetch_ended(content);
-            }
+            evictor.fetch_ended(content, removed);
         }
     }
 
