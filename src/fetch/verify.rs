@@ -29,24 +29,57 @@ pub fn verify_file(store: &dyn ChunkStore, file: &FileRef) -> Result<Verdict, St
     let cs = store.chunk_size();
     let size = file.remote.size;
     let mut hasher = FileHasher::new(&file.hash, size);
-    let mut buf = Vec::with_capacity(cs as usize);
     for index in 0..chunk_count(size, cs) {
-        buf.clear();
         let len = chunk_len(size, cs, index) as usize;
-        if !store.read_chunk(&content, index, 0..len, &mut buf)? {
+        if hash_chunk(store, &content, index, len, &mut hasher)?.is_some() {
             return Ok(Verdict::Incomplete);
         }
-        hasher.update(&buf);
     }
+    Ok(if decide(store, &content, hasher)? { Verdict::Match } else { Verdict::Mismatch })
+}
+
+/// How much of a chunk a hash reads at a time: the largest read the store's per-thread buffer
+/// keeps (a kernel read), so hashing never grows it and allocates no chunk-sized buffer per
+/// chunk (new memory is what costs most on a VM whose host backs it lazily, and it showed in
+/// the daemon's RSS).
+const HASH_PIECE: usize = 1 << 20;
+
+/// Hash the `len` bytes of chunk `index` of `content` into `hasher`, in pieces the store
+/// lends. `Some(at)`: the chunk is not stored, or went missing after its first `at` bytes
+/// were hashed (dropped for a bad crc), which `hasher` then holds.
+fn hash_chunk(
+    store: &dyn ChunkStore,
+    content: &ContentId,
+    index: u64,
+    len: usize,
+    hasher: &mut FileHasher,
+) -> Result<Option<usize>, StoreError> {
+    let mut at = 0;
+    while at < len {
+        let end = len.min(at + HASH_PIECE);
+        if !store.visit_chunk(content, index, at..end, &mut |bytes| hasher.update(bytes))? {
+            return Ok(Some(at));
+        }
+        at = end;
+    }
+    Ok(None)
+}
+
+/// Settle a whole file's hash: `Verified` on a match, chunks discarded and `Failed` on a
+/// mismatch. Whether it matched.
+fn decide(
+    store: &dyn ChunkStore,
+    content: &ContentId,
+    hasher: FileHasher,
+) -> Result<bool, StoreError> {
     let matches = hasher.matches();
     crate::metrics::get().file_verified(matches);
     if matches {
-        store.set_file_state(&content, FileState::Verified)?;
-        Ok(Verdict::Match)
+        store.set_file_state(content, FileState::Verified)?;
     } else {
-        store.discard_file(&content, FileState::Failed)?;
-        Ok(Verdict::Mismatch)
+        store.discard_file(content, FileState::Failed)?;
     }
+    Ok(matches)
 }
 
 /// The hash the Hub gives a file, computed over its bytes in order: sha256 for LFS files, the
@@ -177,23 +210,7 @@ impl InOrder {
         loop {
             while prefix.next < count {
                 let len = chunk_len(size, cs, prefix.next) as usize;
-                // In pieces the store lends from its per-thread buffer: no chunk-sized
-                // allocation per chunk (new memory is what costs most on a VM whose host backs
-                // it lazily, and it showed in the daemon's RSS).
-                let mut at = 0;
-                let mut missing_at = None;
-                while at < len {
-                    let end = len.min(at + HASH_PIECE);
-                    let found =
-                        store.visit_chunk(&content, prefix.next, at..end, &mut |bytes| {
-                            prefix.hasher.update(bytes)
-                        })?;
-                    if !found {
-                        missing_at = Some(at);
-                        break;
-                    }
-                    at = end;
-                }
+                let missing_at = hash_chunk(store, &content, prefix.next, len, &mut prefix.hasher)?;
                 match missing_at {
                     None => prefix.next += 1,
                     // Not stored yet: the prefix waits here (the usual case).
@@ -219,21 +236,13 @@ impl InOrder {
             files.remove(&content);
             break;
         }
-        let matches = prefix.hasher.matches();
-        crate::metrics::get().file_verified(matches);
-        if matches {
-            store.set_file_state(&content, FileState::Verified)?;
-            Ok(Prefixed::Verified)
+        Ok(if decide(store, &content, prefix.hasher)? {
+            Prefixed::Verified
         } else {
-            store.discard_file(&content, FileState::Failed)?;
-            Ok(Prefixed::Failed)
-        }
+            Prefixed::Failed
+        })
     }
 }
-
-/// How much of a chunk the in-order hash reads at a time: the largest read the store's
-/// per-thread buffer keeps (a kernel read), so hashing never grows it.
-const HASH_PIECE: usize = 1 << 20;
 
 /// A prefix whose current chunk was only partly hashed (it went missing half way): the hash
 /// is rebuilt over the chunks before it. Rare (a chunk dropped for a bad crc between two
@@ -245,16 +254,9 @@ fn restart(prefix: Prefix, file: &FileRef, store: &dyn ChunkStore) -> Result<Pre
     let mut fresh = Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 };
     while fresh.next < prefix.next {
         let len = chunk_len(size, cs, fresh.next) as usize;
-        let mut at = 0;
-        while at < len {
-            let end = len.min(at + HASH_PIECE);
-            let whole = store
-                .visit_chunk(&content, fresh.next, at..end, &mut |b| fresh.hasher.update(b))?;
-            if !whole {
-                // An earlier chunk went too: hash from there when it is back.
-                return Ok(Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 });
-            }
-            at = end;
+        if hash_chunk(store, &content, fresh.next, len, &mut fresh.hasher)?.is_some() {
+            // An earlier chunk went too: hash from there when it is back.
+            return Ok(Prefix { hasher: FileHasher::new(&file.hash, size), next: 0 });
         }
         fresh.next += 1;
     }
