@@ -252,6 +252,16 @@ impl ChunkFetcher {
         let _ = self.on_failed.set(hook);
     }
 
+    /// A whole-file hash did not match: the store has discarded it and marked it failed.
+    fn found_bad(&self, file: &FileRef) {
+        tracing::error!(
+            repo = %file.remote.repo,
+            path = %file.remote.path,
+            "file does not match the Hub's hash; discarded and marked failed"
+        );
+        self.failed(&file.content());
+    }
+
     fn failed(&self, content: &ContentId) {
         if let Some(hook) = self.on_failed.get() {
             hook(content);
@@ -619,7 +629,14 @@ impl ChunkFetcher {
             if first == 0 {
                 self.in_order.track(file);
             }
-            self.spawn_advance(file.clone());
+            if self.in_order.is_tracked(&content) {
+                self.spawn_advance(file.clone());
+            } else if record.state == FileState::Complete {
+                // Its first chunk was stored elsewhere, so it is not hashed in order: now that
+                // it is whole, the background pass decides (the record is read again there,
+                // since a prefix that finished meanwhile may have verified it already).
+                self.verify_if_unchecked(file);
+            }
         }
         if record.state == FileState::Complete && checked_whole {
             // Checked before it was served.
@@ -670,14 +687,7 @@ impl ChunkFetcher {
                 Ok(Prefixed::Verified) => {
                     tracing::debug!(path = %file.remote.path, "file verified as its chunks landed, in order");
                 }
-                Ok(Prefixed::Failed) => {
-                    tracing::error!(
-                        repo = %file.remote.repo,
-                        path = %file.remote.path,
-                        "file does not match the Hub's hash; discarded and marked failed"
-                    );
-                    this.failed(&file.content());
-                }
+                Ok(Prefixed::Failed) => this.found_bad(&file),
                 Ok(Prefixed::Pending) => {}
                 // Not hashed in order here: once whole, the background pass decides.
                 Ok(Prefixed::Untracked) => this.verify_if_unchecked(&file),
@@ -705,14 +715,7 @@ impl ChunkFetcher {
                 Ok(Verdict::Match) => {
                     tracing::debug!(path = %file.remote.path, "file verified");
                 }
-                Ok(Verdict::Mismatch) => {
-                    tracing::error!(
-                        repo = %file.remote.repo,
-                        path = %file.remote.path,
-                        "file does not match the Hub's hash; discarded and marked failed"
-                    );
-                    this.failed(&content);
-                }
+                Ok(Verdict::Mismatch) => this.found_bad(&file),
                 Ok(Verdict::Incomplete) => {}
                 Err(e) => {
                     tracing::warn!(path = %file.remote.path, error = %e, "verification failed to run")
