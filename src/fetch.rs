@@ -629,14 +629,7 @@ impl ChunkFetcher {
             if first == 0 {
                 self.in_order.track(file);
             }
-            if self.in_order.is_tracked(&content) {
-                self.spawn_advance(file.clone());
-            } else if record.state == FileState::Complete {
-                // Its first chunk was stored elsewhere, so it is not hashed in order: now that
-                // it is whole, the background pass decides (the record is read again there,
-                // since a prefix that finished meanwhile may have verified it already).
-                self.verify_if_unchecked(file);
-            }
+            self.spawn_advance(file.clone());
         }
         if record.state == FileState::Complete && checked_whole {
             // Checked before it was served.

@@ -183,11 +183,6 @@ impl InOrder {
         files.insert(content, Slot { prefix: Some(prefix), again: false });
     }
 
-    /// Whether `content` is hashed in order here (until its hash is decided).
-    pub(super) fn is_tracked(&self, content: &ContentId) -> bool {
-        lock(&self.files).contains_key(content)
-    }
-
     /// Hash the chunks of `file` the prefix has reached that are stored, and decide once the
     /// last is hashed. Runs on a blocking thread; a concurrent call for the same file returns
     /// `Pending` at once and leaves the work to this one.
