@@ -115,9 +115,14 @@ pub struct Evictor {
     estimate: AtomicU64,
     /// Own writes since the last scan.
     since_scan: AtomicU64,
-    /// One pass at a time. A bound check during a pass is covered by the pass and skips; a
-    /// writer that needs room waits for it (see [`Evictor::make_room`]).
+    /// Own writes ever: a pass reads it before its scan and after, so that what was written
+    /// meanwhile (which the scan may have missed) stays in the estimate.
+    written: AtomicU64,
+    /// One pass at a time. A bound check during a pass does not wait for it: it leaves this
+    /// flag, and the pass checks the bound once more when it ends (its scan may have missed
+    /// that write). A writer that needs room waits for the pass (see [`Evictor::make_room`]).
     pass: Mutex<()>,
+    missed_check: AtomicBool,
     /// Passes run so far, so a writer that waited for another's pass knows to try its write
     /// again before evicting more.
     passes: AtomicU64,
@@ -158,7 +163,9 @@ impl Evictor {
             leases,
             estimate: AtomicU64::new(estimate),
             since_scan: AtomicU64::new(0),
+            written: AtomicU64::new(0),
             pass: Mutex::new(()),
+            missed_check: AtomicBool::new(false),
             passes: AtomicU64::new(0),
             close_pass_queued: AtomicBool::new(false),
             publish_failing: AtomicBool::new(false),
@@ -278,6 +285,7 @@ impl Evictor {
     /// This process stored `bytes` more. True when the store is now over its bound and a pass
     /// should run ([`Evictor::evict_to_bound`], off the async workers).
     pub fn stored(&self, bytes: u64) -> bool {
+        self.written.fetch_add(bytes, Ordering::AcqRel);
         let estimate = self.estimate.fetch_add(bytes, Ordering::Relaxed) + bytes;
         crate::metrics::get().set_cache_bytes(estimate);
         let since = self.since_scan.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -288,16 +296,40 @@ impl Evictor {
     }
 
     /// Evict down to [`LOW_WATER`] of the bound if the store is over it. Runs at most one pass
-    /// at a time: `None` when another pass was already running (it covers this call).
+    /// at a time: `None` when another pass was already running. That pass then runs once more
+    /// if, when it ends, the store is still over the bound by its estimate: its scan may have
+    /// missed the write that made this call, and a store left over its bound with no write
+    /// to come (the last chunk of a model) would stay there.
     pub fn evict_to_bound(&self) -> Result<Option<EvictReport>, EvictError> {
-        let Some(bound) = self.policy().max_cache_size else { return Ok(None) };
-        self.exclusive(|| {
-            let before = stored_bytes(self.store.as_ref())?;
-            if before <= bound {
-                return Ok(EvictReport { before, after: before, ..EvictReport::default() });
+        let mut last = None;
+        loop {
+            let guard = match self.pass.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    self.missed_check.store(true, Ordering::Release);
+                    return Ok(last);
+                }
+            };
+            // Checks that arrive from here on are this pass's to cover.
+            self.missed_check.store(false, Ordering::Release);
+            let report = self.finish_pass(guard, || self.pass_to_bound())?;
+            last = Some(report);
+            if !(self.missed_check.swap(false, Ordering::AcqRel) && self.over_bound()) {
+                return Ok(last);
             }
-            self.evict(before, (bound as f64 * LOW_WATER) as u64, 0)
-        })
+        }
+    }
+
+    /// One pass down to [`LOW_WATER`] of the bound, if the store (scanned now) is over it.
+    fn pass_to_bound(&self) -> Result<EvictReport, EvictError> {
+        let before = stored_bytes(self.store.as_ref())?;
+        match self.policy().max_cache_size {
+            Some(bound) if before > bound => {
+                self.evict(before, (bound as f64 * LOW_WATER) as u64, 0)
+            }
+            _ => Ok(EvictReport { before, after: before, ..EvictReport::default() }),
+        }
     }
 
     /// Whether a pass after a close should be queued now: at most one waits at a time, so
@@ -314,15 +346,18 @@ impl Evictor {
         let guard = lock(&self.pass);
         // Closes from here on need a pass after this one.
         self.close_pass_queued.store(false, Ordering::Release);
-        self.finish_pass(guard, || {
-            let before = stored_bytes(self.store.as_ref())?;
-            match self.policy().max_cache_size {
-                Some(bound) if before > bound => {
-                    self.evict(before, (bound as f64 * LOW_WATER) as u64, 0)
-                }
-                _ => Ok(EvictReport { before, after: before, ..EvictReport::default() }),
-            }
-        })
+        let report = self.finish_pass(guard, || self.pass_to_bound())?;
+        self.cover_missed_checks()?;
+        Ok(report)
+    }
+
+    /// After a pass other than [`Evictor::evict_to_bound`]'s: the bound checks it made skip
+    /// get their pass now.
+    fn cover_missed_checks(&self) -> Result<(), EvictError> {
+        if self.missed_check.load(Ordering::Acquire) {
+            self.evict_to_bound()?;
+        }
+        Ok(())
     }
 
     /// Passes so far: read before a write that may find the store full, and hand to
@@ -346,19 +381,8 @@ impl Evictor {
             let before = stored_bytes(self.store.as_ref())?;
             self.evict(before, before.saturating_sub(need), need)
         })?;
+        self.cover_missed_checks()?;
         Ok(if report.evicted_files > 0 { Room::Made } else { Room::None })
-    }
-
-    fn exclusive(
-        &self,
-        pass: impl FnOnce() -> Result<EvictReport, EvictError>,
-    ) -> Result<Option<EvictReport>, EvictError> {
-        let guard = match self.pass.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
-        };
-        self.finish_pass(guard, pass).map(Some)
     }
 
     /// Run `pass` with the pass lock held, then account for what it did.
@@ -367,12 +391,18 @@ impl Evictor {
         guard: std::sync::MutexGuard<'_, ()>,
         pass: impl FnOnce() -> Result<EvictReport, EvictError>,
     ) -> Result<EvictReport, EvictError> {
+        let written_before = self.written.load(Ordering::Acquire);
         let result = pass();
+        // Writes during the pass may or may not be in its scan: counting them again can only
+        // overstate the estimate (and cost a scan), leaving them out could hide a store over
+        // its bound until some later write.
+        let written_during = self.written.load(Ordering::Acquire) - written_before;
         self.passes.fetch_add(1, Ordering::AcqRel);
         drop(guard);
         let report = result?;
         let metrics = crate::metrics::get();
-        metrics.set_cache_bytes(report.after);
+        let estimate = report.after + written_during;
+        metrics.set_cache_bytes(estimate);
         if report.evicted_files > 0 {
             // Per pass, not per file: the counter counts files, the bytes are exact either way.
             for _ in 1..report.evicted_files {
@@ -380,7 +410,7 @@ impl Evictor {
             }
             metrics.evicted(report.evicted_bytes);
         }
-        self.estimate.store(report.after, Ordering::Relaxed);
+        self.estimate.store(estimate, Ordering::Relaxed);
         self.since_scan.store(0, Ordering::Relaxed);
         if report.evicted_files > 0 {
             tracing::info!(
@@ -780,6 +810,54 @@ mod tests {
         let report = ev.evict_to_bound().unwrap().unwrap();
         assert_eq!(report.evicted_files, 1);
         assert_eq!((cached(store.as_ref(), 1), cached(store.as_ref(), 3)), (0, CS));
+    }
+
+    /// The last chunks of a file arrive while a pass evicts: the pass must neither forget them
+    /// (its scan came first) nor take the writer's skipped check as covered. Before, the
+    /// estimate fell to what the scan saw, the store stayed over its bound with every file
+    /// closed, and nothing ran a pass again.
+    #[test]
+    fn writes_during_a_pass_keep_the_bound_checked() {
+        let memory = Arc::new(MemoryStore::new(CS));
+        let store: Arc<dyn ChunkStore> = memory.clone();
+        // held (1): 20 chunks, open; a (2), b (3): 10 each; big (4): 10 of its 40 so far.
+        for (c, n) in [(1, 20), (2, 10), (3, 10)] {
+            put(store.as_ref(), c, n);
+        }
+        for i in 0..10 {
+            store.put_chunk(&id(4), 40 * CS, i, &[4; CS as usize]).unwrap();
+        }
+        let policy = Policy { max_cache_size: Some(48 * CS), pinned: vec![] };
+        let ev = Evictor::new(store.clone(), None, policy).unwrap();
+        ev.opened(&id(1));
+        ev.opened(&id(4));
+        // At the first eviction, big's other 30 chunks land and their writer checks the bound.
+        let (writer_ev, writer_store) = (Arc::downgrade(&ev), store.clone());
+        let wrote = Arc::new(AtomicBool::new(false));
+        let once = wrote.clone();
+        memory.set_before_evict(move |_| {
+            if once.swap(true, Ordering::SeqCst) {
+                return;
+            }
+            let ev = writer_ev.upgrade().unwrap();
+            for i in 10..40 {
+                writer_store.put_chunk(&id(4), 40 * CS, i, &[4; CS as usize]).unwrap();
+            }
+            assert!(ev.stored(30 * CS));
+            assert!(ev.evict_to_bound().unwrap().is_none(), "a pass is running");
+        });
+        assert!(ev.stored(0));
+        ev.evict_to_bound().unwrap().unwrap();
+        assert!(wrote.load(Ordering::SeqCst));
+        // The pass ran again for the skipped check: a and b are gone, held and big are open.
+        assert_eq!(stored_bytes(store.as_ref()).unwrap(), 60 * CS);
+        assert!(ev.stored_estimate() >= 60 * CS, "estimate {} forgot writes", ev.stored_estimate());
+        // Closing big is what lets the store come back under its bound.
+        ev.closed(&id(4));
+        assert!(ev.over_bound());
+        let report = ev.evict_to_bound_after_close().unwrap();
+        assert_eq!((report.after, report.evicted_files), (20 * CS, 1));
+        assert_eq!(cached(store.as_ref(), 1), 20 * CS);
     }
 
     #[test]

@@ -22,7 +22,12 @@ pub struct MemoryStore {
     chunk_size: u64,
     inner: Mutex<Inner>,
     refuse_writes: std::sync::atomic::AtomicBool,
+    /// Called before each file eviction, outside the lock: how tests make a write land while
+    /// an eviction pass runs.
+    before_evict: Mutex<Option<BeforeEvict>>,
 }
+
+type BeforeEvict = Box<dyn Fn(&ContentId) + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
@@ -60,7 +65,18 @@ impl MemoryStore {
             (1..=super::mdbx::MAX_CHUNK_SIZE).contains(&chunk_size),
             "chunk size {chunk_size} out of range"
         );
-        Self { chunk_size, inner: Mutex::new(Inner::default()), refuse_writes: false.into() }
+        Self {
+            chunk_size,
+            inner: Mutex::new(Inner::default()),
+            refuse_writes: false.into(),
+            before_evict: Mutex::new(None),
+        }
+    }
+
+    /// Run `hook` before each file eviction from now on: for tests of what the layers above
+    /// do with writes that arrive during an eviction pass.
+    pub fn set_before_evict(&self, hook: impl Fn(&ContentId) + Send + Sync + 'static) {
+        *crate::lock(&self.before_evict) = Some(Box::new(hook));
     }
 
     /// While set, every chunk write fails as a damaged store's would: for tests of what the
@@ -269,6 +285,9 @@ impl ChunkStore for MemoryStore {
     }
 
     fn evict_file(&self, content: &ContentId) -> Result<u64, StoreError> {
+        if let Some(hook) = crate::lock(&self.before_evict).as_ref() {
+            hook(content);
+        }
         let mut inner = self.inner()?;
         let keys: Vec<_> = inner.chunks_of(content).map(|(k, _)| *k).collect();
         let mut freed = 0u64;
