@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod evict;
 pub mod fetch;
+pub mod formats;
 pub mod fs;
 pub mod fuse;
 pub mod hub;
