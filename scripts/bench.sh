@@ -2,7 +2,7 @@
 # Benchmark modelfs against what users would pick instead (issue 4), on one machine, in one
 # run, against one origin on 127.0.0.1, and print one markdown table of medians and ratios.
 #
-#   sudo ./scripts/bench.sh                  # ~10-20 min; needs root, /dev/fuse, ~4 GiB free
+#   sudo ./scripts/bench.sh                  # ~15-25 min; needs root, /dev/fuse, ~9 GiB free
 #
 # The origin: nginx serves the generated files as /files/<org>/<repo>/<path> (autoindex, for
 # curl and rclone) and the same bytes as /lfs/<sha256> (the "CDN"); the bundled mock Hub
@@ -16,6 +16,15 @@
 #   BENCH_RUNS  runs per measurement (default 3; a contender whose run took > 30 s stops early)
 #   BENCH_CAP   per-connection cap in bytes/s (default: uncapped curl / 8, measured)
 #   MODELFS_ARGS  extra flags for `modelfs mount` (e.g. "--max-connections 32")
+#   BENCH_ONLY  unset: every section; `loaders`: only the cold model loads (section 4; the
+#               uncapped curl rows still run first, since their speed sets the cap)
+#   BENCH_LOADER_SCALE  `full` (default: 1 GiB safetensors checkpoint, 256+ MiB GGUF and ONNX)
+#               or `small` (about 1/8 of that, to check the section quickly)
+#   BENCH_BIN_DIR  take `modelfs` and `examples/mock_hub` from this directory (e.g. another
+#               worktree's target/release) instead of building them here; the coalescing
+#               rows' probe (scripts/bench/cold_probe.sh) still builds in this tree
+#
+#   sudo BENCH_ONLY=loaders BENCH_LOADER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh   # ~3 min
 #
 # Installs what it uses when missing: nginx and rclone (apt-get), huggingface_hub (pip, the
 # version pinned in tests/python/requirements.txt).
@@ -26,6 +35,8 @@ HELPER="$ROOT/scripts/bench/bench.py"
 
 W=${BENCH_DIR:-/tmp/modelfs-bench}
 RUNS=${BENCH_RUNS:-3}
+ONLY=${BENCH_ONLY:-}
+case "$ONLY" in "" | loaders) ;; *) printf 'bench: BENCH_ONLY is unset or loaders, not %s\n' "$ONLY" >&2; exit 1 ;; esac
 SEED=20240604
 BIG_SIZE=$((1 << 30))
 TREE_FILES=3000
@@ -43,8 +54,9 @@ RESULTS="$W/results.tsv"
 LOGS="$W/logs"
 MNT="$W/mnt/modelfs"
 RMNT="$W/mnt/rclone"
-BIN="$ROOT/target/release/modelfs"
-MOCK="$ROOT/target/release/examples/mock_hub"
+BIN_DIR=${BENCH_BIN_DIR:-"$ROOT/target/release"}
+BIN="$BIN_DIR/modelfs"
+MOCK="$BIN_DIR/examples/mock_hub"
 
 PIDS=()
 MFS_PID=""
@@ -82,8 +94,10 @@ mkdir -p "$W" "$LOGS" "$MNT" "$RMNT"
 chmod 755 "$W"
 avail_kib=$(df -Pk "$W" | awk 'NR==2{print $4}')
 [ -f "$BIG" ] && avail_kib=$((avail_kib + BIG_SIZE / 1024))
-[ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
-    die "$W has $((avail_kib / 1024)) MiB free; needs ~6 GiB (2 GiB data, 2 GiB kept store, 2 GiB per-run caches)"
+# The loader models add ~1.6 GiB of data and up to as much again per run (one store or one
+# download at a time).
+[ "$avail_kib" -ge $((9 * 1024 * 1024)) ] ||
+    die "$W has $((avail_kib / 1024)) MiB free; needs ~9 GiB (3.6 GiB data, 2 GiB kept store, 3 GiB per-run caches)"
 log "work dir $W ($((avail_kib / 1024)) MiB free; data kept for the next run, per-run caches deleted)"
 
 need_apt=()
@@ -107,9 +121,14 @@ if ! python3 -c "import huggingface_hub" 2>/dev/null; then
     python3 -m pip install -q "$hf_pin" >"$LOGS/pip.log" 2>&1 || die "pip install $hf_pin failed"
 fi
 
-log "building (cargo build --release)"
-cargo build --release --bin modelfs --example mock_hub >"$LOGS/build.log" 2>&1 ||
-    { tail -n 30 "$LOGS/build.log" >&2; die "build failed"; }
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+    [ -x "$BIN" ] && [ -x "$MOCK" ] || die "BENCH_BIN_DIR=$BIN_DIR lacks modelfs or examples/mock_hub"
+    log "not building: binaries from $BIN_DIR"
+else
+    log "building (cargo build --release)"
+    cargo build --release --bin modelfs --example mock_hub >"$LOGS/build.log" 2>&1 ||
+        { tail -n 30 "$LOGS/build.log" >&2; die "build failed"; }
+fi
 
 : >"$RESULTS"
 record() { printf '%s\t%s\n' "$1" "$2" >>"$RESULTS"; printf '   %-24s %s\n' "$1" "$2" >&2; }
@@ -118,6 +137,7 @@ note() {
     printf 'meta.note%02d\t%s\n' "$NOTE_N" "$*" >>"$RESULTS"
     printf '   note: %s\n' "$*" >&2
 }
+[ -n "$ONLY" ] && record meta.only "$ONLY"
 record meta.pread_count "$PREADS"
 record meta.tree_files "$TREE_FILES"
 
@@ -160,6 +180,9 @@ record meta.ckpt_bytes "$CKPT_BYTES"
 (cd "$TREE" && find . -type f | sed 's|^\./||' | sort) >"$W/tree.list"
 [ "$(wc -l <"$W/tree.list")" = "$TREE_FILES" ] || die "tree has $(wc -l <"$W/tree.list") files"
 log "data: $BIG ($BIG_SIZE bytes, sha256 $BIG_SHA), $TREE ($TREE_FILES files)"
+# shellcheck source=scripts/bench/loaders.sh
+. "$ROOT/scripts/bench/loaders.sh"
+loaders_data
 
 # ---------------------------------------------------------------------------------------------
 # Servers
@@ -355,6 +378,22 @@ curl_cold() { # COND NGINX_PORT
     timed "cold.$1.curl" curl -sSf -o /dev/null "http://127.0.0.1:$2/files/$BIG_REL"
 }
 
+print_report() {
+    {
+        cat "$W/machine.md"
+        echo
+        echo "## Results ($(date -u +%Y-%m-%dT%H:%MZ), medians; \"vs ref\" = reference time / this time, > 1 is faster)"
+        echo
+        echo "Cap: uncapped curl ran at $(awk -F'\t' '$1=="meta.curl_uncapped_mbps"{print $2}' "$RESULTS") MB/s; capped runs use nginx \`limit_rate\` $CAP bytes/s per connection."
+        echo
+        python3 "$HELPER" report "$RESULTS"
+    } >"$W/table.md"
+    echo
+    cat "$W/table.md"
+    echo
+    log "table saved to $W/table.md; raw runs in $RESULTS; logs in $LOGS"
+}
+
 median_of() { # KEY -> median seconds
     awk -F'\t' -v k="$1" '$1==k{print $2}' "$RESULTS" | sort -g |
         awk '{v[NR]=$1} END{if (NR==0) exit 1; print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'
@@ -372,7 +411,7 @@ median_of() { # KEY -> median seconds
     echo "- kernel: $(uname -srm)"
     echo "- disk of $W: $(df -hP "$W" | awk 'NR==2{print $1 ", " $2 " (" $4 " free)"}')"
     echo "- nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(rclone version 2>/dev/null | head -n1), curl $(curl -V | awk 'NR==1{print $2}'), huggingface_hub $(python3 -c 'import huggingface_hub as h; print(h.__version__)')"
-    echo "- modelfs $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet -- src 2>/dev/null || echo ' + uncommitted changes in src/'), flags: defaults${MODELFS_ARGS:+ + $MODELFS_ARGS}"
+    echo "- modelfs $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet -- src 2>/dev/null || echo ' + uncommitted changes in src/'), flags: defaults${MODELFS_ARGS:+ + $MODELFS_ARGS}${BENCH_BIN_DIR:+, binaries from $BENCH_BIN_DIR}"
 } >"$W/machine.md"
 cat "$W/machine.md" >&2
 
@@ -406,6 +445,12 @@ c2=$!
 wait "$c1" "$c2"
 t1=$(now)
 note "limit_rate check: two parallel ranged GETs of $((span / 1000000)) MB each (2 s at the cap) took $(printf '%.2f' "$(secs "$t0" "$t1")") s together, so the cap is per connection"
+
+if [ "$ONLY" = loaders ]; then
+    loaders_section
+    print_report
+    exit 0
+fi
 
 for run in $(seq "$RUNS"); do
     log "cold, uncapped: run $run/$RUNS"
@@ -617,19 +662,8 @@ note "CDN (nginx) requests during the warm and metadata rows: $((cdn_requests_af
 stop_modelfs
 
 # ---------------------------------------------------------------------------------------------
-# Report
+# 4. Cold model loads (scripts/bench/loaders.sh)
 # ---------------------------------------------------------------------------------------------
 
-{
-    cat "$W/machine.md"
-    echo
-    echo "## Results ($(date -u +%Y-%m-%dT%H:%MZ), medians; \"vs ref\" = reference time / this time, > 1 is faster)"
-    echo
-    echo "Cap: uncapped curl ran at $(awk -F'\t' '$1=="meta.curl_uncapped_mbps"{print $2}' "$RESULTS") MB/s; capped runs use nginx \`limit_rate\` $CAP bytes/s per connection."
-    echo
-    python3 "$HELPER" report "$RESULTS"
-} >"$W/table.md"
-echo
-cat "$W/table.md"
-echo
-log "table saved to $W/table.md; raw runs in $RESULTS; logs in $LOGS"
+loaders_section
+print_report

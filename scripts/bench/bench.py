@@ -192,11 +192,13 @@ def report(path):
         v = vals.get(key)
         return (statistics.median(v), len(v)) if v else (None, 0)
 
-    def row(what, key, ref_key, ref_name, nbytes=None, target=None, lower_is_better=True):
+    def row(what, key, ref_key, ref_name, nbytes=None, target=None, lower_is_better=True,
+            into=None, target_label=None):
+        into = rows if into is None else into
         m, n = med(key)
         r, _ = med(ref_key) if ref_key else (None, 0)
         if m is None:
-            rows.append([what, "not run", "", "", "", ref_name or "", "", target or ""])
+            into.append([what, "not run", "", "", ref_name or "", "", ""])
             return
         rate = f"{nbytes / m / MB:.0f}" if nbytes else ""
         ratio = ""
@@ -207,8 +209,8 @@ def report(path):
             ratio = f"{x:.2f}×"
             if target is not None:
                 ok = "yes" if x >= target else "**no**"
-        note = f"≥ {target}× → {ok}" if target is not None and ok else ""
-        rows.append([what, fmt_s(m), rate, str(n), ref_name or "", ratio, note])
+        note = f"≥ {target_label or target}× → {ok}" if target is not None and ok else ""
+        into.append([what, fmt_s(m), rate, str(n), ref_name or "", ratio, note])
 
     rows_head = ["Measurement", "median", "MB/s", "n", "reference", "vs ref", "target"]
     one = GIB
@@ -277,13 +279,20 @@ def report(path):
         row(f"`stat` every file, {label}: **modelfs**", f"stat.{state}.modelfs",
             f"stat.{state}.native", "on disk")
 
-    out = ["| " + " | ".join(rows_head) + " |", "|" + "---|" * len(rows_head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    def table(body):
+        return (["| " + " | ".join(rows_head) + " |", "|" + "---|" * len(rows_head)]
+                + ["| " + " | ".join(r) + " |" for r in body])
 
-    # Peak memory is not a time: its own small table.
-    out.append("")
-    out.append("| While streaming 1 GiB cold through modelfs | median | max | n | target |")
-    out.append("|---|---|---|---|---|")
+    # BENCH_ONLY=loaders: the other sections did not run, and a table of "not run" says nothing.
+    only_loaders = meta.get("only") == "loaders"
+    out = [] if only_loaders else table(rows)
+    out += loader_tables(vals, meta, med, row, table, cap, bool(out))
+
+    # Peak memory is not a time: its own small table (left out when it has no rows).
+    mem = ["", "| While streaming 1 GiB cold through modelfs | median | max | n | target |",
+           "|---|---|---|---|---|"]
+    out_before_mem = len(out)
+    out += mem
     for cond, label in (("u", "uncapped"), ("c", "capped")):
         for key, what in (("hwm", "VmHWM (peak RSS, incl. mapped store pages)"),
                           ("anon", "peak RssAnon (sampled every ~0.1 s)")):
@@ -303,11 +312,61 @@ def report(path):
                 f"{statistics.median(reqs):.0f} | {max(reqs):.0f} | {len(reqs)} | "
                 f"bytes sent {statistics.median(sent) / GIB:.3f}× the file |"
             )
+    if len(out) == out_before_mem + len(mem):
+        del out[out_before_mem:]
     notes = [v for k, v in sorted(meta.items()) if k.startswith("note")]
     if notes:
         out.append("")
         out += [f"- {n}" for n in notes]
     print("\n".join(out))
+
+
+# What each load is (doc/BENCHMARKS.md says how it reads).
+LOADER_WHAT = {"safetensors": "sharded safetensors", "gguf": "GGUF", "onnx": "ONNX + external data"}
+
+
+def loader_tables(vals, meta, med, row, table, cap, after_other):
+    """The rows of scripts/bench/loaders.sh: cold loads through modelfs against
+    snapshot_download-then-load and against `dd` of the same files through a cold mount, and
+    the bytes a peek fetched against the bound of what it needs."""
+    if not any(k.startswith(("load.", "peek.")) for k in vals):
+        return []
+    body = []
+    scale = meta.get("loader_scale", "?")
+    for cond, label in (("u", "uncapped"), ("c", f"capped {cap} MB/s/conn")):
+        for fmt, what in LOADER_WHAT.items():
+            nbytes = meta.get(f"load_{fmt}_bytes")
+            nbytes = int(nbytes) if nbytes else None
+            size = f"{nbytes / (1 << 20):.0f} MiB" if nbytes else "?"
+            count = meta.get(f"load_{fmt}_what", "").replace("tensors=", "").replace("outputs=", "")
+            count = f", {count} tensors" if fmt != "onnx" and count else ""
+            head = f"cold load, {what} {size}{count}, {label}"
+            hf, mfs, dd = (f"load.{fmt}.{k}.{cond}" for k in ("hf_then_disk", "modelfs_cold", "dd_cold"))
+            row(f"{head}: snapshot_download, then load", hf, None, None, nbytes, into=body)
+            row(f"{head}: `dd` its files, cold mount", dd, None, None, nbytes, into=body)
+            row(f"{head}: **modelfs** load, cold mount", mfs, hf, "snapshot_download + load",
+                nbytes, 3 if cond == "c" else None, into=body)
+            # "Within 1.2× of dd": dd's time / ours ≥ 1 / 1.2.
+            row(f"{head}: **modelfs** load, cold mount", mfs, dd, "`dd`, cold mount", nbytes,
+                1 / 1.2, into=body, target_label="0.83")
+        row(f"peek (header + 1 small tensor) at a cold safetensors shard, {label}: **modelfs**",
+            f"peek.safetensors.modelfs_cold.{cond}", None, None, into=body)
+    out = [""] if after_other else []
+    out += [f"Cold model loads ({scale} scale):", ""] + table(body)
+    bound = meta.get("peek_bound")
+    chunk = int(meta.get("peek_chunk", 0)) or None
+    out += ["", f"| Peek at a cold shard (header + `{meta.get('peek_tensor', '?')}`): bytes fetched, all files of the checkpoint | median | max | n | bound: header's + tensor's chunks | target |",
+            "|---|---|---|---|---|---|"]
+    for cond, label in (("u", "uncapped"), ("c", "capped")):
+        v = vals.get(f"peek.safetensors.bytes.{cond}")
+        if not v or not bound:
+            continue
+        b, m = int(bound), statistics.median(v)
+        mib = lambda x: f"{x / (1 << 20):.1f} MiB"  # noqa: E731
+        chunks = f", {b // chunk} chunks" if chunk else ""
+        out.append(f"| {label} | {mib(m)} ({m / b:.2f}× the bound) | {mib(max(v))} | {len(v)} | "
+                   f"{mib(b)}{chunks} | ≤ 1× → {'yes' if max(v) <= b else '**no**'} |")
+    return out
 
 
 def main(argv):
