@@ -191,6 +191,11 @@ pub struct MountArgs {
     /// on this address, e.g. 127.0.0.1:9100. Off when absent.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Do not run load plans: never prefetch a model file's tensors ahead of its reads
+    /// (safetensors, GGUF, ONNX external data); read-ahead for sequential reads stays
+    /// [default: the config file's `load_plans`, else plans on].
+    #[arg(long)]
+    pub no_load_plans: bool,
     /// Detach from the terminal once the mount answers, logging to --log-file and writing
     /// --pid-file.
     #[arg(long)]
@@ -233,6 +238,8 @@ pub struct MountConfig {
     pub threads: usize,
     pub max_cache_size: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Prefetch model files' tensors in loader order once a program walks them.
+    pub load_plans: bool,
     pub daemon: bool,
     pub pid_file: Option<PathBuf>,
     /// Where the log goes instead of standard error.
@@ -352,6 +359,7 @@ impl MountArgs {
             threads: self.threads.or(f.threads).unwrap_or(DEFAULT_THREADS).max(1),
             max_cache_size: self.max_cache_size.or(f.max_cache_size),
             metrics_addr: self.metrics_addr.or(f.metrics_addr),
+            load_plans: !self.no_load_plans && f.load_plans.unwrap_or(true),
             daemon,
             pid_file,
             log_file,
@@ -387,6 +395,7 @@ impl MountConfig {
             pinned: self.pinned.clone(),
             log_filter: self.log_filter.clone(),
             revalidate: self.revalidate,
+            load_plans: self.load_plans,
         }
     }
 
@@ -676,6 +685,7 @@ mod tests {
         assert_eq!(c.threads, 4);
         assert_eq!(c.max_cache_size, None);
         assert_eq!(c.metrics_addr, None);
+        assert!(c.load_plans, "load plans are on unless turned off");
         assert_eq!((c.pid_file, c.log_file), (None, None));
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.log_filter, "info");
@@ -696,6 +706,7 @@ mod tests {
         threads = 9
         max_cache_size = "2G"
         metrics_addr = "127.0.0.1:9100"
+        load_plans = false
         daemon = true
         pid_file = "/file/m.pid"
         log_file = "/file/m.log"
@@ -724,6 +735,8 @@ mod tests {
         assert_eq!(c.threads, 9);
         assert_eq!(c.max_cache_size, Some(2 << 30));
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
+        assert!(!c.load_plans);
+        assert!(!c.live_settings().load_plans, "a reload applies it");
         assert_eq!(c.pid_file, Some(PathBuf::from("/file/m.pid")));
         assert_eq!(c.log_file, Some(PathBuf::from("/file/m.log")));
         assert_eq!(c.log_format, LogFormat::Json);
@@ -799,6 +812,7 @@ mod tests {
         assert!(
             Cli::try_parse_from(["modelfs", "mount", "/m", "--daemon", "--foreground"]).is_err()
         );
+        assert!(!resolve(&["/m", "--no-load-plans"], None, &[]).load_plans);
         // --offline beats HF_HUB_OFFLINE=0.
         let c = resolve(&["/m", "--offline"], None, &[("HF_HUB_OFFLINE", "0")]);
         assert!(c.offline);

@@ -66,6 +66,8 @@ pub struct ConfigFile {
     #[serde(default, deserialize_with = "size")]
     pub max_cache_size: Option<u64>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Prefetch model files' tensors in loader order (doc/SEMANTICS.md, "Cold start").
+    pub load_plans: Option<bool>,
     pub daemon: Option<bool>,
     pub pid_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
@@ -218,6 +220,8 @@ pub struct LiveSettings {
     pub log_filter: String,
     /// How long a resolved branch is trusted.
     pub revalidate: std::time::Duration,
+    /// Whether load plans run.
+    pub load_plans: bool,
 }
 
 #[cfg(test)]
@@ -244,6 +248,7 @@ mod tests {
             threads = 2
             max_cache_size = "100G"
             metrics_addr = "127.0.0.1:9100"
+            load_plans = false
             daemon = false
             pid_file = "/run/m.pid"
             log_file = "/var/log/m.log"
@@ -266,6 +271,7 @@ mod tests {
         assert_eq!((f.offline, f.allow_other, f.daemon), (Some(true), Some(true), Some(false)));
         assert_eq!((f.read_timeout, f.revalidate), (Some(30), Some(0)));
         assert_eq!(f.chunk_size, Some(4 << 20));
+        assert_eq!(f.load_plans, Some(false));
         assert_eq!(f.max_inflight_bytes, Some(128 << 20));
         assert_eq!((f.max_connections, f.threads), (Some(8), Some(2)));
         assert_eq!(f.max_cache_size, Some(100 << 30));

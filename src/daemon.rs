@@ -386,6 +386,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         revalidate: cfg.revalidate,
         uid: nix::unistd::geteuid().as_raw(),
         gid: nix::unistd::getegid().as_raw(),
+        load_plans: cfg.load_plans,
     };
     let limits = PrefetchLimits::new(
         store.chunk_size(),
@@ -663,6 +664,10 @@ async fn reload_on_hangup(
         if after.revalidate != before.revalidate {
             fs.set_revalidate(after.revalidate);
             changed.push("revalidate");
+        }
+        if after.load_plans != before.load_plans {
+            fs.set_load_plans(after.load_plans);
+            changed.push("load_plans");
         }
         if after.log_filter != before.log_filter {
             match logging.set_filter(&after.log_filter) {

@@ -305,6 +305,50 @@ impl ChunkFetcher {
         }
     }
 
+    /// Fetch `chunks` of `file` in the order given (a load plan's), each run of adjacent ones
+    /// up to the read-ahead run length as one request, through the same permits as read-ahead:
+    /// the permits are taken in order, so the plan's first chunks are on the wire first, and
+    /// demand reads, which take none, still go before all of it. Before each request
+    /// `keep_going` is asked (the program may have closed the file); `fetched` is told each
+    /// chunk this call stored, with its length. Returns once every request is issued and
+    /// finished.
+    pub async fn fetch_in_order(
+        self: &Arc<Self>,
+        file: &FileRef,
+        chunks: &[u64],
+        keep_going: impl Fn() -> bool,
+        fetched: impl Fn(u64, u64) + Clone + Send + 'static,
+    ) {
+        let cs = self.store.chunk_size();
+        let run_len = run_length(self.run_chunks, self.origin.link(), cs).max(1);
+        let mut requests = tokio::task::JoinSet::new();
+        for group in in_order_runs(chunks, run_len) {
+            if !keep_going() || self.store_failing.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else { break };
+            let (this, file, fetched) = (self.clone(), file.clone(), fetched.clone());
+            requests.spawn(async move {
+                let _permit = permit;
+                let content = file.content();
+                for (run, flights) in this.claim(&file, &group) {
+                    match run.await {
+                        Ok(()) => {
+                            for (index, _) in &flights {
+                                fetched(*index, chunk_len(file.remote.size, cs, *index));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(path = %file.remote.path, error = %e, "load plan fetch failed")
+                        }
+                    }
+                    this.retire(&content, &flights);
+                }
+            });
+        }
+        while requests.join_next().await.is_some() {}
+    }
+
     pub fn store(&self) -> &Arc<dyn ChunkStore> {
         &self.store
     }
@@ -321,8 +365,10 @@ impl ChunkFetcher {
         if let Some(kept) = lock(&self.unstored).get(&(content, index)) {
             return Ok(kept);
         }
-        let flight = match self.claim(file, &[index]).pop() {
-            // Nobody was fetching it: this caller started the fetch.
+        let claimed = self.claim(file, &[index]).pop();
+        // Nobody was fetching it: this caller started the fetch, on demand.
+        let on_demand = claimed.is_some();
+        let flight = match claimed {
             Some((_, mut flights)) => flights.pop().map(|(_, f)| f),
             None => lock(&self.in_flight).get(&(content, index)).cloned(),
         };
@@ -330,6 +376,9 @@ impl ChunkFetcher {
         // fresh attempt; either way the next call settles it.
         let Some(flight) = flight else { return Box::pin(self.chunk(file, index)).await };
         let result = flight.clone().await;
+        if let (true, Ok(bytes)) = (on_demand, &result) {
+            crate::metrics::get().demand_fetched(bytes.len() as u64);
+        }
         // Whoever gets here first retires the flight; later callers find the chunk stored (or,
         // after an error, start a fresh attempt instead of inheriting a stale failure).
         self.retire(&content, &[(index, flight)]);
@@ -895,6 +944,24 @@ fn run_length(longest: u64, link: Option<LinkEstimate>, chunk_size: u64) -> u64 
 }
 
 /// `indices` (ascending, no duplicates) cut into runs of consecutive values.
+/// `chunks` cut, in their order, into groups of at most `longest` that ascend by one: what
+/// one request each can fetch. A plan's order jumps between tensors; inside one it ascends.
+fn in_order_runs(chunks: &[u64], longest: u64) -> Vec<Vec<u64>> {
+    let mut out: Vec<Vec<u64>> = Vec::new();
+    for &index in chunks {
+        match out.last_mut() {
+            Some(group)
+                if (group.len() as u64) < longest
+                    && group.last() == Some(&(index.wrapping_sub(1))) =>
+            {
+                group.push(index)
+            }
+            _ => out.push(vec![index]),
+        }
+    }
+    out
+}
+
 fn adjacent_runs(indices: &[u64]) -> Vec<std::ops::Range<u64>> {
     let mut runs: Vec<std::ops::Range<u64>> = Vec::new();
     for &i in indices {
@@ -1139,6 +1206,26 @@ mod tests {
                 joined.extend_from_slice(part);
             }
             prop_assert_eq!(&joined[..], &bytes[..]);
+        }
+
+        /// A plan's chunks are fetched in their order, in groups one request can carry:
+        /// ascending by one, at most `longest`, and cut only where they must be.
+        #[test]
+        fn plan_order_groups_keep_the_order(
+            chunks in proptest::collection::vec(0u64..64, 0..80),
+            longest in 1u64..6,
+        ) {
+            let groups = in_order_runs(&chunks, longest);
+            let flat: Vec<u64> = groups.iter().flatten().copied().collect();
+            prop_assert_eq!(&flat, &chunks);
+            for g in &groups {
+                prop_assert!(!g.is_empty() && g.len() as u64 <= longest);
+                prop_assert!(g.windows(2).all(|w| w[1] == w[0] + 1));
+            }
+            for pair in groups.windows(2) {
+                let joinable = pair[1][0] == pair[0][pair[0].len() - 1] + 1;
+                prop_assert!(!joinable || pair[0].len() as u64 == longest);
+            }
         }
     }
 

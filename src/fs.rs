@@ -12,7 +12,7 @@
 //! handles and cached inodes keep reading the old commit: bytes of two commits never mix.
 
 mod inode;
-mod snapshot;
+pub(crate) mod snapshot;
 
 use crate::lock;
 use std::collections::{BTreeSet, HashMap};
@@ -26,6 +26,7 @@ pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 use crate::evict::{Evictor, FetchActivity};
 use crate::fetch::{ChunkFetcher, FetchError, FileRef, PrefetchLimits, ReadAhead};
 use crate::hub::{HubError, RangeFetcher, RepoSource};
+use crate::loads::{Loads, Place};
 use crate::manifest::{FileEntry, Manifest, RepoId};
 use crate::names;
 use crate::store::{chunk_len, ChunkStore, FileState, RefRecord, StoreError};
@@ -108,6 +109,10 @@ pub struct FsConfig {
     pub revalidate: Duration,
     pub uid: u32,
     pub gid: u32,
+    /// Run load plans: prefetch the tensors of a model file its readers walk
+    /// ([`crate::loads`]). Off by default here, for the one-shot commands, which choose what
+    /// they fetch; the mount turns it on unless configured off.
+    pub load_plans: bool,
 }
 
 impl Default for FsConfig {
@@ -118,6 +123,7 @@ impl Default for FsConfig {
             revalidate: Duration::from_secs(600),
             uid: 0,
             gid: 0,
+            load_plans: false,
         }
     }
 }
@@ -188,6 +194,7 @@ const FAILED_RESOLVE_TTL: Duration = Duration::from_secs(5);
 
 struct Handle {
     file: FileRef,
+    place: Place,
     read_ahead: Mutex<ReadAhead>,
 }
 
@@ -196,6 +203,7 @@ pub struct ModelFs {
     store: Arc<dyn ChunkStore>,
     source: Arc<dyn RepoSource>,
     chunks: Arc<ChunkFetcher>,
+    loads: Arc<Loads>,
     inodes: InodeTable,
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -223,12 +231,15 @@ impl ModelFs {
         prefetch: PrefetchLimits,
     ) -> Self {
         let chunks = ChunkFetcher::new(store.clone(), origin, read_timeout, prefetch);
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let loads = Loads::new(chunks.clone(), runtime.clone(), config.load_plans);
         Self {
             revalidate_secs: AtomicU64::new(config.revalidate.as_secs()),
             config,
             store,
             source,
             chunks,
+            loads,
             inodes: InodeTable::new(),
             slots: Mutex::default(),
             handles: Mutex::default(),
@@ -237,7 +248,7 @@ impl ModelFs {
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
-            runtime: tokio::runtime::Handle::try_current().ok(),
+            runtime,
         }
     }
 
@@ -647,21 +658,25 @@ impl ModelFs {
         if write {
             return Err(FsError::ReadOnly);
         }
+        let place = Place { snap: snap.clone(), index: *file };
         let file = snap.file_ref(*file).ok_or(FsError::NotFound)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if let Some(evictor) = &self.evictor {
             evictor.opened(&file.content());
         }
+        self.loads.opened(&file.content());
         self.chunks.verify_if_unchecked(&file);
-        lock(&self.handles).insert(fh, Arc::new(Handle { file, read_ahead: Mutex::default() }));
+        let handle = Handle { file, place, read_ahead: Mutex::default() };
+        lock(&self.handles).insert(fh, Arc::new(handle));
         crate::metrics::get().handle_opened();
         Ok(fh)
     }
 
     pub fn release(&self, fh: u64) {
         let handle = lock(&self.handles).remove(&fh);
-        if handle.is_some() {
+        if let Some(handle) = &handle {
             crate::metrics::get().handle_released();
+            self.loads.released(&handle.file.content());
         }
         if let (Some(evictor), Some(handle)) = (&self.evictor, handle) {
             evictor.closed(&handle.file.content());
@@ -759,13 +774,17 @@ impl ModelFs {
     /// Feed a read to the handle's sequential detector and start the read-ahead it calls for.
     fn read_ahead(&self, handle: &Handle, offset: u64, size: u32) {
         let cs = self.store.chunk_size();
-        let ahead = lock(&handle.read_ahead).on_read(
+        let mut ahead = lock(&handle.read_ahead).on_read(
             handle.file.remote.size,
             cs,
             self.prefetch.max_window,
             offset,
             size as u64,
         );
+        let last = offset.saturating_add(size as u64).saturating_sub(1);
+        if let Some(end) = self.loads.read_ahead_end(&handle.file.content(), last) {
+            ahead.end = ahead.end.min(end.div_ceil(cs));
+        }
         if !ahead.is_empty() {
             self.chunks.prefetch(&handle.file, ahead);
         }
@@ -818,6 +837,7 @@ impl ModelFs {
             let served = pieces.iter().map(|p| p.range.len()).sum();
             crate::metrics::get().read_bytes(crate::metrics::Source::Store, served);
             self.read_ahead(&handle, offset, size);
+            self.loads.after_read(&handle.place, file, offset, size as u64);
         }
         Ok(hit)
     }
@@ -852,7 +872,13 @@ impl ModelFs {
                 crate::metrics::get().read_bytes(crate::metrics::Source::Store, piece.range.len());
             }
         }
+        self.loads.after_read(&handle.place, file, offset, out.len() as u64);
         Ok(out)
+    }
+
+    /// Turn load plans on or off in a running mount (config reload).
+    pub fn set_load_plans(&self, enabled: bool) {
+        self.loads.set_enabled(enabled);
     }
 
     // ---------------------------------------------------------------- xattrs

@@ -5,7 +5,9 @@
 //! xattrs; no kernel needed) → [`fetch`] (single-flight chunk fetches) over a
 //! [`store::ChunkStore`] and a [`hub::RangeFetcher`]. Names and quant views come from pure
 //! functions in [`names`] and [`quant`]; what a repo contains at a commit is a
-//! [`manifest::Manifest`], stored so a cached repo works with no network at all.
+//! [`manifest::Manifest`], stored so a cached repo works with no network at all. Model files
+//! describe themselves ([`formats`]); [`plan`] and [`loads`] turn that into fetches in the
+//! order loaders read, once a program shows it is loading a file.
 
 pub mod cli;
 pub mod commands;
@@ -17,10 +19,12 @@ pub mod formats;
 pub mod fs;
 pub mod fuse;
 pub mod hub;
+pub mod loads;
 pub mod manifest;
 pub mod metrics;
 pub mod mounts;
 pub mod names;
+pub mod plan;
 pub mod quant;
 pub mod store;
 

@@ -123,7 +123,15 @@ pub struct Metrics {
     hub_reachable: Gauge,
     passthrough: Gauge,
     passthrough_opens: Counter,
+    load_plans: Family<Label, Counter>,
+    plan_fetched_bytes: Counter,
+    plan_unread_bytes: Counter,
+    demand_fetched_bytes: Counter,
 }
+
+/// The labels of `modelfs_load_plans_total`: the loaders a plan imitates
+/// ([`crate::plan::PlanFormat::as_str`]).
+pub const PLAN_FORMATS: [&str; 3] = ["safetensors", "gguf", "onnx"];
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 
@@ -228,6 +236,36 @@ impl Metrics {
             "Opens of verified files answered with FUSE passthrough",
             passthrough_opens.clone(),
         );
+        let load_plans = Family::<Label, Counter>::default();
+        r.register(
+            "load_plans",
+            "Load plans started (a program walked a model file's tensor data, or a sharded \
+             checkpoint's loader was one shard ahead), by file format",
+            load_plans.clone(),
+        );
+        let plan_fetched_bytes = Counter::default();
+        r.register_with_unit(
+            "plan_fetched",
+            "Bytes fetched from the Hub by load plans, ahead of the reads that need them",
+            Unit::Bytes,
+            plan_fetched_bytes.clone(),
+        );
+        let demand_fetched_bytes = Counter::default();
+        r.register_with_unit(
+            "demand_fetched",
+            "Bytes of chunks fetched because a read needed them and nothing (read-ahead, a load \
+             plan) had fetched them ahead: what readers waited a whole request for",
+            Unit::Bytes,
+            demand_fetched_bytes.clone(),
+        );
+        let plan_unread_bytes = Counter::default();
+        r.register_with_unit(
+            "plan_unread",
+            "Bytes load plans fetched that no read asked for by the time the program closed \
+             the model's files (whole chunks)",
+            Unit::Bytes,
+            plan_unread_bytes.clone(),
+        );
         let hub_reachable = Gauge::default();
         hub_reachable.set(1);
         r.register(
@@ -251,6 +289,9 @@ impl Metrics {
         for errno in ["ENOENT", "EACCES", "EIO", "EROFS"] {
             drop(fuse_errors.get_or_create(&[("errno", errno)]));
         }
+        for format in PLAN_FORMATS {
+            drop(load_plans.get_or_create(&[("format", format)]));
+        }
         Metrics {
             read_store: read.get_or_create_owned(&[("source", "store")]),
             read_network: read.get_or_create_owned(&[("source", "network")]),
@@ -272,7 +313,31 @@ impl Metrics {
             hub_reachable,
             passthrough,
             passthrough_opens,
+            load_plans,
+            plan_fetched_bytes,
+            plan_unread_bytes,
+            demand_fetched_bytes,
         }
+    }
+
+    /// A read's own fetch stored `bytes` (see `modelfs_demand_fetched_bytes`).
+    pub fn demand_fetched(&self, bytes: u64) {
+        self.demand_fetched_bytes.inc_by(bytes);
+    }
+
+    /// A load plan started for a file of `format`.
+    pub fn plan_started(&self, format: crate::plan::PlanFormat) {
+        self.load_plans.get_or_create(&[("format", format.as_str())]).inc();
+    }
+
+    /// A load plan's request stored `bytes`.
+    pub fn plan_fetched(&self, bytes: u64) {
+        self.plan_fetched_bytes.inc_by(bytes);
+    }
+
+    /// `bytes` a plan fetched were never read.
+    pub fn plan_unread(&self, bytes: u64) {
+        self.plan_unread_bytes.inc_by(bytes);
     }
 
     /// `bytes` answered to a read from `source`.
@@ -644,11 +709,19 @@ mod tests {
             "# TYPE modelfs_chunk_checksum_failures counter",
             "# TYPE modelfs_file_verifications counter",
             "# TYPE modelfs_build info",
+            "# TYPE modelfs_load_plans counter",
+            "# TYPE modelfs_plan_fetched_bytes counter",
+            "# TYPE modelfs_plan_unread_bytes counter",
+            "# TYPE modelfs_demand_fetched_bytes counter",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing from:\n{text}");
         }
         for reason in RETRY_REASONS {
             let series = format!("modelfs_retries_total{{reason=\"{reason}\"}}");
+            assert!(sample(&text, &series).is_some(), "{series} missing");
+        }
+        for format in PLAN_FORMATS {
+            let series = format!("modelfs_load_plans_total{{format=\"{format}\"}}");
             assert!(sample(&text, &series).is_some(), "{series} missing");
         }
         let buckets =

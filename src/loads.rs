@@ -1,0 +1,628 @@
+//! Loads: watching how programs read model files, and running the load plan of a file once
+//! its readers show they are loading it (doc/SEMANTICS.md, "Cold start"; doc/DESIGN.md,
+//! "Load plans").
+//!
+//! For each file a process has open, this module keeps what it knows of the file's layout
+//! (parsed from the header bytes in the store, off the FUSE threads) and the tensor data its
+//! reads have covered ([`Walk`]). When the reads have walked the data, the file's plan runs:
+//! its chunks are fetched in the loader's order through the read-ahead permits, so inside
+//! `--max-connections` and the read-ahead memory bound, with demand reads first. A safetensors
+//! shard of a sharded checkpoint then starts the next shard the checkpoint's index lists, one
+//! shard ahead of the loader. A plan stops issuing requests when none of the files it serves
+//! is open any more; what it fetched that no read asked for is counted then, in
+//! `modelfs_plan_unread_bytes_total`.
+//!
+//! A header that does not parse is a debug line and no plan: a reader never sees an error
+//! from here, and the generic read-ahead in `fetch.rs` serves it as any other file.
+
+use crate::lock;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
+
+use crate::fetch::{ChunkFetcher, FileRef};
+use crate::formats::{self, FormatError, Layout};
+use crate::fs::snapshot::Snapshot;
+use crate::manifest::ContentId;
+use crate::plan::{LoadPlan, PlanFormat, Walk};
+use crate::store::{chunk_len, ChunkStore};
+
+/// An ONNX model file is parsed for its external data references only up to this size: one
+/// that names external data holds the graph alone (kilobytes to a few MiB); a larger one
+/// carries its weights inside and names nothing.
+const MAX_ONNX_MODEL: u64 = 64 << 20;
+
+/// ONNX model files looked at for one data file: a directory of exported variants has a
+/// handful; a bound keeps a pathological repo from costing a parse of each.
+const MAX_ONNX_CANDIDATES: usize = 16;
+
+/// Where a file is: its snapshot (for its siblings, the checkpoint index and ONNX models next
+/// to it) and its index in the snapshot's manifest.
+#[derive(Clone)]
+pub struct Place {
+    pub(crate) snap: Arc<Snapshot>,
+    pub(crate) index: usize,
+}
+
+impl Place {
+    fn file(&self) -> Option<FileRef> {
+        self.snap.file_ref(self.index)
+    }
+
+    fn path(&self) -> &str {
+        self.snap.file(self.index).map_or("", |f| f.path.as_str())
+    }
+
+    /// The file at `path` in the same snapshot.
+    fn sibling(&self, path: &str) -> Option<Place> {
+        let files = &self.snap.manifest.files;
+        let index = files.binary_search_by(|f| f.path.as_str().cmp(path)).ok()?;
+        Some(Place { snap: self.snap.clone(), index })
+    }
+}
+
+/// What kind of plan a file may have, from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Safetensors,
+    Gguf,
+    /// Data an ONNX model next to it (or above it) may name.
+    MaybeOnnxData,
+}
+
+impl Kind {
+    fn of(place: &Place) -> Option<Kind> {
+        let path = place.path();
+        if path.ends_with(".safetensors") {
+            return Some(Kind::Safetensors);
+        }
+        if path.ends_with(".gguf") {
+            return Some(Kind::Gguf);
+        }
+        if path.ends_with(".onnx") || path.ends_with(".json") {
+            return None;
+        }
+        let dir = parent(path);
+        let has_model = place.snap.manifest.files.iter().any(|f| {
+            f.path.ends_with(".onnx") && f.size <= MAX_ONNX_MODEL && is_within(dir, parent(&f.path))
+        });
+        has_model.then_some(Kind::MaybeOnnxData)
+    }
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// The header is not all stored yet; last tried with this many leading bytes stored.
+    Unparsed { had: u64 },
+    /// A parse is running on a blocking thread.
+    Parsing,
+    /// No plan: not a file a plan knows, a malformed header, or nothing names this data.
+    None,
+    /// `started`: the plan has run (or runs). `chained`: the next shard has been started (or
+    /// there is none to start).
+    Planned { plan: Arc<LoadPlan>, started: bool, chained: bool },
+}
+
+struct FileLoad {
+    stage: Stage,
+    walk: Walk,
+    file: FileRef,
+    /// Chunks this file's plan stored, not yet counted as read or unread.
+    fetched: HashSet<u64>,
+    /// The files whose being open keeps this file's plan going: itself, or every shard of
+    /// its checkpoint.
+    keepalive: Arc<[ContentId]>,
+    /// A plan task for it is running.
+    running: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    files: HashMap<ContentId, FileLoad>,
+    /// Handles open per content in this process.
+    open: HashMap<ContentId, usize>,
+}
+
+impl Inner {
+    fn alive(&self, keepalive: &[ContentId]) -> bool {
+        keepalive.iter().any(|c| self.open.get(c).is_some_and(|&n| n > 0))
+    }
+}
+
+pub struct Loads {
+    enabled: AtomicBool,
+    fetcher: Arc<ChunkFetcher>,
+    store: Arc<dyn ChunkStore>,
+    runtime: Option<Handle>,
+    inner: Mutex<Inner>,
+}
+
+impl Loads {
+    pub fn new(fetcher: Arc<ChunkFetcher>, runtime: Option<Handle>, enabled: bool) -> Arc<Self> {
+        let store = fetcher.store().clone();
+        Arc::new(Self {
+            enabled: AtomicBool::new(enabled),
+            fetcher,
+            store,
+            runtime,
+            inner: Mutex::default(),
+        })
+    }
+
+    /// Turn plans on or off (config `load_plans`, reloadable); plans running go on.
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn opened(&self, content: &ContentId) {
+        *lock(&self.inner).open.entry(*content).or_default() += 1;
+    }
+
+    /// A handle on `content` closed. When that ends a load (none of the files a plan serves is
+    /// open), the plan's unread chunks are counted and what was kept of the files is dropped.
+    pub fn released(&self, content: &ContentId) {
+        let mut inner = lock(&self.inner);
+        match inner.open.get_mut(content) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                inner.open.remove(content);
+            }
+            None => return,
+        }
+        let ended: Vec<ContentId> = inner
+            .files
+            .iter()
+            .filter(|(_, load)| !load.running && !inner.alive(&load.keepalive))
+            .map(|(c, _)| *c)
+            .collect();
+        for c in ended {
+            if let Some(load) = inner.files.remove(&c) {
+                count_unread(&load, self.store.chunk_size());
+            }
+        }
+    }
+
+    /// A read of `len` bytes at `offset` of the file at `place` was answered.
+    pub fn after_read(self: &Arc<Self>, place: &Place, file: &FileRef, offset: u64, len: u64) {
+        if !self.enabled.load(Ordering::Relaxed) || self.runtime.is_none() {
+            return;
+        }
+        let content = file.content();
+        let cs = self.store.chunk_size();
+        let mut inner = lock(&self.inner);
+        let load = inner.files.entry(content).or_insert_with(|| FileLoad {
+            stage: match Kind::of(place) {
+                Some(Kind::Safetensors | Kind::Gguf) => Stage::Unparsed { had: 0 },
+                // Its plan comes from the model, which a loader has read by now: once.
+                Some(Kind::MaybeOnnxData) => {
+                    self.spawn_parse(place.clone());
+                    Stage::Parsing
+                }
+                None => Stage::None,
+            },
+            walk: Walk::default(),
+            file: file.clone(),
+            fetched: HashSet::new(),
+            keepalive: Arc::from([content]),
+            running: false,
+        });
+        match &mut load.stage {
+            Stage::None | Stage::Parsing => {}
+            Stage::Unparsed { had } => {
+                // Parse again only once more of the header is stored than last time.
+                if self.store.has_chunk(&content, *had / cs).unwrap_or(false) {
+                    load.stage = Stage::Parsing;
+                    self.spawn_parse(place.clone());
+                }
+            }
+            Stage::Planned { plan, started, chained } => {
+                if !load.walk.on_read(plan, offset..offset.saturating_add(len)) {
+                    return;
+                }
+                let plan = plan.clone();
+                if !*started {
+                    *started = true;
+                    *chained = true;
+                    load.running = true;
+                    drop(inner);
+                    self.spawn_run(place.clone(), plan, "its readers walked the tensor data");
+                } else if !*chained {
+                    *chained = true;
+                    load.running = true;
+                    drop(inner);
+                    // Started one shard ahead; now that the loader is here, one more ahead.
+                    self.spawn_next_shard(place.clone());
+                }
+            }
+        }
+    }
+
+    /// Where read-ahead after a read at `offset` must stop while the file's plan waits for its
+    /// trigger: the end of the header or tensor the read is in. Until the program reads on
+    /// into other tensors, a reader of one tensor (a peek) pays for that tensor only; once it
+    /// does, the plan fetches ahead in the loader's order instead.
+    pub fn read_ahead_end(&self, content: &ContentId, offset: u64) -> Option<u64> {
+        let inner = lock(&self.inner);
+        match &inner.files.get(content)?.stage {
+            Stage::Planned { plan, started: false, .. } => Some(plan.end_of_part(offset)),
+            _ => None,
+        }
+    }
+
+    fn spawn_parse(self: &Arc<Self>, place: Place) {
+        let Some(rt) = &self.runtime else { return };
+        let this = self.clone();
+        rt.spawn_blocking(move || {
+            let Some(file) = place.file() else { return };
+            let content = file.content();
+            let outcome = this.plan_from_store(&place, &file);
+            let mut inner = lock(&this.inner);
+            let Some(load) = inner.files.get_mut(&content) else { return };
+            load.stage = match outcome {
+                Parsed::Plan(plan) => {
+                    tracing::debug!(
+                        path = %file.remote.path,
+                        format = plan.format.as_str(),
+                        tensors = plan.len(),
+                        bytes = plan.bytes(),
+                        "load plan ready; it starts when the tensor data is walked"
+                    );
+                    Stage::Planned { plan: Arc::new(plan), started: false, chained: false }
+                }
+                Parsed::Later(had) => Stage::Unparsed { had },
+                Parsed::Never(why) => {
+                    tracing::debug!(path = %file.remote.path, why = %why, "no load plan");
+                    Stage::None
+                }
+            };
+        });
+    }
+
+    /// The plan of `file` from the bytes the store holds, without fetching anything.
+    fn plan_from_store(&self, place: &Place, file: &FileRef) -> Parsed {
+        match Kind::of(place) {
+            Some(Kind::Safetensors) => self.header_from_store(file, Format::Safetensors),
+            Some(Kind::Gguf) => self.header_from_store(file, Format::Gguf),
+            Some(Kind::MaybeOnnxData) => self.onnx_plan(place, file),
+            None => Parsed::Never("not a model file".into()),
+        }
+    }
+
+    /// Parse the header of `file` from its stored leading chunks.
+    fn header_from_store(&self, file: &FileRef, format: Format) -> Parsed {
+        let content = file.content();
+        let (cs, size) = (self.store.chunk_size(), file.remote.size);
+        let mut prefix = Vec::new();
+        let mut index = 0;
+        loop {
+            match format.parse(&prefix, size) {
+                Ok(layout) => return Parsed::Plan(format.plan(&layout, size)),
+                Err(FormatError::NeedMore(n)) if n > format.max_header() => {
+                    return Parsed::Never(format!("a header of {n} bytes is past the bound"))
+                }
+                Err(FormatError::NeedMore(n)) => {
+                    while (prefix.len() as u64) < n {
+                        let len = chunk_len(size, cs, index) as usize;
+                        match self.store.read_chunk(&content, index, 0..len, &mut prefix) {
+                            Ok(true) => index += 1,
+                            Ok(false) | Err(_) => return Parsed::Later(prefix.len() as u64),
+                        }
+                    }
+                }
+                Err(e) => return Parsed::Never(e.to_string()),
+            }
+        }
+    }
+
+    /// The plan of an ONNX external data file: the ranges the first stored ONNX model above it
+    /// that names it refers to.
+    fn onnx_plan(&self, place: &Place, file: &FileRef) -> Parsed {
+        let path = place.path();
+        let candidates = place
+            .snap
+            .manifest
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                f.path.ends_with(".onnx")
+                    && f.size <= MAX_ONNX_MODEL
+                    && is_within(parent(path), parent(&f.path))
+            })
+            .take(MAX_ONNX_CANDIDATES);
+        for (index, entry) in candidates {
+            let Some(model) = place.snap.file_ref(index) else { continue };
+            let Some(bytes) = self.whole_from_store(&model) else { continue };
+            let refs = match formats::onnx::external_refs(&bytes) {
+                Ok(refs) => refs,
+                Err(e) => {
+                    tracing::debug!(path = %entry.path, error = %e, "ONNX model not read");
+                    continue;
+                }
+            };
+            let dir = parent(&entry.path);
+            let location = if dir.is_empty() { path } else { &path[dir.len() + 1..] };
+            let regions = formats::onnx::regions_in(&refs, location, file.remote.size);
+            if !regions.is_empty() {
+                return Parsed::Plan(LoadPlan::onnx_data(&regions, file.remote.size));
+            }
+        }
+        // ONNX Runtime reads the model before its data; a model not stored by then is not
+        // being loaded through this mount.
+        Parsed::Never("no stored ONNX model names this file".into())
+    }
+
+    /// All of `file` from the store, if every chunk of it is there.
+    fn whole_from_store(&self, file: &FileRef) -> Option<Vec<u8>> {
+        let (cs, size, content) = (self.store.chunk_size(), file.remote.size, file.content());
+        let mut out = Vec::with_capacity(size as usize);
+        for index in 0..crate::store::chunk_count(size, cs) {
+            let len = chunk_len(size, cs, index) as usize;
+            if !self.store.read_chunk(&content, index, 0..len, &mut out).ok()? {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    fn spawn_run(self: &Arc<Self>, place: Place, plan: Arc<LoadPlan>, why: &'static str) {
+        let Some(rt) = &self.runtime else { return };
+        let this = self.clone();
+        rt.spawn(async move {
+            let Some(file) = place.file() else { return };
+            if plan.format == PlanFormat::Safetensors {
+                this.keep_alive_with_checkpoint(&place).await;
+            }
+            this.run_plan(&file, &plan, why).await;
+            if plan.format == PlanFormat::Safetensors {
+                this.next_shard(&place).await;
+            }
+            this.finished(&file.content());
+        });
+    }
+
+    fn spawn_next_shard(self: &Arc<Self>, place: Place) {
+        let Some(rt) = &self.runtime else { return };
+        let this = self.clone();
+        rt.spawn(async move {
+            this.next_shard(&place).await;
+            if let Some(file) = place.file() {
+                this.finished(&file.content());
+            }
+        });
+    }
+
+    async fn run_plan(self: &Arc<Self>, file: &FileRef, plan: &LoadPlan, why: &str) {
+        let chunks = plan.chunks(self.store.chunk_size());
+        crate::metrics::get().plan_started(plan.format);
+        tracing::debug!(
+            path = %file.remote.path,
+            format = plan.format.as_str(),
+            tensors = plan.len(),
+            chunks = chunks.len(),
+            why,
+            "load plan started"
+        );
+        let content = file.content();
+        let (this, recorder) = (self.clone(), self.clone());
+        self.fetcher
+            .fetch_in_order(
+                file,
+                &chunks,
+                move || {
+                    let inner = lock(&this.inner);
+                    inner.files.get(&content).is_some_and(|load| inner.alive(&load.keepalive))
+                },
+                move |index, bytes| {
+                    crate::metrics::get().plan_fetched(bytes);
+                    if let Some(load) = lock(&recorder.inner).files.get_mut(&content) {
+                        load.fetched.insert(index);
+                    }
+                },
+            )
+            .await;
+    }
+
+    /// The plan of `place`'s file ended: if the load it served is over, count what it left
+    /// unread and forget the file.
+    fn finished(&self, content: &ContentId) {
+        let mut inner = lock(&self.inner);
+        let Some(load) = inner.files.get_mut(content) else { return };
+        load.running = false;
+        let keepalive = load.keepalive.clone();
+        if !inner.alive(&keepalive) {
+            if let Some(load) = inner.files.remove(content) {
+                count_unread(&load, self.store.chunk_size());
+            }
+        }
+    }
+
+    /// The shards of the checkpoint `place`'s file belongs to, from the
+    /// `*.safetensors.index.json` next to it that lists it; sorted, as loaders take them.
+    async fn checkpoint_of(self: &Arc<Self>, place: &Place) -> Option<Vec<String>> {
+        let path = place.path().to_owned();
+        let dir = parent(&path);
+        let name = &path[if dir.is_empty() { 0 } else { dir.len() + 1 }..];
+        let indexes =
+            place.snap.manifest.files.iter().enumerate().filter(|(_, f)| {
+                f.path.ends_with(".safetensors.index.json") && parent(&f.path) == dir
+            });
+        for (index, entry) in indexes {
+            let Some(file) = place.snap.file_ref(index) else { continue };
+            let Some(bytes) = self.whole(&file).await else { continue };
+            match formats::shards::parse_index(&bytes) {
+                Ok(shards) if shards.iter().any(|s| s == name) => {
+                    let join =
+                        |s: &String| if dir.is_empty() { s.clone() } else { format!("{dir}/{s}") };
+                    return Some(shards.iter().map(join).collect());
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(path = %entry.path, error = %e, "checkpoint index not read")
+                }
+            }
+        }
+        None
+    }
+
+    /// A safetensors plan serves the checkpoint's loader: it goes on while any shard is open.
+    async fn keep_alive_with_checkpoint(self: &Arc<Self>, place: &Place) {
+        let Some(shards) = self.checkpoint_of(place).await else { return };
+        let contents: Arc<[ContentId]> =
+            shards.iter().filter_map(|p| place.sibling(p)?.file()).map(|f| f.content()).collect();
+        let Some(file) = place.file() else { return };
+        if let Some(load) = lock(&self.inner).files.get_mut(&file.content()) {
+            load.keepalive = contents;
+        }
+    }
+
+    /// Start the plan of the shard after `place`'s in its checkpoint, fetching its header
+    /// first: the loader will open it next.
+    async fn next_shard(self: &Arc<Self>, place: &Place) {
+        let Some(shards) = self.checkpoint_of(place).await else { return };
+        let Some(at) = shards.iter().position(|s| s == place.path()) else { return };
+        let Some(next) = shards.get(at + 1).and_then(|p| place.sibling(p)) else { return };
+        let Some(file) = next.file() else { return };
+        let content = file.content();
+        let keepalive: Arc<[ContentId]> =
+            shards.iter().filter_map(|p| place.sibling(p)?.file()).map(|f| f.content()).collect();
+        {
+            let mut inner = lock(&self.inner);
+            if !inner.alive(&keepalive) {
+                return;
+            }
+            let load = inner.files.entry(content).or_insert_with(|| FileLoad {
+                stage: Stage::Parsing,
+                walk: Walk::default(),
+                file: file.clone(),
+                fetched: HashSet::new(),
+                keepalive: keepalive.clone(),
+                running: false,
+            });
+            if matches!(load.stage, Stage::Planned { started: true, .. }) || load.running {
+                return;
+            }
+            load.stage = Stage::Parsing;
+            load.running = true;
+            load.keepalive = keepalive;
+        }
+        let plan = match self.fetch_header(&file).await {
+            Ok(layout) => Arc::new(LoadPlan::safetensors(&layout, file.remote.size)),
+            Err(why) => {
+                tracing::debug!(path = %file.remote.path, why = %why, "next shard not planned");
+                if let Some(load) = lock(&self.inner).files.get_mut(&content) {
+                    load.stage = Stage::None;
+                }
+                self.finished(&content);
+                return;
+            }
+        };
+        if let Some(load) = lock(&self.inner).files.get_mut(&content) {
+            load.stage = Stage::Planned { plan: plan.clone(), started: true, chained: false };
+        }
+        self.run_plan(&file, &plan, "the loader is one shard behind").await;
+        self.finished(&content);
+    }
+
+    /// The header of a safetensors `file`, fetched (stored chunks cost nothing).
+    async fn fetch_header(self: &Arc<Self>, file: &FileRef) -> Result<Layout, String> {
+        let size = file.remote.size;
+        let mut prefix = Vec::new();
+        let mut index = 0;
+        loop {
+            match formats::safetensors::parse(&prefix, size) {
+                Ok(layout) => return Ok(layout),
+                Err(FormatError::NeedMore(n)) if n > formats::safetensors::MAX_HEADER => {
+                    return Err(format!("a header of {n} bytes is past the bound"))
+                }
+                Err(FormatError::NeedMore(n)) => {
+                    while (prefix.len() as u64) < n {
+                        let chunk =
+                            self.fetcher.chunk(file, index).await.map_err(|e| e.to_string())?;
+                        prefix.extend_from_slice(&chunk);
+                        index += 1;
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// All of a small `file` (an index), fetched (stored chunks cost nothing).
+    async fn whole(self: &Arc<Self>, file: &FileRef) -> Option<Vec<u8>> {
+        let cs = self.store.chunk_size();
+        let mut out = Vec::new();
+        for index in 0..crate::store::chunk_count(file.remote.size, cs) {
+            out.extend_from_slice(&self.fetcher.chunk(file, index).await.ok()?);
+        }
+        Some(out)
+    }
+}
+
+/// What parsing a header from the store gave.
+enum Parsed {
+    Plan(LoadPlan),
+    /// More of the header must be stored first; this many leading bytes were.
+    Later(u64),
+    Never(String),
+}
+
+#[derive(Clone, Copy)]
+enum Format {
+    Safetensors,
+    Gguf,
+}
+
+impl Format {
+    fn parse(self, prefix: &[u8], size: u64) -> Result<Layout, FormatError> {
+        match self {
+            Format::Safetensors => formats::safetensors::parse(prefix, size),
+            Format::Gguf => formats::gguf::parse(prefix, size),
+        }
+    }
+
+    fn max_header(self) -> u64 {
+        match self {
+            Format::Safetensors => formats::safetensors::MAX_HEADER,
+            Format::Gguf => formats::gguf::MAX_HEADER,
+        }
+    }
+
+    fn plan(self, layout: &Layout, size: u64) -> LoadPlan {
+        match self {
+            Format::Safetensors => LoadPlan::safetensors(layout, size),
+            Format::Gguf => LoadPlan::gguf(layout, size),
+        }
+    }
+}
+
+/// Count the chunks `load`'s plan fetched that no read touched.
+fn count_unread(load: &FileLoad, chunk_size: u64) {
+    let size = load.file.remote.size;
+    let unread: u64 = load
+        .fetched
+        .iter()
+        .filter(|&&i| !load.walk.has_read(i * chunk_size..(i * chunk_size + chunk_size).min(size)))
+        .map(|&i| chunk_len(size, chunk_size, i))
+        .sum();
+    if unread > 0 {
+        crate::metrics::get().plan_unread(unread);
+    }
+}
+
+/// The directory part of a repo path ("" at the top).
+fn parent(path: &str) -> &str {
+    path.rfind('/').map_or("", |i| &path[..i])
+}
+
+/// Whether directory `dir` is `ancestor` or below it.
+fn is_within(dir: &str, ancestor: &str) -> bool {
+    ancestor.is_empty()
+        || dir == ancestor
+        || dir.strip_prefix(ancestor).is_some_and(|rest| rest.starts_with('/'))
+}
