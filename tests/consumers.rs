@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::metrics::{metrics_addr, sample};
 use support::mock_hub::{MockConfig, MockHub};
 use support::mount::{temp_dir, Mounted};
 
@@ -116,6 +117,8 @@ struct Case {
     fixture: &'static str,
     repo: &'static str,
     checks: &'static [Check],
+    /// The load plan format its model file has (`modelfs_load_plans_total{format}`).
+    plan: &'static str,
 }
 
 /// Every file of a fixture repo (symlinks followed, as the mock Hub does), as repo paths.
@@ -220,6 +223,36 @@ fn run_checks(m: &Mounted, repo: &str, checks: &[Check], hub_dir: &Path, run: &s
         .collect()
 }
 
+/// A cold run on 1 MiB chunks, so that these small models span many: the consumer loads the
+/// same tensors as from disk, a load plan starts for its model file, and the bytes it waited
+/// a whole request for (fetched on demand, not ahead by a plan or read-ahead) are few.
+fn cold_with_load_plans(case: &Case, hub: &MockHub, hub_dir: &Path) {
+    let store = temp_dir("store-plans");
+    let m = Mounted::start(
+        &hub.endpoint(),
+        &store,
+        &["--chunk-size", "1M", "--metrics-addr", "127.0.0.1:0"],
+    );
+    run_checks(&m, case.repo, case.checks, hub_dir, "cold, 1 MiB chunks");
+    let addr = metrics_addr(&m);
+    let plans = sample(&addr, &format!("modelfs_load_plans_total{{format=\"{}\"}}", case.plan));
+    let plan = sample(&addr, "modelfs_plan_fetched_bytes_total");
+    let demand = sample(&addr, "modelfs_demand_fetched_bytes_total");
+    let all = sample(&addr, "modelfs_fetched_bytes_total");
+    println!(
+        "== {}: cold, 1 MiB chunks: {plans} {} plan(s); of {} fetched, {} by plans, {} on demand",
+        case.repo,
+        case.plan,
+        bytes_str(all as u64),
+        bytes_str(plan as u64),
+        bytes_str(demand as u64)
+    );
+    assert!(plans >= 1.0, "no {} load plan started:\n{}", case.plan, m.log());
+    assert!(demand < all / 2.0, "most bytes were fetched on demand:\n{}", m.log());
+    assert!(m.stop().success());
+    let _ = std::fs::remove_dir_all(&store);
+}
+
 fn consumers_read_through_the_mount(case: Case) {
     let versions = versions();
     let dir = temp_dir("consumers");
@@ -229,6 +262,7 @@ fn consumers_read_through_the_mount(case: Case) {
     assert_eq!(hub.load_dir(&hub_dir).unwrap(), vec![case.repo.to_owned()]);
     let mut files = Vec::new();
     repo_files(&hub_dir.join(case.repo), "", &mut files);
+    cold_with_load_plans(&case, &hub, &hub_dir);
     let store = temp_dir("store");
 
     // Cold: an empty store, everything the consumer touches is fetched on first access.
@@ -334,6 +368,7 @@ fn onnx_runtime_runs_an_external_data_model_from_its_quant_view() {
             disk: "onnx/model_q4f16.onnx",
             reads: &["onnx/model_q4f16.onnx", "onnx/model_q4f16.onnx_data"],
         }],
+        plan: "onnx",
     });
 }
 
@@ -349,6 +384,7 @@ fn gguf_reader_maps_a_gguf_file_from_its_quant_view() {
             disk: "Tiny-Q8_0.gguf",
             reads: &["Tiny-Q8_0.gguf"],
         }],
+        plan: "gguf",
     });
 }
 
@@ -373,5 +409,6 @@ fn tokenizers_and_safetensors_load_all_minilm_l6_v2() {
                 reads: &["model.safetensors"],
             },
         ],
+        plan: "safetensors",
     });
 }

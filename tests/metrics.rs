@@ -6,13 +6,13 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::metrics::{get, metrics_addr};
 use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo};
 use support::mount::{bytes, errno, sha256_hex, temp_dir, Mounted};
 
@@ -53,24 +53,6 @@ fn repo() -> (MockRepo, HashMap<String, Vec<u8>>) {
 }
 
 // ------------------------------------------------------------------------------ HTTP, parsing
-
-struct Answer {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// One HTTP/1.1 GET on a fresh connection.
-fn get(addr: &str, path: &str) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a response head");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
-    Ok(Answer { status, head: head.to_owned(), body: body.to_owned() })
-}
 
 /// `/metrics`, parsed by `prometheus_client.openmetrics.parser` (strict: it rejects anything
 /// that is not valid OpenMetrics, `# EOF` included). Samples by `name{label="value",...}`,
@@ -146,16 +128,6 @@ fn scrape(addr: &str) -> Scrape {
         labels.push(l);
     }
     Scrape { text: answer.body, samples, types: parsed.types, labels }
-}
-
-/// The address the daemon logged: `metrics listening on http://ADDR`.
-fn metrics_addr(m: &Mounted) -> String {
-    let log = m.log();
-    let rest = log
-        .split("metrics listening on http://")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
-    rest.chars().take_while(|c| c.is_ascii_alphanumeric() || ".:[]".contains(*c)).collect()
 }
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {

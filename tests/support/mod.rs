@@ -2,5 +2,7 @@
 //! `modelfs` binary against it.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod mock_hub;
+pub mod models;
 pub mod mount;

@@ -1,0 +1,250 @@
+//! Load plans on a real mount (doc/SEMANTICS.md, "Cold start"): a program that reads a model
+//! file's header and then walks its tensors gets the rest fetched ahead of it, in the order
+//! it reads (sorted names for safetensors, file order for GGUF, reference order for ONNX
+//! external data), and the next shard of a sharded checkpoint before it opens it; a program
+//! that reads the header and one tensor pays for those alone. Every byte read is compared
+//! with the file; what the plans did is read from `/metrics`.
+//!
+//! The mock CDN answers each request after 20 ms and paces each connection, as a real one
+//! does: a reader fetching tensor by tensor on demand pays that per request, a plan pays it
+//! once per parallel request, which is why most bytes come from the plan.
+
+mod support;
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use support::metrics::{metrics_addr, sample};
+use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo};
+use support::models::{self, T};
+use support::mount::{bytes, temp_dir, wait_for, Mounted, SETTLE};
+
+const MIB: usize = 1 << 20;
+
+/// 1 MiB chunks and 8 MiB in flight: eight parallel requests for a plan.
+const ARGS: [&str; 6] =
+    ["--chunk-size", "1M", "--max-inflight-bytes", "8M", "--metrics-addr", "127.0.0.1:0"];
+
+fn hub(files: Vec<MockFile>) -> MockHub {
+    let hub = MockHub::start(MockConfig {
+        cdn_first_byte: Duration::from_millis(20),
+        cdn_rate: Some(64 << 20),
+        ..MockConfig::default()
+    });
+    hub.add_repo(MockRepo::new("plans/model", files));
+    hub
+}
+
+/// `n` tensors of `size` bytes named `model.layers.{i}.weight`: in file order 0, 1, 2, ...;
+/// sorted, 0, 1, 10, 11, ..., 2, 20, ...
+fn layers(n: usize, size: usize, seed: u64) -> Vec<T> {
+    (0..n)
+        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(seed + i as u64, size)))
+        .collect()
+}
+
+/// Read `range` of `f` in 1 MiB preads, as the kernel hands a page-faulting loader's reads
+/// to the daemon, and compare with `want`.
+fn read_range(f: &File, range: Range<u64>, want: &[u8], what: &str) {
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(MIB as u64) as usize;
+        let mut got = vec![0; n];
+        f.read_exact_at(&mut got, at).unwrap();
+        assert!(got[..] == want[at as usize..at as usize + n], "{what} at {at}");
+        at += n as u64;
+    }
+}
+
+/// A loader's walk: the header, then every tensor in `order` (indices into `ranges`).
+fn walk(f: &File, data: &[u8], header: u64, ranges: &[Range<u64>], order: &[usize]) {
+    read_range(f, 0..header, data, "header");
+    for &i in order {
+        read_range(f, ranges[i].clone(), data, &format!("tensor {i}"));
+    }
+}
+
+fn sorted_order(tensors: &[T]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by(|&a, &b| tensors[a].name.cmp(&tensors[b].name));
+    order
+}
+
+fn plans(addr: &str, format: &str) -> f64 {
+    sample(addr, &format!("modelfs_load_plans_total{{format=\"{format}\"}}"))
+}
+
+fn cached(path: &std::path::Path) -> u64 {
+    support::mount::getfattr(path, "user.modelfs.cached_bytes").unwrap().parse().unwrap()
+}
+
+/// The shares of the bytes fetched from the Hub that plans fetched, and that reads fetched
+/// themselves (on demand: nothing had fetched them ahead).
+fn shares(addr: &str) -> (f64, f64) {
+    let plan = sample(addr, "modelfs_plan_fetched_bytes_total");
+    let demand = sample(addr, "modelfs_demand_fetched_bytes_total");
+    let all = sample(addr, "modelfs_fetched_bytes_total");
+    assert!(all > 0.0);
+    eprintln!("of {all} bytes fetched, the plan fetched {plan}, reads on demand {demand}");
+    (plan / all, demand / all)
+}
+
+#[test]
+fn a_safetensors_loader_gets_its_tensors_fetched_ahead_in_name_order() {
+    let tensors = layers(24, 2 * MIB, 1);
+    let (data, ranges) = models::safetensors(&tensors);
+    let hub = hub(vec![MockFile::lfs("model.safetensors", data.clone())]);
+    let store = temp_dir("plans-st");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path("plans/model/all/model.safetensors")).unwrap();
+    walk(&f, &data, ranges[0].start, &ranges, &sorted_order(&tensors));
+    assert_eq!(plans(&addr, "safetensors"), 1.0, "{}", m.log());
+    // Sorted names jump around the file: read-ahead cannot follow, the plan does.
+    let (plan, demand) = shares(&addr);
+    assert!(plan > 0.5 && demand < 0.5, "plan {plan:.2}, demand {demand:.2}:\n{}", m.log());
+    assert!(m.log().contains("load plan started"), "{}", m.log());
+    drop(f);
+    wait_for("no plan bytes left unread", SETTLE, || {
+        sample(&addr, "modelfs_plan_unread_bytes_total") == 0.0
+    });
+    m.stop();
+}
+
+#[test]
+fn a_peek_at_the_header_and_one_tensor_fetches_only_their_chunks() {
+    // Small tensors in the middle of the file, between large ones: the peek reads one.
+    let mut tensors = layers(8, 3 * MIB, 10);
+    tensors.insert(4, T::new("model.norm.weight", bytes(99, 4096)));
+    let (data, ranges) = models::safetensors(&tensors);
+    let hub = hub(vec![MockFile::lfs("model.safetensors", data.clone())]);
+    let store = temp_dir("plans-peek");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let path = m.path("plans/model/all/model.safetensors");
+    let f = File::open(&path).unwrap();
+    read_range(&f, 0..ranges[0].start, &data, "header");
+    read_range(&f, ranges[4].clone(), &data, "the small tensor");
+    drop(f);
+    // Nothing more may arrive: a plan would have started at once. This waits for an absence,
+    // so it can only be a bound on how late a wrong fetch would come.
+    std::thread::sleep(Duration::from_millis(500));
+    let chunk = MIB as u64;
+    let chunks = |r: Range<u64>| r.end.div_ceil(chunk) - r.start / chunk;
+    let bound = (chunks(0..ranges[0].start) + chunks(ranges[4].clone())) * chunk;
+    let got = cached(&path);
+    eprintln!("peek stored {got} bytes; header chunk + tensor chunks = {bound}");
+    assert!(got <= bound, "the peek stored {got} bytes, more than {bound}:\n{}", m.log());
+    assert_eq!(plans(&addr, "safetensors"), 0.0, "{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn the_next_shard_is_fetched_before_the_loader_opens_it() {
+    let first = layers(8, 2 * MIB, 20);
+    let second: Vec<T> = (8..16)
+        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(20 + i as u64, 2 * MIB)))
+        .collect();
+    let (one, one_ranges) = models::safetensors(&first);
+    let (two, _) = models::safetensors(&second);
+    let (n1, n2) = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors");
+    let mut map: Vec<(String, &str)> = first.iter().map(|t| (t.name.clone(), n1)).collect();
+    map.extend(second.iter().map(|t| (t.name.clone(), n2)));
+    let map: Vec<(&str, &str)> = map.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+    let hub = hub(vec![
+        MockFile::lfs(n1, one.clone()),
+        MockFile::lfs(n2, two.clone()),
+        MockFile::git("model.safetensors.index.json", models::shard_index(&map)),
+    ]);
+    let store = temp_dir("plans-shards");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path(&format!("plans/model/all/{n1}"))).unwrap();
+    walk(&f, &one, one_ranges[0].start, &one_ranges, &sorted_order(&first));
+    // The first shard is still open; the second has not been opened.
+    let next = m.path(&format!("plans/model/all/{n2}"));
+    wait_for("the second shard stored", SETTLE, || cached(&next) == two.len() as u64);
+    assert_eq!(plans(&addr, "safetensors"), 2.0, "{}", m.log());
+    drop(f);
+    assert!(std::fs::read(&next).unwrap() == two);
+    m.stop();
+}
+
+#[test]
+fn a_gguf_reader_gets_the_file_fetched_ahead_in_file_order() {
+    let tensors = layers(40, MIB + 4096, 40);
+    let (data, ranges) = models::gguf(&tensors);
+    let hub = hub(vec![MockFile::lfs("model-Q8_0.gguf", data.clone())]);
+    let store = temp_dir("plans-gguf");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path("plans/model/all/model-Q8_0.gguf")).unwrap();
+    let order: Vec<usize> = (0..tensors.len()).collect();
+    walk(&f, &data, ranges[0].start, &ranges, &order);
+    assert_eq!(plans(&addr, "gguf"), 1.0, "{}", m.log());
+    // File order is sequential: read-ahead fetches ahead until the plan takes over.
+    let (plan, demand) = shares(&addr);
+    assert!(plan > 0.0 && demand < 0.5, "plan {plan:.2}, demand {demand:.2}:\n{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn onnx_external_data_is_fetched_in_the_order_the_model_names_it() {
+    // Sixteen 2 MiB initializers, named by the model in the reverse of their file order.
+    let size = 2 * MIB as u64;
+    let blob = bytes(60, 16 * size as usize);
+    let names: Vec<String> = (0..16).map(|i| format!("w{i}")).collect();
+    let refs: Vec<(&str, u64, u64)> =
+        (0..16).rev().map(|i| (names[i].as_str(), i as u64 * size, size)).collect();
+    let model = models::onnx_external("model.onnx_data", &refs);
+    let hub = hub(vec![
+        MockFile::lfs("onnx/model.onnx", model.clone()),
+        MockFile::lfs("onnx/model.onnx_data", blob.clone()),
+    ]);
+    let store = temp_dir("plans-onnx");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    assert!(std::fs::read(m.path("plans/model/all/onnx/model.onnx")).unwrap() == model);
+    let f = File::open(m.path("plans/model/all/onnx/model.onnx_data")).unwrap();
+    for (_, offset, length) in &refs {
+        read_range(&f, *offset..offset + length, &blob, "initializer");
+    }
+    assert_eq!(plans(&addr, "onnx"), 1.0, "{}", m.log());
+    let (plan, demand) = shares(&addr);
+    assert!(plan > 0.5 && demand < 0.5, "plan {plan:.2}, demand {demand:.2}:\n{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn plans_can_be_turned_off_and_a_malformed_header_is_only_a_log_line() {
+    let tensors = layers(12, 2 * MIB, 80);
+    let (data, ranges) = models::safetensors(&tensors);
+    // A header length past the file: not a safetensors file at all, whatever its name says.
+    let mut bad = bytes(81, 6 * MIB);
+    bad[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    let hub = hub(vec![
+        MockFile::lfs("model.safetensors", data.clone()),
+        MockFile::lfs("broken.safetensors", bad.clone()),
+    ]);
+    // Off: the same walk starts nothing.
+    let store = temp_dir("plans-off");
+    let mut args = ARGS.to_vec();
+    args.push("--no-load-plans");
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path("plans/model/all/model.safetensors")).unwrap();
+    walk(&f, &data, ranges[0].start, &ranges, &sorted_order(&tensors));
+    assert_eq!(plans(&addr, "safetensors"), 0.0);
+    assert_eq!(sample(&addr, "modelfs_plan_fetched_bytes_total"), 0.0);
+    m.stop();
+    // On, with a header that does not parse: reads are right, and the log says why.
+    let store = temp_dir("plans-bad");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    assert!(std::fs::read(m.path("plans/model/all/broken.safetensors")).unwrap() == bad);
+    assert_eq!(plans(&addr, "safetensors"), 0.0);
+    wait_for("the log line", SETTLE, || m.log().contains("no load plan"));
+    m.stop();
+}
