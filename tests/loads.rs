@@ -248,3 +248,36 @@ fn plans_can_be_turned_off_and_a_malformed_header_is_only_a_log_line() {
     wait_for("the log line", SETTLE, || m.log().contains("no load plan"));
     m.stop();
 }
+
+/// llama.cpp's `--mlock`/pre-fault and `mmap(MAP_POPULATE)` fault a whole mapping in before
+/// the first tensor is used: that is a walk too, and the plan runs beside it.
+#[test]
+fn a_map_populate_prefault_starts_the_plan() {
+    let tensors = layers(16, 2 * MIB, 90);
+    let (data, _) = models::safetensors(&tensors);
+    let hub = hub(vec![MockFile::lfs("model.safetensors", data.clone())]);
+    let store = temp_dir("plans-populate");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path("plans/model/all/model.safetensors")).unwrap();
+    let len = data.len();
+    // SAFETY: a read-only private mapping of a file this test holds open, unmapped below;
+    // the slice is only read while mapped.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        let mapped = std::slice::from_raw_parts(p as *const u8, len);
+        assert!(mapped == &data[..], "the mapping differs from the file");
+        libc::munmap(p, len);
+    }
+    assert_eq!(plans(&addr, "safetensors"), 1.0, "{}", m.log());
+    m.stop();
+}
