@@ -191,6 +191,11 @@ pub struct MountArgs {
     /// on this address, e.g. 127.0.0.1:9100. Off when absent.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// A tier shared by every node: s3://BUCKET/PREFIX (credentials, region and endpoint
+    /// from the AWS_* environment) or file:///DIR (a shared filesystem). Read before the Hub;
+    /// what the Hub sends is written to it once [default: the config file's `tier`].
+    #[arg(long, value_name = "URL")]
+    pub tier: Option<String>,
     /// Do not run load plans: never prefetch a model file's tensors ahead of its reads
     /// (safetensors, GGUF, ONNX external data); read-ahead for sequential reads stays
     /// [default: the config file's `load_plans`, else plans on].
@@ -240,6 +245,7 @@ pub struct MountConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Prefetch model files' tensors in loader order once a program walks them.
     pub load_plans: bool,
+    pub tier: Option<String>,
     pub daemon: bool,
     pub pid_file: Option<PathBuf>,
     /// Where the log goes instead of standard error.
@@ -360,6 +366,7 @@ impl MountArgs {
             max_cache_size: self.max_cache_size.or(f.max_cache_size),
             metrics_addr: self.metrics_addr.or(f.metrics_addr),
             load_plans: !self.no_load_plans && f.load_plans.unwrap_or(true),
+            tier: self.tier.clone().or(f.tier),
             daemon,
             pid_file,
             log_file,
@@ -415,6 +422,7 @@ impl MountConfig {
             ("max_request_size", self.max_request_size != new.max_request_size),
             ("threads", self.threads != new.threads),
             ("metrics_addr", self.metrics_addr != new.metrics_addr),
+            ("tier", self.tier != new.tier),
             ("daemon", self.daemon != new.daemon),
             ("pid_file", self.pid_file != new.pid_file),
             ("log_file", self.log_file != new.log_file),

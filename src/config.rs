@@ -68,6 +68,8 @@ pub struct ConfigFile {
     pub metrics_addr: Option<SocketAddr>,
     /// Prefetch model files' tensors in loader order (doc/SEMANTICS.md, "Cold start").
     pub load_plans: Option<bool>,
+    /// The shared tier, `s3://BUCKET/PREFIX` or `file:///DIR`.
+    pub tier: Option<String>,
     pub daemon: Option<bool>,
     pub pid_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,

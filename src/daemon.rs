@@ -79,6 +79,8 @@ pub enum DaemonError {
     Mount { path: String, source: io::Error },
     #[error("eviction: {0}")]
     Evict(#[from] crate::evict::EvictError),
+    #[error("--tier: {0}")]
+    Tier(#[from] crate::tier::TierError),
     #[error("unmount of {path} failed: {reason}")]
     Unmount { path: String, reason: String },
     #[error("cannot detach: {0}")]
@@ -402,8 +404,14 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     let evictor = crate::evict::Evictor::new(store.clone(), Some(&cfg.store), policy)?;
     let fs = {
         let _rt = rt.enter();
+        let chunk_size = store.chunk_size();
         let mut fs = ModelFs::new(fs_config, store, source, origin, cfg.read_timeout, limits);
         fs.set_evictor(evictor.clone());
+        if let Some(url) = &cfg.tier {
+            let tier = crate::tier::ObjectTier::from_url(url)?;
+            fs.set_tier(crate::tier::TierClient::new(Arc::new(tier), chunk_size));
+            tracing::info!(tier = %url, "reading through the shared tier");
+        }
         Arc::new(fs)
     };
     if cfg.max_cache_size.is_some() {

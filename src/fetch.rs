@@ -30,6 +30,7 @@ use crate::evict::Evictor;
 use crate::hub::{HubError, LinkEstimate, RangeFetcher, RemoteFile};
 use crate::manifest::{ContentId, FileHash};
 use crate::store::{chunk_len, ChunkStore, FileRecord, FileState, StoreError};
+use crate::tier::TierClient;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
@@ -109,6 +110,8 @@ pub struct ChunkFetcher {
     on_failed: OnceLock<FailedHook>,
     /// Files hashed as their chunks are stored, in order.
     in_order: Arc<InOrder>,
+    /// The shared tier, asked before the Hub and given what the Hub sent.
+    tier: OnceLock<Arc<TierClient>>,
 }
 
 /// What is told of a content found bad.
@@ -239,6 +242,7 @@ impl ChunkFetcher {
             store_failing: false.into(),
             on_failed: OnceLock::new(),
             in_order: Arc::default(),
+            tier: OnceLock::new(),
         })
     }
 
@@ -271,6 +275,39 @@ impl ChunkFetcher {
     /// Give the fetcher an evictor (once; later calls are ignored).
     pub fn set_evictor(&self, evictor: Arc<Evictor>) {
         let _ = self.evictor.set(evictor);
+    }
+
+    /// Read through a shared tier before the Hub (once; later calls are ignored).
+    pub fn set_tier(&self, tier: Arc<TierClient>) {
+        let _ = self.tier.set(tier);
+    }
+
+    /// Hand chunks the Hub sent to the tier, if there is one.
+    fn offer_to_tier(&self, file: &FileRef, chunks: &[(u64, Bytes)]) {
+        if let Some(tier) = self.tier.get() {
+            tier.offer(file, chunks);
+        }
+    }
+
+    /// Chunks `run` of `file` from the tier, checked as the Hub's would be: each for its
+    /// length and crc32c by the tier, and a run that is the whole file against the Hub's
+    /// hash. `None`: not all there, or not right; the Hub is asked.
+    async fn read_from_tier(
+        &self,
+        file: &FileRef,
+        run: std::ops::Range<u64>,
+    ) -> Option<Vec<(u64, Bytes)>> {
+        let chunks = self.tier.get()?.read_run(file, run.clone()).await?;
+        let cs = self.store.chunk_size();
+        if run.start == 0 && run.end * cs >= file.remote.size {
+            let whole: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+            if !FileHasher::digest_matches(&file.hash, &whole) {
+                crate::metrics::get().tier_error("corrupt");
+                tracing::warn!(path = %file.remote.path, "the tier's copy does not match the file's hash; asking the Hub");
+                return None;
+            }
+        }
+        Some(chunks)
     }
 
     /// Make sure chunks `chunks` of `file` get stored, in the background, at most
@@ -475,9 +512,17 @@ impl ChunkFetcher {
         self.refuse_failed(file).await?;
         let cs = self.store.chunk_size();
         let whole_file = run.start == 0 && run.end * cs >= file.remote.size;
+        if let Some(chunks) = self.read_from_tier(file, run.clone()).await {
+            self.keep(file, &chunks, whole_file).await;
+            for (slot, (_, bytes)) in slots.iter().zip(chunks) {
+                slot.send_replace(Some(bytes));
+            }
+            return Ok(());
+        }
         if run.end - run.start == 1 || whole_file {
             let chunks = self.fetch_checked(file, run.clone()).await?;
             self.keep(file, &chunks, whole_file).await;
+            self.offer_to_tier(file, &chunks);
             for (slot, (_, bytes)) in slots.iter().zip(chunks) {
                 slot.send_replace(Some(bytes));
             }
@@ -617,7 +662,9 @@ impl ChunkFetcher {
                         expected,
                     });
                 }
-                self.keep(file, &[(index, piece.clone())], false).await;
+                let kept = [(index, piece.clone())];
+                self.keep(file, &kept, false).await;
+                self.offer_to_tier(file, &kept);
                 slots[(index - run.start) as usize].send_replace(Some(piece));
                 index += 1;
             }

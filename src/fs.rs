@@ -755,6 +755,12 @@ impl ModelFs {
 
     /// Keep the store under a bound, never evicting files open here (and make room when the
     /// store is full). Set before the filesystem is shared.
+    /// Read through a shared tier before the Hub, and write what the Hub sends to it. Set
+    /// before the filesystem is shared.
+    pub fn set_tier(&self, tier: Arc<crate::tier::TierClient>) {
+        self.chunks.set_tier(tier);
+    }
+
     pub fn set_evictor(&mut self, evictor: Arc<Evictor>) {
         self.chunks.set_evictor(evictor.clone());
         self.activity = Some(evictor.clone());

@@ -27,6 +27,7 @@ pub mod names;
 pub mod plan;
 pub mod quant;
 pub mod store;
+pub mod tier;
 
 /// Lock `m`, taking over a lock poisoned by a panic elsewhere: every mutex in modelfs guards
 /// maps and counters updated by single inserts and removes (or nothing, only an order), which

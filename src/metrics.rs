@@ -127,6 +127,10 @@ pub struct Metrics {
     plan_fetched_bytes: Counter,
     plan_unread_bytes: Counter,
     demand_fetched_bytes: Counter,
+    tier_fetched_bytes: Counter,
+    tier_stored_bytes: Counter,
+    tier_uploads_skipped: Counter,
+    tier_errors: Family<Label, Counter>,
 }
 
 /// The labels of `modelfs_load_plans_total`: the loaders a plan imitates
@@ -258,6 +262,37 @@ impl Metrics {
             Unit::Bytes,
             demand_fetched_bytes.clone(),
         );
+        let tier_fetched_bytes = Counter::default();
+        r.register_with_unit(
+            "tier_fetched",
+            "Bytes of chunks read from the shared tier (--tier), checked, instead of the Hub",
+            Unit::Bytes,
+            tier_fetched_bytes.clone(),
+        );
+        let tier_stored_bytes = Counter::default();
+        r.register_with_unit(
+            "tier_stored",
+            "Bytes of chunks fetched from the Hub and written to the shared tier (or found \
+             there already, written by another node)",
+            Unit::Bytes,
+            tier_stored_bytes.clone(),
+        );
+        let tier_uploads_skipped = Counter::default();
+        r.register(
+            "tier_uploads_skipped",
+            "Chunks not offered to the tier because its uploads were all busy",
+            tier_uploads_skipped.clone(),
+        );
+        let tier_errors = Family::<Label, Counter>::default();
+        r.register(
+            "tier_errors",
+            "Tier requests that failed and fell back to the Hub, by kind: unavailable (down, \
+             refused, an error answer), timeout, corrupt (an object that failed its checks)",
+            tier_errors.clone(),
+        );
+        for kind in crate::tier::TIER_ERROR_KINDS {
+            drop(tier_errors.get_or_create(&[("kind", kind)]));
+        }
         let plan_unread_bytes = Counter::default();
         r.register_with_unit(
             "plan_unread",
@@ -317,7 +352,28 @@ impl Metrics {
             plan_fetched_bytes,
             plan_unread_bytes,
             demand_fetched_bytes,
+            tier_fetched_bytes,
+            tier_stored_bytes,
+            tier_uploads_skipped,
+            tier_errors,
         }
+    }
+
+    pub fn tier_fetched(&self, bytes: u64) {
+        self.tier_fetched_bytes.inc_by(bytes);
+    }
+
+    pub fn tier_stored(&self, bytes: u64) {
+        self.tier_stored_bytes.inc_by(bytes);
+    }
+
+    pub fn tier_upload_skipped(&self) {
+        self.tier_uploads_skipped.inc();
+    }
+
+    /// A tier request failed (`kind`: one of [`crate::tier::TIER_ERROR_KINDS`]).
+    pub fn tier_error(&self, kind: &'static str) {
+        self.tier_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// A read's own fetch stored `bytes` (see `modelfs_demand_fetched_bytes`).

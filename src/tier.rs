@@ -1,0 +1,464 @@
+//! The shared tier: chunk objects in an S3-compatible bucket or a shared directory, between
+//! the local store and the Hub, so that a chunk crosses the Hub link once per cluster
+//! (doc/DESIGN.md, "The shared tier").
+//!
+//! A local miss reads the tier; a chunk the tier does not have is fetched from the Hub and
+//! then offered to the tier, written once (`PutMode::Create`; "already exists" is success:
+//! another node wrote the same bytes). Objects are keyed by content, chunk size and index,
+//! and each carries its length and crc32c, so a node checks what it reads exactly as it
+//! checks the Hub's bytes; the whole-file sha256 check against the Hub's oid follows as for
+//! any file. A bad, truncated or missing object, a tier that is down, slow or refusing
+//! credentials: each is a miss, logged and counted, and the read goes to the Hub. A breaker
+//! stops asking a tier that keeps failing for a while, so a dead tier costs one bounded wait
+//! per [`BREAKER_OPEN`], not one per read.
+//!
+//! The seam is [`Tier`] (get and create-only put of opaque objects), with the `object_store`
+//! backends behind it and `object_store`'s in-memory store as the double in tests.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use tokio::sync::Semaphore;
+
+use crate::fetch::FileRef;
+use crate::manifest::ContentId;
+use crate::store::chunk_len;
+
+/// How long one tier request may take before it counts as a miss: a bucket in the same
+/// region answers a chunk in tens of milliseconds; five seconds is a tier in trouble, and the
+/// Hub is asked instead.
+pub const TIER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Failures in a row after which the tier is not asked for [`BREAKER_OPEN`].
+const BREAKER_FAILURES: u32 = 3;
+
+/// How long a tier that keeps failing is left alone before it is tried again.
+pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
+
+/// Uploads to the tier in flight at once; a chunk offered while all are busy is not written
+/// (another node, or this one's next miss of it, will). This bounds what uploads hold in
+/// memory: 8 chunks, 64 MiB of default chunks.
+const MAX_UPLOADS: usize = 8;
+
+/// An object's header: magic, format version, data length, crc32c of the data.
+const MAGIC: &[u8; 4] = b"MFSC";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 4 + 1 + 8 + 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// The tier did not answer, refused, or failed (the backend's error is kept).
+    #[error("tier unavailable: {0}")]
+    Unavailable(#[source] object_store::Error),
+    #[error("tier request took longer than {0:?}")]
+    Timeout(Duration),
+    /// An object that is not what its key says: wrong header, length or crc32c.
+    #[error("tier object {key} is corrupt: {what}")]
+    Corrupt { key: String, what: &'static str },
+    #[error("tier URL {url:?}: {why}")]
+    BadUrl { url: String, why: String },
+}
+
+impl TierError {
+    /// The label of `modelfs_tier_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TierError::Unavailable(_) => "unavailable",
+            TierError::Timeout(_) => "timeout",
+            TierError::Corrupt { .. } => "corrupt",
+            TierError::BadUrl { .. } => "config",
+        }
+    }
+}
+
+/// Labels of `modelfs_tier_errors_total`.
+pub const TIER_ERROR_KINDS: [&str; 3] = ["unavailable", "timeout", "corrupt"];
+
+/// Objects by key: the seam between the tier logic and a bucket.
+pub trait Tier: Send + Sync + 'static {
+    /// The object at `key`, or `None` if there is none.
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>>;
+    /// Create the object at `key` unless it exists (then nothing changes, and it is `Ok`).
+    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TierError>>;
+    /// Remove the object at `key` (one found corrupt), so that a good copy can be created.
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>>;
+}
+
+/// A [`Tier`] on any `object_store` backend.
+pub struct ObjectTier {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// The backend does not do create-only puts (an S3 implementation without conditional
+    /// writes): objects are content-addressed, so overwriting one with the same bytes is
+    /// harmless, and puts fall back to that.
+    overwrite: std::sync::atomic::AtomicBool,
+}
+
+impl ObjectTier {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        Self { store, prefix: prefix.trim_matches('/').to_owned(), overwrite: false.into() }
+    }
+
+    /// `s3://BUCKET[/PREFIX]` (credentials, region and endpoint from the standard `AWS_*`
+    /// environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+    /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`) or `file:///DIR`.
+    pub fn from_url(url: &str) -> Result<Self, TierError> {
+        let bad = |why: &str| TierError::BadUrl { url: url.to_owned(), why: why.to_owned() };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad("no bucket"));
+            }
+            let s3 = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                .build()
+                .map_err(|e| bad(&e.to_string()))?;
+            return Ok(Self::new(Arc::new(s3), prefix));
+        }
+        if let Some(dir) = url.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(bad("a file:// tier needs an absolute path (file:///DIR)"));
+            }
+            std::fs::create_dir_all(dir).map_err(|e| bad(&e.to_string()))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                .map_err(|e| bad(&e.to_string()))?;
+            return Ok(Self::new(Arc::new(fs), ""));
+        }
+        Err(bad("expected s3://BUCKET/PREFIX or file:///DIR"))
+    }
+
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+}
+
+impl Tier for ObjectTier {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>> {
+        Box::pin(async move {
+            let got = match self.store.get(&self.path(key)).await {
+                Ok(got) => got,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(TierError::Unavailable(e)),
+            };
+            match got.bytes().await {
+                Ok(bytes) => Ok(Some(bytes)),
+                // Deleted between the answer and its body.
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(TierError::Unavailable(e)),
+            }
+        })
+    }
+
+    fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move {
+            let path = self.path(key);
+            let mode = if self.overwrite.load(Ordering::Relaxed) {
+                PutMode::Overwrite
+            } else {
+                PutMode::Create
+            };
+            let opts = PutOptions { mode, ..PutOptions::default() };
+            match self.store.put_opts(&path, PutPayload::from(value.clone()), opts).await {
+                Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+                Err(object_store::Error::NotImplemented)
+                | Err(object_store::Error::NotSupported { .. }) => {
+                    tracing::info!("the tier does not do create-only writes; overwriting (objects are content-addressed)");
+                    self.overwrite.store(true, Ordering::Relaxed);
+                    self.store
+                        .put(&path, PutPayload::from(value))
+                        .await
+                        .map(|_| ())
+                        .map_err(TierError::Unavailable)
+                }
+                Err(e) => Err(TierError::Unavailable(e)),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move {
+            match self.store.delete(&self.path(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(TierError::Unavailable(e)),
+            }
+        })
+    }
+}
+
+/// The key of chunk `index` of `content` in a store of `chunk_size` chunks. The first two hex
+/// digits spread keys over prefixes, as S3 partitions by them.
+pub fn chunk_key(content: &ContentId, chunk_size: u64, index: u64) -> String {
+    let hex = content.to_hex();
+    format!("chunks/v1/{}/{hex}/{chunk_size}/{index}", &hex[..2])
+}
+
+/// The object for a chunk's `data`: header, then the bytes.
+pub fn encode(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(HEADER_LEN + data.len());
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
+    out.extend_from_slice(data);
+    Bytes::from(out)
+}
+
+/// The data of a chunk object, checked: header, the length expected for that chunk, crc32c.
+pub fn decode(key: &str, object: &Bytes, expected_len: u64) -> Result<Bytes, TierError> {
+    let corrupt = |what| TierError::Corrupt { key: key.to_owned(), what };
+    if object.len() < HEADER_LEN {
+        return Err(corrupt("shorter than its header"));
+    }
+    if &object[..4] != MAGIC || object[4] != VERSION {
+        return Err(corrupt("not a chunk object of a known version"));
+    }
+    let len = u64::from_le_bytes(object[5..13].try_into().map_err(|_| corrupt("header"))?);
+    let crc = u32::from_le_bytes(object[13..17].try_into().map_err(|_| corrupt("header"))?);
+    if len != expected_len || (object.len() - HEADER_LEN) as u64 != len {
+        return Err(corrupt("wrong length"));
+    }
+    let data = object.slice(HEADER_LEN..);
+    if crc32c::crc32c(&data) != crc {
+        return Err(corrupt("crc32c mismatch"));
+    }
+    Ok(data)
+}
+
+/// The tier as the fetcher uses it: checked reads of runs of chunks, bounded uploads, the
+/// breaker, and the counts.
+pub struct TierClient {
+    tier: Arc<dyn Tier>,
+    chunk_size: u64,
+    timeout: Duration,
+    uploads: Arc<Semaphore>,
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which the tier is not asked.
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl TierClient {
+    pub fn new(tier: Arc<dyn Tier>, chunk_size: u64) -> Arc<Self> {
+        Arc::new(Self {
+            tier,
+            chunk_size,
+            timeout: TIER_TIMEOUT,
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn broken(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, result: &Result<(), &TierError>) {
+        match result {
+            Ok(()) => self.failures.store(0, Ordering::Relaxed),
+            // A bad object says nothing of whether the tier answers: it is removed and
+            // replaced, and the tier stays in use.
+            Err(e @ TierError::Corrupt { .. }) => crate::metrics::get().tier_error(e.kind()),
+            Err(e) => {
+                crate::metrics::get().tier_error(e.kind());
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= BREAKER_FAILURES {
+                    let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
+                    if self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                        tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; reading from the Hub only for a while");
+                    }
+                    self.failures.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Chunks `run` of `file` from the tier, each checked, or `None` if any is missing or bad
+    /// (the caller fetches the run from the Hub). Objects are asked for in parallel.
+    pub async fn read_run(
+        &self,
+        file: &FileRef,
+        run: std::ops::Range<u64>,
+    ) -> Option<Vec<(u64, Bytes)>> {
+        if self.broken() {
+            return None;
+        }
+        let content = file.content();
+        let size = file.remote.size;
+        let gets = run.clone().map(|index| {
+            let key = chunk_key(&content, self.chunk_size, index);
+            async move {
+                let got = tokio::time::timeout(self.timeout, self.tier.get(&key))
+                    .await
+                    .unwrap_or(Err(TierError::Timeout(self.timeout)));
+                let checked = match got {
+                    Ok(Some(object)) => {
+                        decode(&key, &object, chunk_len(size, self.chunk_size, index)).map(Some)
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok(found) => {
+                        self.record(&Ok(()));
+                        found.map(|data| (index, data))
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %file.remote.path, index, error = %e, "tier read failed; asking the Hub");
+                        self.record(&Err(&e));
+                        if matches!(e, TierError::Corrupt { .. }) {
+                            // Create-only writes would keep the bad copy forever: remove it,
+                            // and the Hub's bytes replace it once this node has them.
+                            let removed = tokio::time::timeout(self.timeout, self.tier.delete(&key)).await;
+                            if !matches!(removed, Ok(Ok(()))) {
+                                tracing::warn!(key, "corrupt tier object not removed");
+                            }
+                        }
+                        None
+                    }
+                }
+            }
+        });
+        let found: Option<Vec<(u64, Bytes)>> =
+            futures::future::join_all(gets).await.into_iter().collect();
+        if let Some(chunks) = &found {
+            let bytes = chunks.iter().map(|(_, b)| b.len() as u64).sum();
+            crate::metrics::get().tier_fetched(bytes);
+        }
+        found
+    }
+
+    /// Offer chunks fetched from the Hub to the tier, in the background; dropped when
+    /// [`MAX_UPLOADS`] are already in flight or the tier is failing.
+    pub fn offer(self: &Arc<Self>, file: &FileRef, chunks: &[(u64, Bytes)]) {
+        if self.broken() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let content = file.content();
+        for (index, data) in chunks {
+            let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
+                crate::metrics::get().tier_upload_skipped();
+                return;
+            };
+            let (this, key, object) =
+                (self.clone(), chunk_key(&content, self.chunk_size, *index), encode(data));
+            let len = data.len() as u64;
+            rt.spawn(async move {
+                let _permit = permit;
+                let put = tokio::time::timeout(this.timeout, this.tier.create(&key, object))
+                    .await
+                    .unwrap_or(Err(TierError::Timeout(this.timeout)));
+                match &put {
+                    Ok(()) => crate::metrics::get().tier_stored(len),
+                    Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
+                }
+                this.record(&put.as_ref().map(|_| ()));
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The object format is read by other nodes, other versions: it must not drift.
+    #[test]
+    fn golden_chunk_object() {
+        let object = encode(b"modelfs");
+        let want: &[u8] = &[
+            b'M', b'F', b'S', b'C', 1, // magic, version
+            7, 0, 0, 0, 0, 0, 0, 0, // length
+            0x85, 0xd0, 0xce, 0x0f, // crc32c("modelfs") = 0x0fced085, little-endian
+            b'm', b'o', b'd', b'e', b'l', b'f', b's',
+        ];
+        assert_eq!(&object[..], want, "{:02x?}", &object[..]);
+        assert_eq!(&decode("k", &object, 7).unwrap()[..], b"modelfs");
+    }
+
+    #[test]
+    fn keys_name_content_chunk_size_and_index() {
+        let key = chunk_key(&ContentId([0xab; 32]), 8 << 20, 3);
+        assert_eq!(key, format!("chunks/v1/ab/{}/8388608/3", "ab".repeat(32)));
+    }
+
+    proptest! {
+        /// Any change to an object (a flipped bit, a cut, a wrong expected length) is found.
+        #[test]
+        fn damaged_objects_never_decode(
+            data in prop::collection::vec(any::<u8>(), 0..300),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let object = encode(&data);
+            prop_assert_eq!(&decode("k", &object, data.len() as u64).unwrap()[..], &data[..]);
+            let mut flipped = object.to_vec();
+            flipped[at.index(object.len())] ^= 1 << bit;
+            prop_assert!(decode("k", &Bytes::from(flipped), data.len() as u64).is_err());
+            let short = object.slice(..cut.index(object.len()));
+            prop_assert!(decode("k", &short, data.len() as u64).is_err());
+            prop_assert!(decode("k", &object, data.len() as u64 + 1).is_err());
+        }
+    }
+
+    fn file(size: u64) -> FileRef {
+        FileRef {
+            remote: crate::hub::RemoteFile {
+                repo: crate::manifest::RepoId::new("o", "r"),
+                commit: "c".repeat(40),
+                path: "w.bin".into(),
+                size,
+            },
+            hash: crate::manifest::FileHash::Lfs([7; 32]),
+        }
+    }
+
+    #[tokio::test]
+    async fn offered_chunks_read_back_and_bad_objects_are_misses() {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let tier = Arc::new(ObjectTier::new(memory.clone(), "pfx"));
+        let client = TierClient::new(tier.clone(), 4);
+        let f = file(10);
+        assert!(client.read_run(&f, 0..3).await.is_none(), "empty tier");
+        let chunks = vec![
+            (0, Bytes::from_static(b"abcd")),
+            (1, Bytes::from_static(b"efgh")),
+            (2, Bytes::from_static(b"ij")),
+        ];
+        client.offer(&f, &chunks);
+        // Uploads run in the background: wait for the three objects.
+        for _ in 0..200 {
+            if client.uploads.available_permits() == MAX_UPLOADS {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(client.read_run(&f, 0..3).await, Some(chunks.clone()));
+        // A second create of the same key succeeds and changes nothing.
+        let key = chunk_key(&f.content(), 4, 1);
+        tier.create(&key, encode(b"zzzz")).await.unwrap();
+        assert_eq!(client.read_run(&f, 1..2).await, Some(vec![chunks[1].clone()]));
+        // An object cut short is a miss, not bytes.
+        let path = ObjectPath::from(format!("pfx/{key}"));
+        memory.put(&path, PutPayload::from(encode(b"efgh").slice(..10))).await.unwrap();
+        assert!(client.read_run(&f, 0..3).await.is_none());
+    }
+}

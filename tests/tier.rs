@@ -1,0 +1,214 @@
+//! The shared tier on real mounts (doc/DESIGN.md, "The shared tier"): three daemons with
+//! their own stores share one tier; a file read on all three crosses the CDN once in all,
+//! every byte exact; a corrupt object in the tier is a miss that the Hub answers.
+//!
+//! The tier is a `file://` directory, and an S3 bucket on a real S3 server (moto) the test
+//! starts on 127.0.0.1.
+
+mod support;
+
+use std::path::Path;
+
+use support::metrics::{metrics_addr, sample};
+use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo, Origin};
+use support::mount::{bytes, temp_dir, wait_for, Mounted, SETTLE};
+
+const MIB: usize = 1 << 20;
+
+/// Bytes the CDN sent in answer to range requests for LFS files (every fetch of file bytes).
+fn cdn_bytes(hub: &MockHub) -> u64 {
+    hub.requests()
+        .iter()
+        .filter(|r| r.origin == Origin::Cdn && r.status == 206)
+        .filter_map(|r| {
+            let (first, last) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some(last.parse::<u64>().ok()? - first.parse::<u64>().ok()? + 1)
+        })
+        .sum()
+}
+
+/// Chunk objects in a `file://` tier.
+fn objects(dir: &Path) -> usize {
+    fn walk(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(dir)
+}
+
+/// Three daemons with their own stores read one file through the tier at `url`; `objects`
+/// counts the chunk objects in it. The CDN must send one copy of the file in all.
+fn three_nodes_fetch_each_chunk_once(url: &str, env: &[(&str, &str)], objects: impl Fn() -> usize) {
+    let data = bytes(7, 24 * MIB + 12345);
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new(
+        "tier/model",
+        vec![MockFile::lfs("model.safetensors", data.clone())],
+    ));
+    let args = ["--chunk-size", "1M", "--tier", url, "--metrics-addr", "127.0.0.1:0"];
+    let chunks = data.len().div_ceil(MIB);
+    let mut served_from_tier = 0.0;
+    for node in 0..3 {
+        let store = temp_dir(&format!("tier-node{node}"));
+        let m = Mounted::start_env(&hub.endpoint(), &store, &args, env);
+        let got = std::fs::read(m.path("tier/model/all/model.safetensors")).unwrap();
+        assert!(got == data, "node {node} read wrong bytes");
+        if node == 0 {
+            // The first node's uploads run behind its reads: wait for every chunk object.
+            wait_for("every chunk in the tier", SETTLE, || objects() == chunks);
+        } else {
+            served_from_tier += sample(&metrics_addr(&m), "modelfs_tier_fetched_bytes_total");
+        }
+        assert!(!m.log().contains("hf_mock_token"), "a token in the log");
+        for (k, v) in env.iter().filter(|(k, _)| k.contains("SECRET")) {
+            assert!(!m.log().contains(v), "{k} in the log");
+        }
+        m.stop();
+    }
+    let from_cdn = cdn_bytes(&hub);
+    eprintln!(
+        "CDN bytes for three nodes: {from_cdn} = {:.2}x the file",
+        from_cdn as f64 / data.len() as f64
+    );
+    assert_eq!(from_cdn, data.len() as u64, "the CDN sent more than one copy of the file");
+    assert_eq!(served_from_tier, 2.0 * data.len() as f64, "nodes 2 and 3 read all from the tier");
+}
+
+#[test]
+fn three_nodes_on_one_shared_directory_fetch_each_chunk_from_the_hub_once() {
+    let tier = temp_dir("tier");
+    let url = format!("file://{}", tier.display());
+    three_nodes_fetch_each_chunk_once(&url, &[], || objects(&tier));
+}
+
+/// A real S3 implementation, started here on 127.0.0.1: moto's server (tests/python/
+/// requirements.txt pins it), path-style requests, any credentials.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> S3Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 cannot be run ({e}): run scripts/setup.sh"));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let server = S3Server { child, endpoint };
+        // Creating the bucket is the readiness check: moto answers once it is up.
+        wait_for("the S3 server (moto[server]: run scripts/setup.sh)", SETTLE, || {
+            server.request("PUT", &format!("/{bucket}")).is_some_and(|status| status == 200)
+        });
+        server
+    }
+
+    /// One unsigned request (moto accepts them); the status, or `None` if nothing answered.
+    fn request(&self, method: &str, path: &str) -> Option<u16> {
+        self.get_body(method, path).map(|(status, _)| status)
+    }
+
+    fn get_body(&self, method: &str, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split(' ').nth(1)?.parse().ok()?;
+        Some((status, out))
+    }
+
+    /// Objects in `bucket` (one listing page: these tests write fewer than 1000).
+    fn objects(&self, bucket: &str) -> usize {
+        self.get_body("GET", &format!("/{bucket}?list-type=2"))
+            .map_or(0, |(_, body)| body.matches("<Key>").count())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn three_nodes_on_one_s3_bucket_fetch_each_chunk_from_the_hub_once() {
+    let s3 = S3Server::start("models");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "modelfs-test"),
+        ("AWS_SECRET_ACCESS_KEY", "modelfs-test-secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", s3.endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    three_nodes_fetch_each_chunk_once("s3://models/cluster-a", &env, || s3.objects("models"));
+}
+
+#[test]
+fn a_corrupt_tier_object_is_a_miss_the_hub_answers() {
+    let data = bytes(8, 4 * MIB);
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new("tier/model", vec![MockFile::lfs("w.bin", data.clone())]));
+    let tier = temp_dir("tier-bad");
+    let url = format!("file://{}", tier.display());
+    let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--metrics-addr", "127.0.0.1:0"];
+    let store = temp_dir("tier-bad-1");
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    assert!(std::fs::read(m.path("tier/model/all/w.bin")).unwrap() == data);
+    wait_for("every chunk in the tier", SETTLE, || objects(&tier) == 4);
+    m.stop();
+    // Flip one byte of every object's data, and cut one short.
+    let mut files = Vec::new();
+    fn collect(p: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.path().is_dir() {
+                collect(&e.path(), out)
+            } else {
+                out.push(e.path())
+            }
+        }
+    }
+    collect(&tier, &mut files);
+    for (i, f) in files.iter().enumerate() {
+        let mut b = std::fs::read(f).unwrap();
+        if i == 0 {
+            b.truncate(b.len() / 2);
+        } else {
+            let n = b.len();
+            b[n - 1] ^= 0x55;
+        }
+        std::fs::write(f, b).unwrap();
+    }
+    hub.clear_requests();
+    let store = temp_dir("tier-bad-2");
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    assert!(std::fs::read(m.path("tier/model/all/w.bin")).unwrap() == data, "wrong bytes");
+    let addr = metrics_addr(&m);
+    wait_for("the repaired objects written", SETTLE, || {
+        sample(&addr, "modelfs_tier_stored_bytes_total") == data.len() as f64
+    });
+    assert!(sample(&addr, "modelfs_tier_errors_total{kind=\"corrupt\"}") >= 1.0, "{}", m.log());
+    assert_eq!(sample(&addr, "modelfs_tier_fetched_bytes_total"), 0.0);
+    assert_eq!(cdn_bytes(&hub), data.len() as u64, "the Hub answered what the tier could not");
+    m.stop();
+    // The bad copies were removed and the Hub's bytes written in their place: a third node
+    // reads all of the file from the tier.
+    let store = temp_dir("tier-bad-3");
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    let good =
+        || files.iter().all(|f| std::fs::metadata(f).is_ok_and(|md| md.len() as usize == MIB + 17));
+    wait_for("the tier repaired", SETTLE, good);
+    hub.clear_requests();
+    assert!(std::fs::read(m.path("tier/model/all/w.bin")).unwrap() == data);
+    assert_eq!(sample(&metrics_addr(&m), "modelfs_tier_fetched_bytes_total"), data.len() as f64);
+    assert_eq!(cdn_bytes(&hub), 0);
+    m.stop();
+}
