@@ -404,12 +404,12 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     let evictor = crate::evict::Evictor::new(store.clone(), Some(&cfg.store), policy)?;
     let fs = {
         let _rt = rt.enter();
-        let chunk_size = store.chunk_size();
+        let tier_store = store.clone();
         let mut fs = ModelFs::new(fs_config, store, source, origin, cfg.read_timeout, limits);
         fs.set_evictor(evictor.clone());
         if let Some(url) = &cfg.tier {
             let tier = crate::tier::ObjectTier::from_url(url)?;
-            fs.set_tier(crate::tier::TierClient::new(Arc::new(tier), chunk_size));
+            fs.set_tier(crate::tier::TierClient::new(Arc::new(tier), tier_store));
             tracing::info!(tier = %url, "reading through the shared tier");
         }
         Arc::new(fs)

@@ -129,7 +129,7 @@ pub struct Metrics {
     demand_fetched_bytes: Counter,
     tier_fetched_bytes: Counter,
     tier_stored_bytes: Counter,
-    tier_uploads_skipped: Counter,
+    tier_uploads_deferred: Counter,
     tier_errors: Family<Label, Counter>,
 }
 
@@ -277,11 +277,12 @@ impl Metrics {
             Unit::Bytes,
             tier_stored_bytes.clone(),
         );
-        let tier_uploads_skipped = Counter::default();
+        let tier_uploads_deferred = Counter::default();
         r.register(
-            "tier_uploads_skipped",
-            "Chunks not offered to the tier because its uploads were all busy",
-            tier_uploads_skipped.clone(),
+            "tier_uploads_deferred",
+            "Chunks offered to the tier while its uploads were all busy: uploaded later, read \
+             back from the local store",
+            tier_uploads_deferred.clone(),
         );
         let tier_errors = Family::<Label, Counter>::default();
         r.register(
@@ -354,7 +355,7 @@ impl Metrics {
             demand_fetched_bytes,
             tier_fetched_bytes,
             tier_stored_bytes,
-            tier_uploads_skipped,
+            tier_uploads_deferred,
             tier_errors,
         }
     }
@@ -367,8 +368,8 @@ impl Metrics {
         self.tier_stored_bytes.inc_by(bytes);
     }
 
-    pub fn tier_upload_skipped(&self) {
-        self.tier_uploads_skipped.inc();
+    pub fn tier_upload_deferred(&self) {
+        self.tier_uploads_deferred.inc();
     }
 
     /// A tier request failed (`kind`: one of [`crate::tier::TIER_ERROR_KINDS`]).

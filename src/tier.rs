@@ -40,9 +40,9 @@ const BREAKER_FAILURES: u32 = 3;
 /// How long a tier that keeps failing is left alone before it is tried again.
 pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
 
-/// Uploads to the tier in flight at once; a chunk offered while all are busy is not written
-/// (another node, or this one's next miss of it, will). This bounds what uploads hold in
-/// memory: 8 chunks, 64 MiB of default chunks.
+/// Uploads to the tier in flight at once, each holding its chunk: 8 chunks, 64 MiB of default
+/// chunks. A chunk offered while all are busy is remembered by key alone and uploaded later
+/// from the local store, so a tier slower than the Hub costs no memory and loses no chunk.
 const MAX_UPLOADS: usize = 8;
 
 /// An object's header: magic, format version, data length, crc32c of the data.
@@ -238,7 +238,13 @@ pub fn decode(key: &str, object: &Bytes, expected_len: u64) -> Result<Bytes, Tie
 /// breaker, and the counts.
 pub struct TierClient {
     tier: Arc<dyn Tier>,
+    /// Where chunks offered while every upload was busy are read back from.
+    store: Arc<dyn crate::store::ChunkStore>,
     chunk_size: u64,
+    /// Chunks waiting for an upload, by key alone, with what reading them back needs.
+    backlog: std::sync::Mutex<std::collections::BTreeMap<(ContentId, u64), u64>>,
+    /// A task drains `backlog`.
+    draining: std::sync::atomic::AtomicBool,
     timeout: Duration,
     uploads: Arc<Semaphore>,
     failures: AtomicU32,
@@ -248,10 +254,13 @@ pub struct TierClient {
 }
 
 impl TierClient {
-    pub fn new(tier: Arc<dyn Tier>, chunk_size: u64) -> Arc<Self> {
+    pub fn new(tier: Arc<dyn Tier>, store: Arc<dyn crate::store::ChunkStore>) -> Arc<Self> {
         Arc::new(Self {
             tier,
-            chunk_size,
+            chunk_size: store.chunk_size(),
+            store,
+            backlog: Default::default(),
+            draining: false.into(),
             timeout: TIER_TIMEOUT,
             uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
             failures: AtomicU32::new(0),
@@ -353,24 +362,72 @@ impl TierClient {
         let content = file.content();
         for (index, data) in chunks {
             let Ok(permit) = self.uploads.clone().try_acquire_owned() else {
-                crate::metrics::get().tier_upload_skipped();
-                return;
+                crate::metrics::get().tier_upload_deferred();
+                crate::lock(&self.backlog).insert((content, *index), file.remote.size);
+                self.drain(&rt);
+                continue;
             };
-            let (this, key, object) =
-                (self.clone(), chunk_key(&content, self.chunk_size, *index), encode(data));
-            let len = data.len() as u64;
+            let this = self.clone();
+            let (key, object) = (chunk_key(&content, self.chunk_size, *index), encode(data));
             rt.spawn(async move {
                 let _permit = permit;
-                let put = tokio::time::timeout(this.timeout, this.tier.create(&key, object))
-                    .await
-                    .unwrap_or(Err(TierError::Timeout(this.timeout)));
-                match &put {
-                    Ok(()) => crate::metrics::get().tier_stored(len),
-                    Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
-                }
-                this.record(&put.as_ref().map(|_| ()));
+                this.upload(key, object).await;
             });
         }
+    }
+
+    async fn upload(&self, key: String, object: Bytes) {
+        let len = (object.len() - HEADER_LEN) as u64;
+        let put = tokio::time::timeout(self.timeout, self.tier.create(&key, object))
+            .await
+            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        match &put {
+            Ok(()) => crate::metrics::get().tier_stored(len),
+            Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
+        }
+        self.record(&put.as_ref().map(|_| ()));
+    }
+
+    /// Upload the backlog, one chunk per free upload, each read back from the store (one that
+    /// is gone, evicted meanwhile, is skipped), until it is empty. One such task at a time.
+    fn drain(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        rt.spawn(async move {
+            loop {
+                let next = crate::lock(&this.backlog).pop_first();
+                let Some(((content, index), size)) = next else {
+                    this.draining.store(false, Ordering::Release);
+                    // An offer between the pop and the flag finds no drain running: look again.
+                    if crate::lock(&this.backlog).is_empty()
+                        || this.draining.swap(true, Ordering::AcqRel)
+                    {
+                        return;
+                    }
+                    continue;
+                };
+                if this.broken() {
+                    continue;
+                }
+                let Ok(permit) = this.uploads.clone().acquire_owned().await else { return };
+                let (store, cs) = (this.store.clone(), this.chunk_size);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut out = Vec::new();
+                    let len = chunk_len(size, cs, index) as usize;
+                    store.read_chunk(&content, index, 0..len, &mut out).ok()?.then_some(out)
+                })
+                .await;
+                let Ok(Some(data)) = read else { continue };
+                let key = chunk_key(&content, cs, index);
+                let uploader = this.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    uploader.upload(key, encode(&data)).await;
+                });
+            }
+        });
     }
 }
 
@@ -431,11 +488,60 @@ mod tests {
         }
     }
 
+    /// A tier slower than the Hub: every create waits. More chunks are offered than uploads
+    /// can hold; the rest are read back from the store later, and all reach the tier.
+    struct Slow(ObjectTier);
+
+    impl Tier for Slow {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>> {
+            self.0.get(key)
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TierError>> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.0.create(key, value).await
+            })
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+            self.0.delete(key)
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_offered_while_uploads_are_busy_reach_the_tier_from_the_store() {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        let store = Arc::new(crate::store::memory::MemoryStore::new(4));
+        let f = file(4 * 20);
+        let chunks: Vec<(u64, Bytes)> =
+            (0..20).map(|i| (i, Bytes::from(vec![i as u8; 4]))).collect();
+        for (i, data) in &chunks {
+            crate::store::ChunkStore::put_chunk(&*store, &f.content(), 80, *i, data).unwrap();
+        }
+        let client =
+            TierClient::new(Arc::new(Slow(ObjectTier::new(memory.clone(), ""))), store.clone());
+        client.offer(&f, &chunks);
+        assert!(!crate::lock(&client.backlog).is_empty(), "more offered than uploads hold");
+        let mut all = None;
+        for _ in 0..400 {
+            all = client.read_run(&f, 0..20).await;
+            if all.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(all, Some(chunks));
+    }
+
     #[tokio::test]
     async fn offered_chunks_read_back_and_bad_objects_are_misses() {
         let memory = Arc::new(object_store::memory::InMemory::new());
         let tier = Arc::new(ObjectTier::new(memory.clone(), "pfx"));
-        let client = TierClient::new(tier.clone(), 4);
+        let client =
+            TierClient::new(tier.clone(), Arc::new(crate::store::memory::MemoryStore::new(4)));
         let f = file(10);
         assert!(client.read_run(&f, 0..3).await.is_none(), "empty tier");
         let chunks = vec![
