@@ -34,6 +34,10 @@ use crate::store::chunk_len;
 /// Hub is asked instead.
 pub const TIER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long connecting to a tier may take: a bucket endpoint on the same network connects in
+/// milliseconds.
+const TIER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Failures in a row after which the tier is not asked for [`BREAKER_OPEN`].
 const BREAKER_FAILURES: u32 = 3;
 
@@ -114,9 +118,21 @@ impl ObjectTier {
             if bucket.is_empty() {
                 return Err(bad("no bucket"));
             }
+            // The Hub is the fallback, so a tier gets few retries and short waits: a dead tier
+            // must cost a read about a second, not object_store's default three minutes.
+            let retry = object_store::RetryConfig {
+                max_retries: 1,
+                retry_timeout: TIER_TIMEOUT,
+                ..object_store::RetryConfig::default()
+            };
+            let client = object_store::ClientOptions::new()
+                .with_connect_timeout(TIER_CONNECT_TIMEOUT)
+                .with_timeout(TIER_TIMEOUT);
             let s3 = object_store::aws::AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+                .with_retry(retry)
+                .with_client_options(client)
                 .build()
                 .map_err(|e| bad(&e.to_string()))?;
             return Ok(Self::new(Arc::new(s3), prefix));

@@ -212,3 +212,31 @@ fn a_corrupt_tier_object_is_a_miss_the_hub_answers() {
     assert_eq!(cdn_bytes(&hub), 0);
     m.stop();
 }
+
+/// A tier that does not answer (nothing listens at its endpoint) is a miss: every read is
+/// answered from the Hub, the failures are counted, and the breaker stops asking it.
+#[test]
+fn a_tier_that_is_down_costs_misses_not_reads() {
+    let data = bytes(9, 6 * MIB);
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new("tier/model", vec![MockFile::lfs("w.bin", data.clone())]));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{dead}");
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "modelfs-test"),
+        ("AWS_SECRET_ACCESS_KEY", "modelfs-test-secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let args = ["--chunk-size", "1M", "--tier", "s3://models/x", "--metrics-addr", "127.0.0.1:0"];
+    let store = temp_dir("tier-down");
+    let m = Mounted::start_env(&hub.endpoint(), &store, &args, &env);
+    assert!(std::fs::read(m.path("tier/model/all/w.bin")).unwrap() == data, "wrong bytes");
+    let addr = metrics_addr(&m);
+    assert!(sample(&addr, "modelfs_tier_errors_total{kind=\"unavailable\"}") >= 1.0, "{}", m.log());
+    assert_eq!(cdn_bytes(&hub), data.len() as u64);
+    assert!(m.log().contains("the tier keeps failing"), "no breaker:\n{}", m.log());
+    assert!(!m.log().contains("modelfs-test-secret"), "the secret in the log");
+    m.stop();
+}
