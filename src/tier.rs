@@ -128,11 +128,24 @@ impl ObjectTier {
             let client = object_store::ClientOptions::new()
                 .with_connect_timeout(TIER_CONNECT_TIMEOUT)
                 .with_timeout(TIER_TIMEOUT);
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
+            // The client options first, then the environment (as `from_env` reads it) on top:
+            // `with_client_options` replaces every client setting, `AWS_ALLOW_HTTP` included.
+            let mut builder = object_store::aws::AmazonS3Builder::new()
+                .with_client_options(client)
+                .with_retry(retry);
+            for (name, value) in std::env::vars() {
+                if !name.starts_with("AWS_") {
+                    continue;
+                }
+                if let Ok(key) =
+                    name.to_ascii_lowercase().parse::<object_store::aws::AmazonS3ConfigKey>()
+                {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            let s3 = builder
                 .with_bucket_name(bucket)
                 .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
-                .with_retry(retry)
-                .with_client_options(client)
                 .build()
                 .map_err(|e| bad(&e.to_string()))?;
             return Ok(Self::new(Arc::new(s3), prefix));

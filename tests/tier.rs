@@ -58,7 +58,16 @@ fn three_nodes_fetch_each_chunk_once(url: &str, env: &[(&str, &str)], objects: i
         assert!(got == data, "node {node} read wrong bytes");
         if node == 0 {
             // The first node's uploads run behind its reads: wait for every chunk object.
-            wait_for("every chunk in the tier", SETTLE, || objects() == chunks);
+            let start = std::time::Instant::now();
+            while objects() != chunks {
+                assert!(
+                    start.elapsed() < SETTLE,
+                    "{} of {chunks} chunks in the tier:\n{}",
+                    objects(),
+                    m.log()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         } else {
             served_from_tier += sample(&metrics_addr(&m), "modelfs_tier_fetched_bytes_total");
         }
