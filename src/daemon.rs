@@ -490,7 +490,6 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     let offline = cfg.offline;
     let probe = std::thread::Builder::new().name("modelfs-ready".into()).spawn(move || {
         if wait_until_answering(&probe_own) {
-            crate::fuse::raise_read_ahead(&probe_mp);
             tracing::info!(mountpoint = %probe_mp.display(), store = %store_dir, offline, "mounted");
             notify_systemd("READY=1");
             probe_ready.store(true, std::sync::atomic::Ordering::Release);

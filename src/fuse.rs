@@ -26,29 +26,6 @@ use crate::fs::{Attr, DirEntry, Entry, FsError, Kind, ModelFs, XATTR_PREFIX};
 /// requests of an immutable file are never wasted.
 const MAX_READAHEAD: u32 = 1 << 20;
 
-/// Make the kernel read ahead [`MAX_READAHEAD`] at a time on the mount at `mountpoint`. FUSE_INIT
-/// can only lower the mount's read-ahead below the kernel's default of 128 KiB, which is also
-/// the window of every page fault's read-around: an `mmap` loader then costs one 128 KiB
-/// round trip to the daemon per fault. Root raises it through the mount's bdi in sysfs (the
-/// backing device is named by the mount's device number); anyone else keeps the default.
-/// Measured: a cold sorted-name load of a 1 GiB safetensors checkpoint through a 40 MB/s CDN
-/// took 12.6 s at 128 KiB and 10.9 s at 1 MiB (doc/BENCHMARKS.md).
-pub fn raise_read_ahead(mountpoint: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
-    let dev = meta.dev();
-    let path = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
-    let want = MAX_READAHEAD / 1024;
-    let current = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
-    if current.is_some_and(|kb| kb >= want) {
-        return;
-    }
-    match std::fs::write(&path, want.to_string()) {
-        Ok(()) => tracing::debug!(path, kb = want, "kernel read-ahead raised"),
-        Err(e) => tracing::debug!(path, error = %e, "kernel read-ahead left at its default"),
-    }
-}
-
 /// How deep the kernel may stack filesystems under a passthrough file: 2 lets the store (the
 /// backing files) sit on overlayfs, as in a container whose store is not a volume; the price
 /// is that this mount cannot itself be a lower layer of an overlay.

@@ -281,20 +281,3 @@ fn a_map_populate_prefault_starts_the_plan() {
     assert_eq!(plans(&addr, "safetensors"), 1.0, "{}", m.log());
     m.stop();
 }
-
-/// The mount's read-ahead (and so every page fault's read-around) is 1 MiB, not the kernel's
-/// default 128 KiB, when the daemon runs as root.
-#[test]
-fn the_kernel_reads_ahead_a_megabyte_on_the_mount() {
-    use std::os::unix::fs::MetadataExt;
-    let hub = hub(vec![MockFile::git("config.json", b"{}".to_vec())]);
-    let store = temp_dir("plans-ra");
-    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
-    let dev = std::fs::metadata(m.path("")).unwrap().dev();
-    let bdi = format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev));
-    // The daemon raises it once the mount answers, which is when `start` returns.
-    wait_for("the raised read-ahead", SETTLE, || {
-        std::fs::read_to_string(&bdi).is_ok_and(|s| s.trim() == "1024")
-    });
-    m.stop();
-}
