@@ -75,3 +75,25 @@ pub enum FormatError {
     #[error("malformed {format} header: {what}")]
     Malformed { format: &'static str, what: String },
 }
+
+/// Parse `file` with growing prefixes as a caller would, from `start` bytes: the result and the
+/// number of parses. Every `NeedMore` must ask for more than it was given, within the file.
+#[cfg(test)]
+pub(crate) fn parse_loop(
+    parse: fn(&[u8], u64) -> Result<Layout, FormatError>,
+    file: &[u8],
+    start: usize,
+) -> (Result<Layout, FormatError>, usize) {
+    let size = file.len() as u64;
+    let mut have = start;
+    for round in 1..=64 {
+        match parse(&file[..have], size) {
+            Err(FormatError::NeedMore(n)) => {
+                assert!(n > have as u64 && n <= size, "NeedMore({n}) with {have} of {size}");
+                have = n as usize;
+            }
+            other => return (other, round),
+        }
+    }
+    panic!("no result in 64 rounds");
+}

@@ -574,21 +574,6 @@ mod tests {
         (0..=bytes.len()).find(|&n| parse(&bytes[..n], bytes.len() as u64).is_ok()).unwrap()
     }
 
-    fn parse_loop(file: &[u8], start: usize) -> (Result<Layout, FormatError>, usize) {
-        let size = file.len() as u64;
-        let mut have = start;
-        for round in 1..=64 {
-            match parse(&file[..have], size) {
-                Err(FormatError::NeedMore(n)) => {
-                    assert!(n > have as u64 && n <= size, "NeedMore({n}) with {have} of {size}");
-                    have = n as usize;
-                }
-                other => return (other, round),
-            }
-        }
-        panic!("no result in 64 rounds");
-    }
-
     fn check_any(bytes: &[u8], size: u64) {
         match parse(bytes, size) {
             Ok(l) => l.check(size).unwrap(),
@@ -619,7 +604,7 @@ mod tests {
                     Err(FormatError::NeedMore(n)) => prop_assert!(n > cut as u64),
                     other => prop_assert!(false, "{:?} at {}", other, cut),
                 }
-                let (got, rounds) = parse_loop(&bytes, cut);
+                let (got, rounds) = crate::formats::parse_loop(parse, &bytes, cut);
                 prop_assert_eq!(got, Ok(want.clone()));
                 // Doubling from at least one byte (or jumping to a known end) reaches any
                 // header in about log2 of its length.

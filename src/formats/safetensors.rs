@@ -273,23 +273,6 @@ mod tests {
         (bytes, Layout { header_len, tensors })
     }
 
-    /// Parse with growing prefixes as a caller would, from `start` bytes; the result and the
-    /// number of parses.
-    fn parse_loop(file: &[u8], start: usize) -> (Result<Layout, FormatError>, usize) {
-        let size = file.len() as u64;
-        let mut have = start;
-        for round in 1..=64 {
-            match parse(&file[..have], size) {
-                Err(FormatError::NeedMore(n)) => {
-                    assert!(n > have as u64 && n <= size, "NeedMore({n}) with {have} of {size}");
-                    have = n as usize;
-                }
-                other => return (other, round),
-            }
-        }
-        panic!("no result in 64 rounds");
-    }
-
     proptest! {
         #[test]
         fn parse_recovers_the_encoded_layout(
@@ -309,7 +292,7 @@ mod tests {
         ) {
             let (bytes, want) = encode(&specs, &order, metadata, pad, tail);
             for cut in 0..want.header_len as usize {
-                let (got, rounds) = parse_loop(&bytes, cut);
+                let (got, rounds) = crate::formats::parse_loop(parse, &bytes, cut);
                 prop_assert_eq!(got, Ok(want.clone()));
                 prop_assert!(rounds <= 3, "{} rounds from {}", rounds, cut);
             }
