@@ -511,8 +511,8 @@ impl Loads {
             load.running = true;
             load.keepalive = keepalive;
         }
-        let plan = match self.fetch_header(&file).await {
-            Ok(layout) => Arc::new(LoadPlan::safetensors(&layout, file.remote.size)),
+        let plan = match self.plan_fetching_header(&file).await {
+            Ok(plan) => Arc::new(plan),
             Err(why) => {
                 tracing::debug!(path = %file.remote.path, why = %why, "next shard not planned");
                 if let Some(load) = lock(&self.inner).files.get_mut(&content) {
@@ -529,26 +529,30 @@ impl Loads {
         self.finished(&content);
     }
 
-    /// The header of a safetensors `file`, fetched (stored chunks cost nothing).
-    async fn fetch_header(self: &Arc<Self>, file: &FileRef) -> Result<Layout, String> {
-        let size = file.remote.size;
-        let mut prefix = Vec::new();
-        let mut index = 0;
+    /// The plan of a safetensors `file` no reader has opened yet: its header parsed from the
+    /// store as for any file, the chunk after the stored prefix fetched until it parses
+    /// (stored chunks cost nothing).
+    async fn plan_fetching_header(self: &Arc<Self>, file: &FileRef) -> Result<LoadPlan, String> {
+        let cs = self.store.chunk_size();
+        let mut fetched_after = None;
         loop {
-            match formats::safetensors::parse(&prefix, size) {
-                Ok(layout) => return Ok(layout),
-                Err(FormatError::NeedMore(n)) if n > formats::safetensors::MAX_HEADER => {
-                    return Err(format!("a header of {n} bytes is past the bound"))
-                }
-                Err(FormatError::NeedMore(n)) => {
-                    while (prefix.len() as u64) < n {
-                        let chunk =
-                            self.fetcher.chunk(file, index).await.map_err(|e| e.to_string())?;
-                        prefix.extend_from_slice(&chunk);
-                        index += 1;
+            let (this, f) = (self.clone(), file.clone());
+            let parsed = tokio::task::spawn_blocking(move || {
+                this.header_from_store(&f, Format::Safetensors)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            match parsed {
+                Parsed::Plan(plan) => return Ok(plan),
+                Parsed::Never(why) => return Err(why),
+                Parsed::Later(had) => {
+                    // A fetch that did not lengthen the stored prefix: the store cannot keep it.
+                    if fetched_after == Some(had) {
+                        return Err("the header's chunks are not stored".into());
                     }
+                    fetched_after = Some(had);
+                    self.fetcher.chunk(file, had / cs).await.map_err(|e| e.to_string())?;
                 }
-                Err(e) => return Err(e.to_string()),
             }
         }
     }
