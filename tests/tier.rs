@@ -10,34 +10,11 @@ mod support;
 use std::path::Path;
 
 use support::metrics::{metrics_addr, sample};
-use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo, Origin};
+use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo};
 use support::mount::{bytes, temp_dir, wait_for, Mounted, SETTLE};
+use support::tier::{cdn_bytes, objects, s3_env, S3Server, S3_SECRET};
 
 const MIB: usize = 1 << 20;
-
-/// Bytes the CDN sent in answer to range requests for LFS files (every fetch of file bytes).
-fn cdn_bytes(hub: &MockHub) -> u64 {
-    hub.requests()
-        .iter()
-        .filter(|r| r.origin == Origin::Cdn && r.status == 206)
-        .filter_map(|r| {
-            let (first, last) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
-            Some(last.parse::<u64>().ok()? - first.parse::<u64>().ok()? + 1)
-        })
-        .sum()
-}
-
-/// Chunk objects in a `file://` tier.
-fn objects(dir: &Path) -> usize {
-    fn walk(p: &Path) -> usize {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
-            })
-            .unwrap_or(0)
-    }
-    walk(dir)
-}
 
 /// Three daemons with their own stores read one file through the tier at `url`; `objects`
 /// counts the chunk objects in it. The CDN must send one copy of the file in all.
@@ -93,71 +70,10 @@ fn three_nodes_on_one_shared_directory_fetch_each_chunk_from_the_hub_once() {
     three_nodes_fetch_each_chunk_once(&url, &[], || objects(&tier));
 }
 
-/// A real S3 implementation, started here on 127.0.0.1: moto's server (tests/python/
-/// requirements.txt pins it), path-style requests, any credentials.
-struct S3Server {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl S3Server {
-    fn start(bucket: &str) -> S3Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = std::process::Command::new("python3")
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("python3 cannot be run ({e}): run scripts/setup.sh"));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let server = S3Server { child, endpoint };
-        // Creating the bucket is the readiness check: moto answers once it is up.
-        wait_for("the S3 server (moto[server]: run scripts/setup.sh)", SETTLE, || {
-            server.request("PUT", &format!("/{bucket}")).is_some_and(|status| status == 200)
-        });
-        server
-    }
-
-    /// One unsigned request (moto accepts them); the status, or `None` if nothing answered.
-    fn request(&self, method: &str, path: &str) -> Option<u16> {
-        self.get_body(method, path).map(|(status, _)| status)
-    }
-
-    fn get_body(&self, method: &str, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let addr = self.endpoint.trim_start_matches("http://");
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let status = out.split(' ').nth(1)?.parse().ok()?;
-        Some((status, out))
-    }
-
-    /// Objects in `bucket` (one listing page: these tests write fewer than 1000).
-    fn objects(&self, bucket: &str) -> usize {
-        self.get_body("GET", &format!("/{bucket}?list-type=2"))
-            .map_or(0, |(_, body)| body.matches("<Key>").count())
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn three_nodes_on_one_s3_bucket_fetch_each_chunk_from_the_hub_once() {
     let s3 = S3Server::start("models");
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "modelfs-test"),
-        ("AWS_SECRET_ACCESS_KEY", "modelfs-test-secret"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", s3.endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-    ];
+    let env = s3_env(&s3.endpoint);
     three_nodes_fetch_each_chunk_once("s3://models/cluster-a", &env, || s3.objects("models"));
 }
 
@@ -231,13 +147,7 @@ fn a_tier_that_is_down_costs_misses_not_reads() {
     hub.add_repo(MockRepo::new("tier/model", vec![MockFile::lfs("w.bin", data.clone())]));
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("http://127.0.0.1:{dead}");
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "modelfs-test"),
-        ("AWS_SECRET_ACCESS_KEY", "modelfs-test-secret"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ALLOW_HTTP", "true"),
-    ];
+    let env = s3_env(&endpoint);
     let args = ["--chunk-size", "1M", "--tier", "s3://models/x", "--metrics-addr", "127.0.0.1:0"];
     let store = temp_dir("tier-down");
     let m = Mounted::start_env(&hub.endpoint(), &store, &args, &env);
@@ -246,6 +156,6 @@ fn a_tier_that_is_down_costs_misses_not_reads() {
     assert!(sample(&addr, "modelfs_tier_errors_total{kind=\"unavailable\"}") >= 1.0, "{}", m.log());
     assert_eq!(cdn_bytes(&hub), data.len() as u64);
     assert!(m.log().contains("the tier keeps failing"), "no breaker:\n{}", m.log());
-    assert!(!m.log().contains("modelfs-test-secret"), "the secret in the log");
+    assert!(!m.log().contains(S3_SECRET), "the secret in the log");
     m.stop();
 }

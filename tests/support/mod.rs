@@ -6,3 +6,4 @@ pub mod metrics;
 pub mod mock_hub;
 pub mod models;
 pub mod mount;
+pub mod tier;
