@@ -297,7 +297,11 @@ impl ChunkFetcher {
         file: &FileRef,
         run: std::ops::Range<u64>,
     ) -> Option<Vec<(u64, Bytes)>> {
-        let chunks = self.tier.get()?.read_run(file, run.clone()).await?;
+        let tier = self.tier.get()?;
+        if !self.tier_may_serve(tier, file).await {
+            return None;
+        }
+        let chunks = tier.read_run(file, run.clone()).await?;
         let cs = self.store.chunk_size();
         if run.start == 0 && run.end * cs >= file.remote.size {
             let whole: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
@@ -308,6 +312,28 @@ impl ChunkFetcher {
             }
         }
         Some(chunks)
+    }
+
+    /// Whether the tier may serve `file`'s chunks to this node: a restricted repo's only
+    /// once the Hub has served this node, with its own token, a byte of this file within the
+    /// revalidation interval (`tier/access.rs`). That byte costs one tiny request per repo
+    /// per interval; a refusal leaves the read to the Hub, which refuses it too.
+    async fn tier_may_serve(&self, tier: &TierClient, file: &FileRef) -> bool {
+        use crate::tier::access::Decision;
+        let repo = &file.remote.repo;
+        if tier.access().decide(repo) == Decision::Serve {
+            return true;
+        }
+        match self.origin.fetch_range(&file.remote, 0..1).await {
+            Ok(_) => {
+                tier.access().confirmed(repo);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(repo = %repo, error = %e, "the Hub did not confirm access; not reading the tier");
+                false
+            }
+        }
     }
 
     /// Make sure chunks `chunks` of `file` get stored, in the background, at most

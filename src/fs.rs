@@ -181,6 +181,8 @@ pub struct ModelFs {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     evictor: Option<Arc<Evictor>>,
     activity: Option<Arc<dyn FetchActivity>>,
+    /// Repo metadata in the shared tier, when there is one.
+    catalog: std::sync::OnceLock<Arc<crate::tier::catalog::TierCatalog>>,
     /// `FsConfig::revalidate` in seconds, changeable while mounted (SIGHUP).
     revalidate_secs: AtomicU64,
     prefetch: PrefetchLimits,
@@ -217,6 +219,7 @@ impl ModelFs {
             handles: Mutex::default(),
             evictor: None,
             activity: None,
+            catalog: std::sync::OnceLock::new(),
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
@@ -539,14 +542,16 @@ impl ModelFs {
         self.chunks.set_on_failed(hook);
     }
 
-    /// Keep the store under a bound, never evicting files open here (and make room when the
-    /// store is full). Set before the filesystem is shared.
-    /// Read through a shared tier before the Hub, and write what the Hub sends to it. Set
-    /// before the filesystem is shared.
+    /// Read through a shared tier before the Hub, and write what the Hub sends to it: chunks,
+    /// and the refs and manifests the Hub confirms. Set before the filesystem is shared.
     pub fn set_tier(&self, tier: Arc<crate::tier::TierClient>) {
+        tier.access().set_ttl(self.revalidate());
+        let _ = self.catalog.set(crate::tier::catalog::TierCatalog::new(tier.clone()));
         self.chunks.set_tier(tier);
     }
 
+    /// Keep the store under a bound, never evicting files open here (and make room when the
+    /// store is full). Set before the filesystem is shared.
     pub fn set_evictor(&mut self, evictor: Arc<Evictor>) {
         self.chunks.set_evictor(evictor.clone());
         self.activity = Some(evictor.clone());

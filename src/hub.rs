@@ -41,6 +41,10 @@ pub struct RevisionInfo {
     /// 40 lowercase hex digits.
     pub commit: String,
     pub pipeline_tag: Option<String>,
+    /// Private or gated: only tokens the Hub allows may read it, so what a shared tier holds
+    /// of it is served only to a node whose own token the Hub allowed (doc/DESIGN.md, "The
+    /// shared tier"). True when the Hub's answer does not say: the safe side.
+    pub restricted: bool,
 }
 
 /// One file in a repo's tree at a commit.

@@ -130,6 +130,7 @@ pub struct Metrics {
     tier_fetched_bytes: Counter,
     tier_stored_bytes: Counter,
     tier_uploads_deferred: Counter,
+    tier_revisions_served: Counter,
     tier_errors: Family<Label, Counter>,
 }
 
@@ -284,6 +285,13 @@ impl Metrics {
              back from the local store",
             tier_uploads_deferred.clone(),
         );
+        let tier_revisions_served = Counter::default();
+        r.register(
+            "tier_revisions_served",
+            "Repo revisions this node had no record of, served from the refs and manifests in \
+             the shared tier because the Hub could not answer",
+            tier_revisions_served.clone(),
+        );
         let tier_errors = Family::<Label, Counter>::default();
         r.register(
             "tier_errors",
@@ -356,6 +364,7 @@ impl Metrics {
             tier_fetched_bytes,
             tier_stored_bytes,
             tier_uploads_deferred,
+            tier_revisions_served,
             tier_errors,
         }
     }
@@ -370,6 +379,10 @@ impl Metrics {
 
     pub fn tier_upload_deferred(&self) {
         self.tier_uploads_deferred.inc();
+    }
+
+    pub fn tier_revision_served(&self) {
+        self.tier_revisions_served.inc();
     }
 
     /// A tier request failed (`kind`: one of [`crate::tier::TIER_ERROR_KINDS`]).

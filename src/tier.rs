@@ -29,6 +29,9 @@ use crate::fetch::FileRef;
 use crate::manifest::ContentId;
 use crate::store::chunk_len;
 
+pub mod access;
+pub mod catalog;
+
 /// How long one tier request may take before it counts as a miss: a bucket in the same
 /// region answers a chunk in tens of milliseconds; five seconds is a tier in trouble, and the
 /// Hub is asked instead.
@@ -43,6 +46,10 @@ const BREAKER_FAILURES: u32 = 3;
 
 /// How long a tier that keeps failing is left alone before it is tried again.
 pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
+
+/// How long the Hub's word that this node may read a restricted repo holds until the mount
+/// sets its revalidation interval: the same as the mount's default.
+const DEFAULT_CONFIRMATION: Duration = Duration::from_secs(600);
 
 /// Uploads to the tier in flight at once, each holding its chunk: 8 chunks, 64 MiB of default
 /// chunks. A chunk offered while all are busy is remembered by key alone and uploaded later
@@ -66,6 +73,9 @@ pub enum TierError {
     Corrupt { key: String, what: &'static str },
     #[error("tier URL {url:?}: {why}")]
     BadUrl { url: String, why: String },
+    /// The breaker is open: the tier was not asked (see [`BREAKER_OPEN`]).
+    #[error("the tier keeps failing and is not asked for a while")]
+    Paused,
 }
 
 impl TierError {
@@ -76,6 +86,7 @@ impl TierError {
             TierError::Timeout(_) => "timeout",
             TierError::Corrupt { .. } => "corrupt",
             TierError::BadUrl { .. } => "config",
+            TierError::Paused => "paused",
         }
     }
 }
@@ -89,6 +100,8 @@ pub trait Tier: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>>;
     /// Create the object at `key` unless it exists (then nothing changes, and it is `Ok`).
     fn create<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TierError>>;
+    /// Write the object at `key`, replacing one that is there: for what moves (a ref).
+    fn replace<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TierError>>;
     /// Remove the object at `key` (one found corrupt), so that a good copy can be created.
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>>;
 }
@@ -214,6 +227,16 @@ impl Tier for ObjectTier {
         })
     }
 
+    fn replace<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<(), TierError>> {
+        Box::pin(async move {
+            self.store
+                .put(&self.path(key), PutPayload::from(value))
+                .await
+                .map(|_| ())
+                .map_err(TierError::Unavailable)
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
         Box::pin(async move {
             match self.store.delete(&self.path(key)).await {
@@ -222,6 +245,15 @@ impl Tier for ObjectTier {
             }
         })
     }
+}
+
+/// How [`TierClient::put_object`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Create unless it exists: what is named by its content never changes.
+    Once,
+    /// Replace what is there: a ref, which moves.
+    Replace,
 }
 
 /// The key of chunk `index` of `content` in a store of `chunk_size` chunks. The first two hex
@@ -280,6 +312,7 @@ pub struct TierClient {
     /// Milliseconds since `epoch` until which the tier is not asked.
     open_until_ms: AtomicU64,
     epoch: Instant,
+    access: access::AccessTable,
 }
 
 impl TierClient {
@@ -295,7 +328,13 @@ impl TierClient {
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            access: access::AccessTable::new(DEFAULT_CONFIRMATION),
         })
+    }
+
+    /// Which repos' chunks this node may be served from the tier.
+    pub fn access(&self) -> &access::AccessTable {
+        &self.access
     }
 
     fn now_ms(&self) -> u64 {
@@ -323,6 +362,45 @@ impl TierClient {
                     self.failures.store(0, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// One object other than a chunk (repo metadata, `tier/catalog.rs`), within the tier's
+    /// timeout and through its breaker: `Ok(None)` when there is none.
+    pub async fn get_object(&self, key: &str) -> Result<Option<Bytes>, TierError> {
+        if self.broken() {
+            return Err(TierError::Paused);
+        }
+        let got = tokio::time::timeout(self.timeout, self.tier.get(key))
+            .await
+            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        self.record(&got.as_ref().map(|_| ()));
+        got
+    }
+
+    /// Write one object other than a chunk: created once, or replacing what is there.
+    pub async fn put_object(&self, key: &str, value: Bytes, write: Write) -> Result<(), TierError> {
+        if self.broken() {
+            return Err(TierError::Paused);
+        }
+        let put = match write {
+            Write::Once => self.tier.create(key, value),
+            Write::Replace => self.tier.replace(key, value),
+        };
+        let put = tokio::time::timeout(self.timeout, put)
+            .await
+            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        self.record(&put.as_ref().map(|_| ()));
+        put
+    }
+
+    /// A bad object found by a reader: counted, and removed so that a good copy can be
+    /// written in its place (create-only writes would keep it forever).
+    pub async fn discard(&self, e: &TierError, key: &str) {
+        self.record(&Err(e));
+        let removed = tokio::time::timeout(self.timeout, self.tier.delete(key)).await;
+        if !matches!(removed, Ok(Ok(()))) {
+            tracing::warn!(key, "corrupt tier object not removed");
         }
     }
 
@@ -358,14 +436,11 @@ impl TierClient {
                     }
                     Err(e) => {
                         tracing::warn!(path = %file.remote.path, index, error = %e, "tier read failed; asking the Hub");
-                        self.record(&Err(&e));
                         if matches!(e, TierError::Corrupt { .. }) {
-                            // Create-only writes would keep the bad copy forever: remove it,
-                            // and the Hub's bytes replace it once this node has them.
-                            let removed = tokio::time::timeout(self.timeout, self.tier.delete(&key)).await;
-                            if !matches!(removed, Ok(Ok(()))) {
-                                tracing::warn!(key, "corrupt tier object not removed");
-                            }
+                            // The Hub's bytes replace it once this node has them.
+                            self.discard(&e, &key).await;
+                        } else {
+                            self.record(&Err(&e));
                         }
                         None
                     }
@@ -534,6 +609,13 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 self.0.create(key, value).await
             })
+        }
+        fn replace<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TierError>> {
+            self.0.replace(key, value)
         }
         fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
             self.0.delete(key)

@@ -101,7 +101,7 @@ fn a_corrupt_tier_object_is_a_miss_the_hub_answers() {
             }
         }
     }
-    collect(&tier, &mut files);
+    collect(&tier.join("chunks"), &mut files);
     for (i, f) in files.iter().enumerate() {
         let mut b = std::fs::read(f).unwrap();
         if i == 0 {
@@ -157,5 +157,106 @@ fn a_tier_that_is_down_costs_misses_not_reads() {
     assert_eq!(cdn_bytes(&hub), data.len() as u64);
     assert!(m.log().contains("the tier keeps failing"), "no breaker:\n{}", m.log());
     assert!(!m.log().contains(S3_SECRET), "the secret in the log");
+    m.stop();
+}
+
+/// The repo of the metadata tests: weights (LFS) and a config (in git).
+fn model_repo(id: &str) -> (MockRepo, Vec<(&'static str, Vec<u8>)>) {
+    let files = vec![
+        ("config.json", b"{\"dim\": 64}".to_vec()),
+        ("model.safetensors", bytes(11, 3 * MIB + 5)),
+    ];
+    let repo = MockRepo::new(
+        id,
+        vec![
+            MockFile::git(files[0].0, files[0].1.clone()),
+            MockFile::lfs(files[1].0, files[1].1.clone()),
+        ],
+    );
+    (repo, files)
+}
+
+/// A node reads a repo with a token, through the tier; it then holds every chunk and the
+/// repo's metadata. Returns the tier's URL.
+fn first_node_fills(
+    hub: &MockHub,
+    id: &str,
+    files: &[(&str, Vec<u8>)],
+    tier: &Path,
+    env: &[(&str, &str)],
+) -> String {
+    let url = format!("file://{}", tier.display());
+    let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--metrics-addr", "127.0.0.1:0"];
+    let m = Mounted::start_env(&hub.endpoint(), &temp_dir("tier-meta-1"), &args, env);
+    for (p, d) in files {
+        assert!(std::fs::read(m.path(&format!("{id}/all/{p}"))).unwrap() == *d, "{p}");
+    }
+    wait_for("every chunk in the tier", SETTLE, || objects(tier) == 5);
+    let head = tier.join(format!("repos/v1/{id}/refs/main"));
+    wait_for("the ref in the tier", SETTLE, || head.exists());
+    m.stop();
+    url
+}
+
+/// The Hub down, the tier up: a node that never saw the repo (an empty store) lists it and
+/// reads every byte of it from what another node put in the tier.
+#[test]
+fn with_the_hub_down_a_new_node_lists_and_reads_a_repo_another_node_fetched() {
+    let (repo, files) = model_repo("tier/meta");
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(repo);
+    let tier = temp_dir("tier-meta");
+    let url = first_node_fills(&hub, "tier/meta", &files, &tier, &[]);
+    let endpoint = hub.endpoint();
+    hub.stop();
+
+    let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--metrics-addr", "127.0.0.1:0"];
+    let m = Mounted::start(&endpoint, &temp_dir("tier-meta-2"), &args);
+    let mut names: Vec<String> = std::fs::read_dir(m.path("tier/meta/all"))
+        .unwrap_or_else(|e| panic!("listing with the Hub down: {e}\n{}", m.log()))
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    for (p, d) in &files {
+        let got = std::fs::read(m.path(&format!("tier/meta/all/{p}"))).unwrap();
+        assert!(got == *d, "{p} read wrong from the tier");
+    }
+    let addr = metrics_addr(&m);
+    assert!(sample(&addr, "modelfs_tier_revisions_served_total") >= 1.0, "{}", m.log());
+    assert_eq!(
+        sample(&addr, "modelfs_tier_fetched_bytes_total"),
+        files.iter().map(|(_, d)| d.len() as f64).sum::<f64>()
+    );
+    m.stop();
+}
+
+/// A gated repo a node with a token put in the tier: a node without one is refused its
+/// bytes while the Hub answers (the Hub lists a gated repo to anyone), and its listing and
+/// bytes while the Hub is down.
+#[test]
+fn a_node_without_a_token_gets_eacces_for_a_gated_repo_in_the_tier() {
+    let (mut repo, files) = model_repo("tier/gated");
+    repo.gated = true;
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(repo);
+    let tier = temp_dir("tier-gated");
+    let url = first_node_fills(&hub, "tier/gated", &files, &tier, &[("HF_TOKEN", "hf_mock_token")]);
+    let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--metrics-addr", "127.0.0.1:0"];
+
+    let m = Mounted::start(&hub.endpoint(), &temp_dir("tier-gated-2"), &args);
+    let weights = m.path("tier/gated/all/model.safetensors");
+    let err = std::fs::read(&weights).map(drop).expect_err("gated bytes without a token");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}\n{}", m.log());
+    assert_eq!(sample(&metrics_addr(&m), "modelfs_tier_fetched_bytes_total"), 0.0);
+    m.stop();
+
+    let endpoint = hub.endpoint();
+    hub.stop();
+    let m = Mounted::start(&endpoint, &temp_dir("tier-gated-3"), &args);
+    let err = std::fs::read_dir(m.path("tier/gated/all")).map(drop).expect_err("gated, Hub down");
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}\n{}", m.log());
+    let err = std::fs::read(m.path("tier/gated/all/model.safetensors")).map(drop).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
     m.stop();
 }

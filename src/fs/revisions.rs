@@ -13,6 +13,7 @@ use crate::hub::{HubError, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
 use crate::names;
 use crate::store::{ChunkStore, RefRecord};
+use crate::tier::catalog::{TierCatalog, TierManifest};
 
 /// A resolved repo revision and when the Hub last confirmed it (`None`: never in this
 /// process; served from the store while the Hub did not answer).
@@ -99,8 +100,8 @@ impl ModelFs {
             tokio::select! {
                 biased;
                 outcome = &mut resolution => outcome,
-                () = self.source.unreachable() => match self.last_known(repo, rev, previous)? {
-                    Some(known) => {
+                () = self.source.unreachable() => match self.fallback(repo, rev, previous).await {
+                    Ok(Some(known)) => {
                         tracing::warn!(repo = %repo, rev, commit = %known.manifest.commit,
                             "the Hub does not answer; serving the last known commit, revalidating in the background");
                         let checked = state.resolved.as_ref().and_then(|r| r.checked);
@@ -110,7 +111,8 @@ impl ModelFs {
                         return Ok(known);
                     }
                     // Nothing to fall back on: the Hub's answer (or the timeout) it is.
-                    None => resolution.await,
+                    Ok(None) => resolution.await,
+                    Err(e) => Err(e),
                 },
             }
         } else {
@@ -145,13 +147,75 @@ impl ModelFs {
         Ok(self.store.manifest(repo, &r.commit)?.map(|m| Arc::new(Snapshot::new(m))))
     }
 
+    /// What to serve of a branch while the Hub does not answer: its last known commit here,
+    /// else what the shared tier holds of it (another node's confirmation).
+    async fn fallback(
+        &self,
+        repo: &RepoId,
+        rev: &str,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Option<Arc<Snapshot>>, FsError> {
+        if let Some(known) = self.last_known(repo, rev, previous)? {
+            return Ok(Some(known));
+        }
+        Ok(self.served_by_tier(repo, rev).await?.map(|m| Arc::new(Snapshot::new(m))))
+    }
+
+    /// What the shared tier holds of `repo@rev`, for when nothing here does and the Hub
+    /// cannot say; kept in the store as this node's own record, but as never confirmed by
+    /// the Hub (so the Hub is asked at the next lookup it can answer). A private or gated repo
+    /// is served only to a node whose store shows the Hub allowed it before: the tier never
+    /// widens access (doc/DESIGN.md, "The shared tier").
+    async fn served_by_tier(&self, repo: &RepoId, rev: &str) -> Result<Option<Manifest>, FsError> {
+        let Some(catalog) = self.catalog.get() else { return Ok(None) };
+        let found = match catalog.lookup(repo, rev).await {
+            Ok(Some(found)) => found,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                tracing::debug!(repo = %repo, rev, error = %e, "repo metadata not read from the tier");
+                return Ok(None);
+            }
+        };
+        let TierManifest { manifest, restricted } = found.manifest;
+        let store = self.store.clone();
+        let (owner, name) = (repo.clone(), rev.to_owned());
+        let kept = manifest.clone();
+        let allowed = tokio::task::spawn_blocking(move || -> Result<bool, FsError> {
+            let allowed = !store.commits(&owner)?.is_empty() || !store.refs(&owner)?.is_empty();
+            if allowed || !restricted {
+                store.put_manifest(&kept)?;
+                if !names::is_commit(&name) {
+                    // Resolved at 0: never confirmed by this node's Hub.
+                    let record = RefRecord { commit: kept.commit.clone(), resolved_at: 0 };
+                    store.put_ref(&owner, &name, &record)?;
+                }
+            }
+            Ok(allowed)
+        })
+        .await
+        .map_err(|e| FsError::Io(e.to_string()))??;
+        if restricted && !allowed {
+            tracing::warn!(repo = %repo, rev, "private or gated repo in the tier, never allowed to this node by the Hub: refused");
+            return Err(FsError::Denied(format!(
+                "{repo} is private or gated, and the Hub has not yet allowed this node's token \
+                 for it (the shared tier does not widen access)"
+            )));
+        }
+        crate::metrics::get().tier_revision_served();
+        tracing::warn!(repo = %repo, rev, commit = %manifest.commit, "the Hub does not answer; serving the commit the shared tier holds");
+        Ok(Some(manifest))
+    }
+
     /// Keep asking the Hub about `repo@rev` without holding up lookups, which serve `known`
     /// meanwhile; on an answer the slot moves to it (a new commit shows at the next lookup).
     fn revalidate_in_background(&self, slot: Slot, repo: &RepoId, rev: &str, known: Arc<Snapshot>) {
         let (store, source) = (self.store.clone(), self.source.clone());
+        let catalog = self.catalog.get().cloned();
         let (repo, rev) = (repo.clone(), rev.to_string());
         tokio::spawn(async move {
-            let answer = fetch_manifest(store.as_ref(), source.as_ref(), &repo, &rev).await;
+            let answer =
+                fetch_manifest(store.as_ref(), source.as_ref(), catalog.as_ref(), &repo, &rev)
+                    .await;
             let mut state = slot.lock().await;
             state.revalidating = false;
             match answer {
@@ -189,9 +253,13 @@ impl ModelFs {
             }
         }
         if self.config.offline {
-            return Err(FsError::NotFound);
+            return match self.served_by_tier(repo, rev).await? {
+                Some(m) => Ok(reuse_or_new(previous, m)),
+                None => Err(FsError::NotFound),
+            };
         }
-        match fetch_manifest(self.store.as_ref(), self.source.as_ref(), repo, rev).await {
+        let catalog = self.catalog.get();
+        match fetch_manifest(self.store.as_ref(), self.source.as_ref(), catalog, repo, rev).await {
             Ok(m) => {
                 if !names::is_commit(rev) {
                     record_ref(self.store.as_ref(), repo, rev, &m.commit);
@@ -212,7 +280,10 @@ impl ModelFs {
                         return Ok(Arc::new(Snapshot::new(m)));
                     }
                 }
-                Err(e.into())
+                match self.served_by_tier(repo, rev).await? {
+                    Some(m) => Ok(Arc::new(Snapshot::new(m))),
+                    None => Err(e.into()),
+                }
             }
             Err(e) => Err(e.into()),
         }
@@ -227,21 +298,32 @@ impl ModelFs {
     /// before are judged by the new interval from their next lookup on.
     pub fn set_revalidate(&self, interval: Duration) {
         self.revalidate_secs.store(interval.as_secs(), Ordering::Relaxed);
+        if let Some(catalog) = self.catalog.get() {
+            catalog.set_confirmation_ttl(interval);
+        }
     }
 }
 
 /// Resolve `rev` on the Hub and get the manifest of its commit: from the store if it is
-/// there (a commit's contents never change), else from the tree listing (then stored).
+/// there (a commit's contents never change), else from the tree listing (then stored). What
+/// the Hub confirmed is published to the shared tier, if there is one.
 async fn fetch_manifest(
     store: &dyn ChunkStore,
     source: &dyn RepoSource,
+    catalog: Option<&Arc<TierCatalog>>,
     repo: &RepoId,
     rev: &str,
 ) -> Result<Manifest, HubError> {
     let info = source.resolve(repo, rev).await?;
+    let publish = |m: &Manifest| {
+        if let Some(catalog) = catalog {
+            catalog.publish(m, rev, info.restricted);
+        }
+    };
     if let Some(m) =
         store.manifest(repo, &info.commit).map_err(|e| HubError::Unavailable(e.to_string()))?
     {
+        publish(&m);
         return Ok(m);
     }
     let files = source.list_files(repo, &info.commit).await?;
@@ -252,6 +334,7 @@ async fn fetch_manifest(
         // Still servable from memory; it will be listed again after a restart.
         tracing::warn!(repo = %repo, error = %e, "manifest not stored");
     }
+    publish(&manifest);
     Ok(manifest)
 }
 
@@ -270,5 +353,161 @@ fn reuse_or_new(previous: Option<Arc<Snapshot>>, manifest: Manifest) -> Arc<Snap
     match previous {
         Some(prev) if prev.manifest.commit == manifest.commit => prev,
         _ => Arc::new(Snapshot::new(manifest)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::fetch::PrefetchLimits;
+    use crate::fs::{FsConfig, ROOT_INO};
+    use crate::hub::memory::MemoryHub;
+    use crate::store::memory::MemoryStore;
+    use crate::tier::{ObjectTier, TierClient};
+
+    const C1: &str = "1111111111111111111111111111111111111111";
+
+    fn repo() -> RepoId {
+        RepoId::new("org", "repo")
+    }
+
+    fn hub() -> Arc<MemoryHub> {
+        let hub = Arc::new(MemoryHub::new());
+        let weights: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
+        hub.add_repo(
+            repo(),
+            C1,
+            "main",
+            None,
+            vec![("config.json", b"{}".to_vec(), false), ("model.bin", weights, true)],
+        );
+        hub
+    }
+
+    /// A node: its own store, the one Hub, the one tier.
+    fn node(hub: &Arc<MemoryHub>, tier: &Arc<object_store::memory::InMemory>) -> Arc<ModelFs> {
+        let store = Arc::new(MemoryStore::new(1000));
+        let fs = ModelFs::new(
+            FsConfig::default(),
+            store.clone(),
+            hub.clone(),
+            hub.clone(),
+            Duration::from_secs(5),
+            PrefetchLimits::NONE,
+        );
+        let tier = Arc::new(ObjectTier::new(tier.clone(), "cluster"));
+        fs.set_tier(TierClient::new(tier, store));
+        Arc::new(fs)
+    }
+
+    async fn read(fs: &ModelFs, path: &str) -> Result<Vec<u8>, FsError> {
+        let mut ino = ROOT_INO;
+        for part in path.split('/') {
+            ino = fs.lookup(ino, part).await?.attr.ino;
+        }
+        let fh = fs.open(ino, false)?;
+        let size = fs.getattr(ino)?.attr.size;
+        let out = fs.read(fh, 0, size as u32).await;
+        fs.release(fh);
+        out
+    }
+
+    /// Node A's publications run in the background: wait until the tier answers for them.
+    async fn published(catalog: &TierCatalog, repo: &RepoId, rev: &str) {
+        for _ in 0..500 {
+            if catalog.lookup(repo, rev).await.is_ok_and(|f| f.is_some()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("{rev} never published");
+    }
+
+    /// Uploads run behind the reads: wait until the tier holds `n` chunk objects.
+    async fn chunks_in(tier: &object_store::memory::InMemory, n: usize) {
+        use futures::TryStreamExt;
+        for _ in 0..500 {
+            let all: Vec<_> =
+                object_store::ObjectStore::list(tier, None).try_collect().await.unwrap();
+            if all.iter().filter(|o| o.location.as_ref().contains("/chunks/")).count() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!("the tier never held {n} chunks");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_never_saw_a_repo_lists_and_reads_it_from_the_tier_with_the_hub_down() {
+        let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
+        let a = node(&hub, &tier);
+        let want = read(&a, "org/repo/all/model.bin").await.unwrap();
+        published(a.catalog.get().unwrap(), &repo(), "main").await;
+        chunks_in(&tier, 3).await;
+
+        hub.set_offline(true);
+        let b = node(&hub, &tier);
+        let got = read(&b, "org/repo/all/model.bin").await.unwrap();
+        assert!(got == want, "node B read other bytes");
+        // By commit too, and the namespace is the one the Hub listed.
+        let snap = b.snapshot(&repo(), Some(C1)).await.unwrap();
+        assert_eq!(snap.manifest.files.len(), 2);
+        // What B serves is on its own record now, but never confirmed by its Hub: once the
+        // Hub is back, the next lookup asks it.
+        let stored = b.store.get_ref(&repo(), "main").unwrap().unwrap();
+        assert_eq!((stored.commit.as_str(), stored.resolved_at), (C1, 0));
+    }
+
+    #[tokio::test]
+    async fn the_tier_never_widens_access_to_a_restricted_repo() {
+        let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
+        hub.set_restricted(repo());
+        let a = node(&hub, &tier);
+        read(&a, "org/repo/all/config.json").await.unwrap();
+        let weights = read(&a, "org/repo/all/model.bin").await.unwrap();
+        published(a.catalog.get().unwrap(), &repo(), "main").await;
+        chunks_in(&tier, 4).await;
+        hub.set_offline(true);
+
+        // Never allowed by the Hub: refused, and nothing of the repo is kept.
+        let b = node(&hub, &tier);
+        let err = read(&b, "org/repo/all/config.json").await.unwrap_err();
+        assert!(matches!(err, FsError::Denied(_)), "{err:?}");
+        assert!(b.store.commits(&repo()).unwrap().is_empty(), "a refused repo was recorded");
+        assert!(b.store.get_ref(&repo(), "main").unwrap().is_none());
+
+        // Listed before (the store holds a ref of the repo): its metadata is served, but not
+        // its bytes, which the Hub never served this process.
+        let c = node(&hub, &tier);
+        c.store.put_ref(&repo(), "old", &RefRecord { commit: C1.into(), resolved_at: 1 }).unwrap();
+        let snap = c.snapshot(&repo(), None).await.unwrap();
+        assert_eq!(snap.manifest.commit, C1);
+        assert!(matches!(read(&c, "org/repo/all/config.json").await, Err(FsError::Io(_))));
+
+        // Confirmed by the Hub in this process (a byte served with its token): the tier
+        // serves it the rest, with the Hub gone.
+        hub.set_offline(false);
+        let d = node(&hub, &tier);
+        let fetched = hub.fetched_ranges().len();
+        assert_eq!(read(&d, "org/repo/all/config.json").await.unwrap(), b"{}");
+        let log = hub.fetched_ranges();
+        assert_eq!(log.len(), fetched + 1, "one byte to confirm access, the rest from the tier");
+        assert_eq!(log.last().unwrap().1, 0..1);
+        hub.set_offline(true);
+        let got = read(&d, "org/repo/all/model.bin").await.expect("confirmed: from the tier");
+        assert!(got == weights);
+
+        // A public repo published by A is served to any node.
+        let public = RepoId::new("org", "open");
+        hub.set_offline(false);
+        hub.add_repo(public.clone(), C1, "main", None, vec![("a.txt", b"open".to_vec(), false)]);
+        read(&a, "org/open/all/a.txt").await.unwrap();
+        chunks_in(&tier, 5).await;
+        published(a.catalog.get().unwrap(), &public, "main").await;
+        hub.set_offline(true);
+        let e = node(&hub, &tier);
+        assert_eq!(read(&e, "org/open/all/a.txt").await.unwrap(), b"open");
     }
 }

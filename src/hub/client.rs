@@ -1244,15 +1244,29 @@ async fn read_exact(
 struct RawRevision {
     sha: Option<String>,
     pipeline_tag: Option<String>,
+    private: Option<bool>,
+    /// `false`, or how access is granted (`"auto"`, `"manual"`).
+    gated: Option<serde_json::Value>,
+}
+
+impl RawRevision {
+    /// Whether only some tokens may read the repo; an answer that does not say is taken as
+    /// restricted, the side that cannot widen access.
+    fn restricted(&self) -> bool {
+        let public = self.private == Some(false)
+            && matches!(self.gated, Some(serde_json::Value::Bool(false)));
+        !public
+    }
 }
 
 fn parse_revision(body: &[u8], repo: &RepoId, rev: &str) -> Result<RevisionInfo, HubError> {
     let raw: RawRevision = serde_json::from_slice(body).map_err(|e| {
         HubError::Protocol(format!("revision {rev} of {repo}: not the expected JSON: {e}"))
     })?;
+    let restricted = raw.restricted();
     match raw.sha {
         Some(sha) if is_lower_hex(&sha, 40) => {
-            Ok(RevisionInfo { commit: sha, pipeline_tag: raw.pipeline_tag })
+            Ok(RevisionInfo { restricted, commit: sha, pipeline_tag: raw.pipeline_tag })
         }
         other => Err(HubError::Protocol(format!(
             "revision {rev} of {repo}: sha {other:?} is not a 40-hex commit"
@@ -1868,12 +1882,29 @@ mod tests {
     fn revision_answers_are_checked() {
         let repo = RepoId::new("o", "r");
         let sha = "0123456789abcdef0123456789abcdef01234567";
-        let ok =
-            serde_json::json!({"id":"o/r","sha":sha,"pipeline_tag":"text-generation"}).to_string();
+        let ok = serde_json::json!({"id":"o/r","sha":sha,"pipeline_tag":"text-generation",
+            "private":false,"gated":false})
+        .to_string();
         assert_eq!(
             parse_revision(ok.as_bytes(), &repo, "main").unwrap(),
-            RevisionInfo { commit: sha.into(), pipeline_tag: Some("text-generation".into()) }
+            RevisionInfo {
+                commit: sha.into(),
+                pipeline_tag: Some("text-generation".into()),
+                restricted: false
+            }
         );
+        // Private, gated either way, or not said: restricted.
+        for extra in [
+            serde_json::json!({"private": true, "gated": false}),
+            serde_json::json!({"private": false, "gated": "auto"}),
+            serde_json::json!({"private": false, "gated": "manual"}),
+            serde_json::json!({}),
+        ] {
+            let mut answer = serde_json::json!({"sha": sha});
+            answer.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let info = parse_revision(answer.to_string().as_bytes(), &repo, "main").unwrap();
+            assert!(info.restricted, "{answer}");
+        }
         let upper = serde_json::json!({"sha": sha.to_uppercase()}).to_string();
         assert!(matches!(
             parse_revision(upper.as_bytes(), &repo, "main"),

@@ -53,6 +53,8 @@ struct Repo {
     refs: HashMap<String, String>,
     commits: HashMap<String, Commit>,
     gated: bool,
+    /// Private or gated, but readable with this hub's token: what resolutions report.
+    restricted: bool,
 }
 
 struct Commit {
@@ -128,6 +130,12 @@ impl MemoryHub {
     /// client without an accepted token.
     pub fn set_gated(&self, repo: impl Borrow<RepoId>) {
         self.state().repos.entry(repo.borrow().clone()).or_default().gated = true;
+    }
+
+    /// Report `repo` as private or gated whose access this hub's token has
+    /// ([`RevisionInfo::restricted`]); calls about it still succeed.
+    pub fn set_restricted(&self, repo: impl Borrow<RepoId>) {
+        self.state().repos.entry(repo.borrow().clone()).or_default().restricted = true;
     }
 
     /// Give access to a repo that [`set_gated`](Self::set_gated) closed.
@@ -207,7 +215,11 @@ impl MemoryHub {
             None => rev,
         };
         let info = Self::commit(found, repo, commit)?;
-        Ok(RevisionInfo { commit: commit.to_owned(), pipeline_tag: info.pipeline_tag.clone() })
+        Ok(RevisionInfo {
+            commit: commit.to_owned(),
+            pipeline_tag: info.pipeline_tag.clone(),
+            restricted: found.restricted,
+        })
     }
 
     fn list_now(&self, repo: &RepoId, commit: &str) -> Result<Vec<TreeEntry>, HubError> {
