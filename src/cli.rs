@@ -100,6 +100,12 @@ pub struct PullArgs {
     /// Chunk size if this pull creates the store (an existing store keeps its own), e.g. 8M.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub chunk_size: Option<u64>,
+    /// Seed the tier shared by every node: s3://BUCKET/PREFIX or file:///DIR [default: the
+    /// config file's `tier`]. Chunks it holds are read from it; every chunk of the pulled
+    /// files (fetched now or stored before) is written to it, with the repo's ref and
+    /// manifest, before the pull ends.
+    #[arg(long, value_name = "URL")]
+    pub tier: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -884,6 +890,7 @@ mod tests {
             mountpoint: mp.into(),
             store: store.into(),
             passthrough: None,
+            traffic: None,
         };
         let one = [mount("/models", "/srv/store", 42)];
         let c = args.resolve_with(None, env_of(&home), &one);

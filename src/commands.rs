@@ -67,6 +67,8 @@ pub enum CommandError {
     NoBound,
     #[error("eviction: {0}")]
     Evict(#[from] crate::evict::EvictError),
+    #[error("--tier: {0}")]
+    Tier(#[from] crate::tier::TierError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("writing the output: {0}")]

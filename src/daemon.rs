@@ -450,6 +450,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     let (session, own) = start_session(adapter, &mp, &how, options)?;
     // The session has answered INIT: passthrough is decided.
     registration.note_passthrough(&passthrough.describe());
+    rt.spawn(publish_traffic(registration.record_path().to_path_buf()));
     crate::fuse::invalidate_failed_files(&fs, session.notifier());
     let signal_ready = ready.clone();
     let signal_own = own.clone();
@@ -542,6 +543,28 @@ fn wait_until_answering(own: &OwnMount) -> bool {
 /// cleared, a missing directory created; a file, or a mountpoint a live modelfs serves, is
 /// refused. Returns the canonical mountpoint (as mountinfo and the registry name it) and the
 /// claim, held for as long as the daemon lives.
+/// How often the daemon tells `modelfs status` what it served: often enough that a status
+/// right after a load shows it, rarely enough to cost nothing (one small file write).
+const TRAFFIC_EVERY: Duration = Duration::from_secs(2);
+
+/// Publish the daemon's traffic beside its mount record, for as long as it runs.
+async fn publish_traffic(record: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(TRAFFIC_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let now = crate::metrics::get().traffic();
+        if last.as_ref() == Some(&now) {
+            continue;
+        }
+        if let Err(e) = crate::mounts::publish_traffic(&record, &now) {
+            tracing::debug!(error = %e, "traffic for status not published");
+        }
+        last = Some(now);
+    }
+}
+
 fn prepare_mountpoint(
     mountpoint: &Path,
     store: &Path,

@@ -37,6 +37,9 @@ use tokio::sync::Semaphore;
 
 use crate::hub::HubError;
 
+mod traffic;
+pub use traffic::Traffic;
+
 /// What `prometheus-client` encodes: OpenMetrics 1.0 text. Prometheus asks for it first in
 /// its `Accept` header and parses it natively.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -47,6 +50,11 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// mirror and a slow transatlantic link land in buckets that tell them apart.
 const FETCH_BUCKETS: [f64; 15] =
     [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// Upper bounds of the tier latency buckets, in seconds: from an object in a bucket or shared
+/// directory next door (1 ms) to the tier's own timeout (5 s), in 1-2.5-5 steps.
+const TIER_BUCKETS: [f64; 12] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 /// Connections the endpoint serves at once. A scraper and a few probes need a handful; the
 /// bound keeps a misbehaving client from costing the daemon more than a little memory.
@@ -132,6 +140,11 @@ pub struct Metrics {
     tier_uploads_deferred: Counter,
     tier_revisions_served: Counter,
     tier_errors: Family<Label, Counter>,
+    tier_get_duration: Histogram,
+    tier_put_duration: Histogram,
+    /// What `modelfs status` reports of the tier's latency: the mean of every request.
+    tier_micros: AtomicU64,
+    tier_requests: AtomicU64,
 }
 
 /// The labels of `modelfs_load_plans_total`: the loaders a plan imitates
@@ -299,6 +312,17 @@ impl Metrics {
              refused, an error answer), timeout, corrupt (an object that failed its checks)",
             tier_errors.clone(),
         );
+        let tier_duration =
+            Family::<Label, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(TIER_BUCKETS)
+            });
+        r.register_with_unit(
+            "tier_request_duration",
+            "Time one tier request took (a chunk or metadata object read, or a write), by \
+             operation, successful or not",
+            Unit::Seconds,
+            tier_duration.clone(),
+        );
         for kind in crate::tier::TIER_ERROR_KINDS {
             drop(tier_errors.get_or_create(&[("kind", kind)]));
         }
@@ -366,7 +390,19 @@ impl Metrics {
             tier_uploads_deferred,
             tier_revisions_served,
             tier_errors,
+            tier_get_duration: tier_duration.get_or_create_owned(&[("op", "get")]),
+            tier_put_duration: tier_duration.get_or_create_owned(&[("op", "put")]),
+            tier_micros: AtomicU64::new(0),
+            tier_requests: AtomicU64::new(0),
         }
+    }
+
+    /// A tier request (`put`: a write, else a read) took `took`.
+    pub fn tier_request(&self, put: bool, took: Duration) {
+        let histogram = if put { &self.tier_put_duration } else { &self.tier_get_duration };
+        histogram.observe(took.as_secs_f64());
+        self.tier_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.tier_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn tier_fetched(&self, bytes: u64) {

@@ -184,6 +184,10 @@ pub struct LiveMount {
     /// until the kernel and the daemon have agreed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passthrough: Option<String>,
+    /// What the daemon served, from where: its own file beside the record
+    /// ([`publish_traffic`]), read with it.
+    #[serde(skip)]
+    pub traffic: Option<crate::metrics::Traffic>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,7 +195,7 @@ pub enum RegistryError {
     /// Another live daemon holds the mountpoint.
     #[error("{} is already mounted by modelfs (pid {pid}, store {}); run `modelfs unmount {}` first, or choose another mountpoint",
             .mount.mountpoint.display(), .mount.store.display(), .mount.mountpoint.display(), pid = .mount.pid)]
-    Taken { mount: LiveMount },
+    Taken { mount: Box<LiveMount> },
     #[error("mount registry {path}: {source}")]
     Io { path: String, source: io::Error },
 }
@@ -236,8 +240,9 @@ impl Registration {
                     mountpoint: mountpoint.to_path_buf(),
                     store: PathBuf::from("?"),
                     passthrough: None,
+                    traffic: None,
                 });
-                return Err(RegistryError::Taken { mount });
+                return Err(RegistryError::Taken { mount: Box::new(mount) });
             }
             return Err(err(e));
         }
@@ -246,6 +251,7 @@ impl Registration {
             mountpoint: mountpoint.to_path_buf(),
             store: store.to_path_buf(),
             passthrough: None,
+            traffic: None,
         };
         let mut registration = Registration { path, file, record };
         registration.write().map_err(err)?;
@@ -259,6 +265,11 @@ impl Registration {
         self.file.write_all(text.as_bytes())
     }
 
+    /// Where what this daemon served is published ([`publish_traffic`]).
+    pub fn record_path(&self) -> &Path {
+        &self.path
+    }
+
     /// Record whether FUSE passthrough is in effect, for `modelfs status`.
     pub fn note_passthrough(&mut self, state: &str) {
         self.record.passthrough = Some(state.to_string());
@@ -268,8 +279,23 @@ impl Registration {
     }
 }
 
+/// The traffic file of the record at `record`.
+fn traffic_path(record: &Path) -> PathBuf {
+    record.with_extension("traffic")
+}
+
+/// Write what the daemon of the record at `record` served, from where, for `modelfs status`:
+/// beside the record, replaced whole (written, then renamed), so a reader never sees half.
+pub fn publish_traffic(record: &Path, traffic: &crate::metrics::Traffic) -> io::Result<()> {
+    let path = traffic_path(record);
+    let tmp = path.with_extension("traffic.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(traffic).map_err(io::Error::other)?)?;
+    std::fs::rename(&tmp, &path)
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(traffic_path(&self.path));
         // Removed while still locked, so no other daemon can have claimed this very file.
         let _ = std::fs::remove_file(&self.path);
         let _ = flock(&self.file, libc::LOCK_UN);
@@ -310,7 +336,10 @@ fn live_in(dir: &Path) -> Vec<LiveMount> {
         }
         let mut text = String::new();
         if file.read_to_string(&mut text).is_ok() {
-            if let Ok(record) = serde_json::from_str::<LiveMount>(&text) {
+            if let Ok(mut record) = serde_json::from_str::<LiveMount>(&text) {
+                record.traffic = std::fs::read(traffic_path(&path))
+                    .ok()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
                 out.push(record);
             }
         }
@@ -401,8 +430,13 @@ garbage line
     #[test]
     fn a_dead_holders_record_is_not_live() {
         let dir = tempfile::tempdir().unwrap();
-        let record =
-            LiveMount { pid: 1, mountpoint: "/m".into(), store: "/s".into(), passthrough: None };
+        let record = LiveMount {
+            pid: 1,
+            mountpoint: "/m".into(),
+            store: "/s".into(),
+            passthrough: None,
+            traffic: None,
+        };
         let path = dir.path().join(record_name(Path::new("/m")));
         std::fs::write(&path, serde_json::to_string(&record).unwrap()).unwrap();
         assert!(live_in(dir.path()).is_empty(), "nobody holds its lock");

@@ -56,6 +56,10 @@ const DEFAULT_CONFIRMATION: Duration = Duration::from_secs(600);
 /// from the local store, so a tier slower than the Hub costs no memory and loses no chunk.
 const MAX_UPLOADS: usize = 8;
 
+/// How often [`TierClient::flush`] looks whether the backlog has drained: a command's exit
+/// waits at most this much longer than its uploads.
+const FLUSH_POLL: Duration = Duration::from_millis(20);
+
 /// An object's header: magic, format version, data length, crc32c of the data.
 const MAGIC: &[u8; 4] = b"MFSC";
 const VERSION: u8 = 1;
@@ -315,6 +319,15 @@ pub struct TierClient {
     access: access::AccessTable,
 }
 
+impl std::fmt::Debug for TierClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TierClient")
+            .field("chunk_size", &self.chunk_size)
+            .field("paused", &self.broken())
+            .finish_non_exhaustive()
+    }
+}
+
 impl TierClient {
     pub fn new(tier: Arc<dyn Tier>, store: Arc<dyn crate::store::ChunkStore>) -> Arc<Self> {
         Arc::new(Self {
@@ -365,15 +378,27 @@ impl TierClient {
         }
     }
 
+    /// One tier request, cut off at the tier's timeout, and timed (`put`: a write).
+    async fn within<T>(
+        &self,
+        put: bool,
+        request: BoxFuture<'_, Result<T, TierError>>,
+    ) -> Result<T, TierError> {
+        let start = Instant::now();
+        let result = tokio::time::timeout(self.timeout, request)
+            .await
+            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        crate::metrics::get().tier_request(put, start.elapsed());
+        result
+    }
+
     /// One object other than a chunk (repo metadata, `tier/catalog.rs`), within the tier's
     /// timeout and through its breaker: `Ok(None)` when there is none.
     pub async fn get_object(&self, key: &str) -> Result<Option<Bytes>, TierError> {
         if self.broken() {
             return Err(TierError::Paused);
         }
-        let got = tokio::time::timeout(self.timeout, self.tier.get(key))
-            .await
-            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        let got = self.within(false, self.tier.get(key)).await;
         self.record(&got.as_ref().map(|_| ()));
         got
     }
@@ -387,9 +412,7 @@ impl TierClient {
             Write::Once => self.tier.create(key, value),
             Write::Replace => self.tier.replace(key, value),
         };
-        let put = tokio::time::timeout(self.timeout, put)
-            .await
-            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        let put = self.within(true, put).await;
         self.record(&put.as_ref().map(|_| ()));
         put
     }
@@ -419,9 +442,7 @@ impl TierClient {
         let gets = run.clone().map(|index| {
             let key = chunk_key(&content, self.chunk_size, index);
             async move {
-                let got = tokio::time::timeout(self.timeout, self.tier.get(&key))
-                    .await
-                    .unwrap_or(Err(TierError::Timeout(self.timeout)));
+                let got = self.within(false, self.tier.get(&key)).await;
                 let checked = match got {
                     Ok(Some(object)) => {
                         decode(&key, &object, chunk_len(size, self.chunk_size, index)).map(Some)
@@ -482,14 +503,50 @@ impl TierClient {
 
     async fn upload(&self, key: String, object: Bytes) {
         let len = (object.len() - HEADER_LEN) as u64;
-        let put = tokio::time::timeout(self.timeout, self.tier.create(&key, object))
-            .await
-            .unwrap_or(Err(TierError::Timeout(self.timeout)));
+        let put = self.within(true, self.tier.create(&key, object)).await;
         match &put {
             Ok(()) => crate::metrics::get().tier_stored(len),
             Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
         }
         self.record(&put.as_ref().map(|_| ()));
+    }
+
+    /// Upload chunks `indices` of `file` that the local store holds (a `pull --tier` seeding
+    /// the tier with what this node already has): by key, read back from the store as the
+    /// uploads free up. Chunks the tier has already are rewritten as nothing (create-only).
+    pub fn offer_stored(self: &Arc<Self>, file: &FileRef, indices: impl IntoIterator<Item = u64>) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let content = file.content();
+        let mut backlog = crate::lock(&self.backlog);
+        for index in indices {
+            backlog.insert((content, index), file.remote.size);
+        }
+        drop(backlog);
+        self.drain(&rt);
+    }
+
+    /// A slot among the uploads, for a write that is not a chunk's (repo metadata): held for
+    /// the write, so that [`TierClient::flush`] waits for it too.
+    pub async fn upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.uploads.clone().acquire_owned().await.ok()
+    }
+
+    /// [`TierClient::upload_slot`] if one is free now: taken before a write is spawned, it
+    /// makes a [`TierClient::flush`] that starts meanwhile wait for the write.
+    pub fn try_upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.uploads.clone().try_acquire_owned().ok()
+    }
+
+    /// Wait until every upload offered so far has ended (written, or failed): what a command
+    /// that seeds the tier does before it exits, since uploads run behind the reads.
+    pub async fn flush(&self) {
+        while self.draining.load(Ordering::Acquire) || !crate::lock(&self.backlog).is_empty() {
+            tokio::time::sleep(FLUSH_POLL).await;
+        }
+        // Every upload holds one of the slots: having them all, none is running.
+        if let Ok(all) = self.uploads.acquire_many(MAX_UPLOADS as u32).await {
+            drop(all);
+        }
     }
 
     /// Upload the backlog, one chunk per free upload, each read back from the store (one that

@@ -24,8 +24,8 @@ const CHUNK_ARG: &str = "65536";
 const TOKEN: &str = "hf_MetricsMarkerToken7d2c";
 
 /// Label names the exposition may use; their values come from fixed sets in src/metrics.rs.
-const LABELS: [&str; 8] =
-    ["source", "result", "reason", "errno", "le", "version", "format", "kind"];
+const LABELS: [&str; 9] =
+    ["source", "result", "reason", "errno", "le", "version", "format", "kind", "op"];
 
 /// One file per retry reason the mock Hub can provoke, with the fault that provokes it.
 fn faults() -> Vec<(&'static str, Fault, &'static str)> {

@@ -211,7 +211,8 @@ fn with_the_hub_down_a_new_node_lists_and_reads_a_repo_another_node_fetched() {
     hub.stop();
 
     let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--metrics-addr", "127.0.0.1:0"];
-    let m = Mounted::start(&endpoint, &temp_dir("tier-meta-2"), &args);
+    let store = temp_dir("tier-meta-2");
+    let m = Mounted::start(&endpoint, &store, &args);
     let mut names: Vec<String> = std::fs::read_dir(m.path("tier/meta/all"))
         .unwrap_or_else(|e| panic!("listing with the Hub down: {e}\n{}", m.log()))
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -224,10 +225,22 @@ fn with_the_hub_down_a_new_node_lists_and_reads_a_repo_another_node_fetched() {
     }
     let addr = metrics_addr(&m);
     assert!(sample(&addr, "modelfs_tier_revisions_served_total") >= 1.0, "{}", m.log());
-    assert_eq!(
-        sample(&addr, "modelfs_tier_fetched_bytes_total"),
-        files.iter().map(|(_, d)| d.len() as f64).sum::<f64>()
-    );
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    assert_eq!(sample(&addr, "modelfs_tier_fetched_bytes_total"), total as f64);
+    assert!(sample(&addr, "modelfs_tier_request_duration_seconds_count{op=\"get\"}") >= 5.0);
+    // `status` tells where the bytes came from: all from the tier, none from the Hub.
+    let want = format!("fetched (tier {}, Hub 0 B)", modelfs::commands::human_bytes(total as u64));
+    let mut said = String::new();
+    wait_for("status to report the traffic", SETTLE, || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelfs"))
+            .args(["status", "--store"])
+            .arg(&*store)
+            .output()
+            .unwrap();
+        said = String::from_utf8_lossy(&out.stdout).into_owned();
+        said.contains(&want) && said.contains("tier: ")
+    });
+    assert!(said.contains("no errors"), "{said}");
     m.stop();
 }
 
@@ -258,5 +271,59 @@ fn a_node_without_a_token_gets_eacces_for_a_gated_repo_in_the_tier() {
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}\n{}", m.log());
     let err = std::fs::read(m.path("tier/gated/all/model.safetensors")).map(drop).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+    m.stop();
+}
+
+/// `modelfs pull --tier` seeds the tier for a cluster: with what it fetches, and with what its
+/// store held already (a node that pulled before the tier existed). A node that never saw the
+/// repo then reads all of it from the tier, the Hub down.
+#[test]
+fn pull_with_a_tier_seeds_it_for_every_node() {
+    let (repo, files) = model_repo("tier/seed");
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(repo);
+    let tier = temp_dir("tier-seed");
+    let url = format!("file://{}", tier.display());
+    let store = temp_dir("tier-seed-store");
+    let pull_into = |store: &Path, extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_modelfs"))
+            .args(["pull", "tier/seed", "--chunk-size", "1M", "--endpoint", &hub.endpoint()])
+            .arg("--store")
+            .arg(store)
+            .args(extra)
+            .env_remove("HF_TOKEN")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pull {extra:?}:\n{text}");
+        text
+    };
+    let pull = |extra: &[&str]| pull_into(&store, extra);
+    pull(&[]);
+    assert_eq!(objects(&tier), 0);
+    // Everything is stored already: the pull fetches nothing and uploads all of it.
+    hub.clear_requests();
+    let said = pull(&["--tier", &url]);
+    assert_eq!(cdn_bytes(&hub), 0, "the pull fetched what its store held");
+    assert_eq!(objects(&tier), 5, "every chunk in the tier when the pull returned:\n{said}");
+    let total: usize = files.iter().map(|(_, d)| d.len()).sum();
+    let written = modelfs::commands::human_bytes(total as u64);
+    assert!(said.contains(&format!("{written} in the tier")), "{said}");
+    assert!(tier.join("repos/v1/tier/seed/refs/main").exists(), "the ref seeded");
+    // Another node's pull reads the chunks from the tier, not the Hub.
+    hub.clear_requests();
+    pull_into(&temp_dir("tier-seed-other"), &["--tier", &url]);
+    assert_eq!(cdn_bytes(&hub), 0, "a pull through a seeded tier asked the Hub for bytes");
+
+    let endpoint = hub.endpoint();
+    hub.stop();
+    let args = ["--chunk-size", "1M", "--tier", url.as_str()];
+    let m = Mounted::start(&endpoint, &temp_dir("tier-seed-node"), &args);
+    for (p, d) in &files {
+        let got = std::fs::read(m.path(&format!("tier/seed/all/{p}")))
+            .unwrap_or_else(|e| panic!("{p}: {e}\n{}", m.log()));
+        assert!(got == *d, "{p} read wrong");
+    }
     m.stop();
 }

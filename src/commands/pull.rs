@@ -37,6 +37,7 @@ use crate::hub::client::{HubClient, HubConfig};
 use crate::hub::{RangeFetcher, RepoSource};
 use crate::store::mdbx::MdbxStore;
 use crate::store::{chunk_count, chunk_len, ChunkStore, FileState, StoreError, DEFAULT_CHUNK_SIZE};
+use crate::tier::{ObjectTier, TierClient};
 
 /// What to pull.
 #[derive(Clone, Debug)]
@@ -54,6 +55,8 @@ pub struct PullRequest {
     /// `gc` removes a file while it is pulled (see `evict`). `None` in tests without a store
     /// directory.
     pub lease: Option<Arc<Evictor>>,
+    /// The shared tier to read through and to seed with every chunk of the pulled files.
+    pub tier: Option<Arc<TierClient>>,
 }
 
 /// What a pull did.
@@ -69,6 +72,8 @@ pub struct PullReport {
     pub fetched_bytes: u64,
     /// `(path, reason)` of every file that did not end verified, in path order.
     pub failed: Vec<(String, String)>,
+    /// With a tier: bytes of chunks written to it (or found there, written by another node).
+    pub tier_stored_bytes: Option<u64>,
 }
 
 /// How often the store is asked whether a downloaded file has been verified yet.
@@ -100,6 +105,10 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
     hub.max_connections = max_connections;
     let client = Arc::new(HubClient::new(hub)?);
     let lease = Evictor::new(store.clone(), Some(&config.store), Policy::default())?;
+    let tier = match args.tier.or(config.file.tier) {
+        Some(url) => Some(TierClient::new(Arc::new(ObjectTier::from_url(&url)?), store.clone())),
+        None => None,
+    };
     let request = PullRequest {
         target,
         quants: args.quant,
@@ -107,6 +116,7 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
         max_connections,
         read_timeout,
         lease: Some(lease),
+        tier,
     };
     let progress =
         if std::io::stderr().is_terminal() { Progress::bars() } else { Progress::plain() };
@@ -139,6 +149,9 @@ pub async fn pull_into(
     progress: &Progress,
 ) -> Result<PullReport, CommandError> {
     let globs = build_globs(&request.include)?;
+    // What this process writes to the tier is counted process-wide: the difference is the
+    // pull's (one pull per process, as the command runs it).
+    let tier_stored_before = crate::metrics::get().traffic().stored_to_tier;
     // Zero revalidate: a branch is resolved on the Hub now, whatever the store recorded.
     // No stale commit either: a pull that cannot ask the Hub says so.
     let config = FsConfig {
@@ -155,6 +168,10 @@ pub async fn pull_into(
         request.read_timeout,
         PrefetchLimits::NONE,
     );
+    if let Some(tier) = &request.tier {
+        // The ref and manifest the Hub confirms are published to it.
+        fs.set_tier(tier.clone());
+    }
     let target = &request.target;
     let snap = fs
         .snapshot(&target.repo, target.rev.as_deref())
@@ -191,6 +208,14 @@ pub async fn pull_into(
         // Its fetches then show as `downloading` in every mount's xattrs, and a full store
         // makes room as a mount's does.
         fetcher.set_evictor(lease.clone());
+    }
+    if let Some(tier) = &request.tier {
+        // Missing chunks come from the tier when it has them, the rest from the Hub, then
+        // go to it; what this store held already is offered to it from here.
+        fetcher.set_tier(tier.clone());
+        for plan in &plans {
+            tier.offer_stored(&plan.file, plan.held.iter().copied());
+        }
     }
     let ctx =
         Arc::new(Ctx { fetcher, store, progress: progress.clone(), fetched: AtomicU64::new(0) });
@@ -232,6 +257,13 @@ pub async fn pull_into(
         }
     }
     failed.sort();
+    let tier_stored_bytes = match &request.tier {
+        Some(tier) => {
+            tier.flush().await;
+            Some(crate::metrics::get().traffic().stored_to_tier - tier_stored_before)
+        }
+        None => None,
+    };
     progress.finish();
     Ok(PullReport {
         commit: snap.manifest.commit.clone(),
@@ -240,6 +272,7 @@ pub async fn pull_into(
         already_bytes,
         fetched_bytes: ctx.fetched.load(Ordering::Relaxed),
         failed,
+        tier_stored_bytes,
     })
 }
 
@@ -310,7 +343,8 @@ fn resolve_error(target: &Target, e: FsError) -> CommandError {
 struct FilePlan {
     file: FileRef,
     missing: Vec<u64>,
-    /// Bytes of the chunks already stored.
+    /// The chunks already stored, and their bytes.
+    held: Vec<u64>,
     stored: u64,
 }
 
@@ -327,16 +361,17 @@ fn plan(store: &dyn ChunkStore, files: Vec<FileRef>) -> Result<Vec<FilePlan>, St
             tracing::info!(path = %file.remote.path, "retrying a file that failed verification");
             store.evict_file(&content)?;
         }
-        let mut missing = Vec::new();
+        let (mut missing, mut held) = (Vec::new(), Vec::new());
         let mut stored = 0;
         for index in 0..chunk_count(size, cs) {
             if store.has_chunk(&content, index)? {
                 stored += chunk_len(size, cs, index);
+                held.push(index);
             } else {
                 missing.push(index);
             }
         }
-        plans.push(FilePlan { file, missing, stored });
+        plans.push(FilePlan { file, missing, held, stored });
     }
     Ok(plans)
 }
@@ -451,6 +486,9 @@ fn summary(target: &Target, r: &PullReport, elapsed: Duration) -> String {
         human_bytes(r.fetched_bytes),
         human_bytes(r.already_bytes),
     );
+    if let Some(bytes) = r.tier_stored_bytes {
+        out.push_str(&format!("; {} in the tier", human_bytes(bytes)));
+    }
     if !r.failed.is_empty() {
         out.push_str(&format!("; {} failed", plural(r.failed.len(), "file")));
     }
@@ -497,6 +535,7 @@ mod tests {
             max_connections: 3,
             read_timeout: Duration::from_secs(5),
             lease: None,
+            tier: None,
         }
     }
 
@@ -529,6 +568,7 @@ mod tests {
                 already_bytes: 0,
                 fetched_bytes: total,
                 failed: vec![],
+                tier_stored_bytes: None,
             }
         );
         for (path, state) in states(&store) {

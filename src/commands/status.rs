@@ -48,6 +48,9 @@ pub struct MountStatus {
     pub pid: u32,
     /// `on`, or `off: <why>`.
     pub passthrough: String,
+    /// What it served since it started, from where; absent until it has said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<crate::metrics::Traffic>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -161,6 +164,7 @@ pub(super) fn run(args: StatusArgs) -> Result<(), CommandError> {
             mountpoint: m.mountpoint.display().to_string(),
             pid: m.pid,
             passthrough: m.passthrough.unwrap_or_else(|| "unknown".into()),
+            traffic: m.traffic,
         })
         .collect();
     let out = if args.json {
@@ -398,6 +402,9 @@ pub fn render_table(report: &StatusReport, now: u64) -> String {
             "mounted at {} (pid {}), FUSE passthrough {}",
             m.mountpoint, m.pid, m.passthrough
         );
+        for line in m.traffic.iter().flat_map(|t| t.lines(human_bytes)) {
+            let _ = writeln!(out, "  {line}");
+        }
     }
     let _ = writeln!(
         out,
@@ -460,6 +467,7 @@ mod tests {
             max_connections: 2,
             read_timeout: Duration::from_secs(5),
             lease: None,
+            tier: None,
         };
         let quiet = super::super::pull::Progress::quiet();
         for req in [pull("main", &["q4"], &["*.onnx", "*.json"]), pull("v2", &[], &["none"])] {

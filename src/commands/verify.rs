@@ -245,6 +245,7 @@ mod tests {
             max_connections: 2,
             read_timeout: std::time::Duration::from_secs(5),
             lease: None,
+            tier: None,
         };
         let quiet = super::super::pull::Progress::quiet();
         super::super::pull_into(store.clone(), hub.clone(), hub, &req, &quiet).await.unwrap();

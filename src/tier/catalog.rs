@@ -243,7 +243,15 @@ impl TierCatalog {
             .then(|| (ref_key(&repo, rev), encode_ref(&manifest.commit, crate::store::unix_now())));
         let commit = manifest.commit.clone();
         let this = self.clone();
+        let slot = self.tier.try_upload_slot();
         rt.spawn(async move {
+            let _slot = match slot {
+                Some(slot) => slot,
+                None => match this.tier.upload_slot().await {
+                    Some(slot) => slot,
+                    None => return,
+                },
+            };
             // The manifest before the ref: a ref in the tier always names a listable commit.
             if let Some(object) = manifest_object {
                 let key = manifest_key(&repo, &commit);
