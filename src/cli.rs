@@ -202,6 +202,11 @@ pub struct MountArgs {
     /// what the Hub sends is written to it once [default: the config file's `tier`].
     #[arg(long, value_name = "URL")]
     pub tier: Option<String>,
+    /// Where repos' bytes are kept: none (a bounded memory cache, nothing on disk), local
+    /// (the store), shared (the store and the tier); a `[[repo]]` entry's `profile` overrides
+    /// it [default: the config file's `profile`, else shared with a tier, else local].
+    #[arg(long, value_enum, value_name = "PROFILE")]
+    pub profile: Option<crate::profile::Profile>,
     /// Do not run load plans: never prefetch a model file's tensors ahead of its reads
     /// (safetensors, GGUF, ONNX external data); read-ahead for sequential reads stays
     /// [default: the config file's `load_plans`, else plans on].
@@ -252,6 +257,7 @@ pub struct MountConfig {
     /// Prefetch model files' tensors in loader order once a program walks them.
     pub load_plans: bool,
     pub tier: Option<String>,
+    pub profile: Option<crate::profile::Profile>,
     pub daemon: bool,
     pub pid_file: Option<PathBuf>,
     /// Where the log goes instead of standard error.
@@ -373,6 +379,7 @@ impl MountArgs {
             metrics_addr: self.metrics_addr.or(f.metrics_addr),
             load_plans: !self.no_load_plans && f.load_plans.unwrap_or(true),
             tier: self.tier.clone().or(f.tier),
+            profile: self.profile.or(f.profile),
             daemon,
             pid_file,
             log_file,
@@ -391,6 +398,18 @@ impl MountConfig {
     /// The `[[repo]]` entries to download when the mount starts.
     pub fn pull_on_start(&self) -> impl Iterator<Item = &RepoEntry> {
         self.repos.iter().filter(|r| r.pull_on_start)
+    }
+
+    /// The `[[repo]]` entries that name a profile.
+    pub fn repo_profiles(
+        &self,
+    ) -> impl Iterator<Item = (crate::manifest::RepoId, crate::profile::Profile)> + '_ {
+        self.repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?)))
+    }
+
+    /// The profile of every repo, checked against whether there is a tier.
+    pub fn profiles(&self) -> Result<crate::profile::Profiles, crate::profile::ProfileError> {
+        crate::profile::Profiles::new(self.profile, self.repo_profiles(), self.tier.is_some())
     }
 
     /// Resolve again from the same command line and environment, re-reading the file.
@@ -416,6 +435,7 @@ impl MountConfig {
     /// the next start.
     pub fn needs_restart(&self, new: &MountConfig) -> Vec<&'static str> {
         let pulls = |c: &MountConfig| c.pull_on_start().cloned().collect::<Vec<_>>();
+        let profiles = |c: &MountConfig| c.repo_profiles().collect::<Vec<_>>();
         [
             ("store", self.store != new.store),
             ("endpoint", self.endpoint != new.endpoint),
@@ -429,6 +449,8 @@ impl MountConfig {
             ("threads", self.threads != new.threads),
             ("metrics_addr", self.metrics_addr != new.metrics_addr),
             ("tier", self.tier != new.tier),
+            ("profile", self.profile != new.profile),
+            ("repo.profile", profiles(self) != profiles(new)),
             ("daemon", self.daemon != new.daemon),
             ("pid_file", self.pid_file != new.pid_file),
             ("log_file", self.log_file != new.log_file),

@@ -70,6 +70,8 @@ pub struct ConfigFile {
     pub load_plans: Option<bool>,
     /// The shared tier, `s3://BUCKET/PREFIX` or `file:///DIR`.
     pub tier: Option<String>,
+    /// Where repos' bytes are kept unless their `[[repo]]` entry says otherwise.
+    pub profile: Option<crate::profile::Profile>,
     pub daemon: Option<bool>,
     pub pid_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
@@ -98,6 +100,9 @@ pub struct RepoEntry {
     /// Download it (its `quants`) into the store when the mount starts.
     #[serde(default)]
     pub pull_on_start: bool,
+    /// Where its bytes are kept: `none`, `local` or `shared` (the mount's when absent).
+    #[serde(default)]
+    pub profile: Option<crate::profile::Profile>,
 }
 
 /// A configuration file that was found and read, with where it came from.
@@ -251,6 +256,8 @@ mod tests {
             max_cache_size = "100G"
             metrics_addr = "127.0.0.1:9100"
             load_plans = false
+            tier = "file:///srv/tier"
+            profile = "shared"
             daemon = false
             pid_file = "/run/m.pid"
             log_file = "/var/log/m.log"
@@ -263,6 +270,7 @@ mod tests {
             quants = ["q4f16", "fp16"]
             pin = true
             pull_on_start = true
+            profile = "none"
 
             [[repo]]
             id = "org/b"
@@ -274,6 +282,8 @@ mod tests {
         assert_eq!((f.read_timeout, f.revalidate), (Some(30), Some(0)));
         assert_eq!(f.chunk_size, Some(4 << 20));
         assert_eq!(f.load_plans, Some(false));
+        assert_eq!(f.tier.as_deref(), Some("file:///srv/tier"));
+        assert_eq!(f.profile, Some(crate::profile::Profile::Shared));
         assert_eq!(f.max_inflight_bytes, Some(128 << 20));
         assert_eq!((f.max_connections, f.threads), (Some(8), Some(2)));
         assert_eq!(f.max_cache_size, Some(100 << 30));
@@ -291,6 +301,7 @@ mod tests {
                     quants: vec!["q4f16".into(), "fp16".into()],
                     pin: true,
                     pull_on_start: true,
+                    profile: Some(crate::profile::Profile::None),
                 },
                 RepoEntry {
                     id: RepoId::new("org", "b"),
@@ -298,6 +309,7 @@ mod tests {
                     quants: vec![],
                     pin: false,
                     pull_on_start: false,
+                    profile: None,
                 },
             ]
         );

@@ -81,6 +81,8 @@ pub enum DaemonError {
     Evict(#[from] crate::evict::EvictError),
     #[error("--tier: {0}")]
     Tier(#[from] crate::tier::TierError),
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
     #[error("unmount of {path} failed: {reason}")]
     Unmount { path: String, reason: String },
     #[error("cannot detach: {0}")]
@@ -402,11 +404,13 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     let policy =
         crate::evict::Policy { max_cache_size: cfg.max_cache_size, pinned: cfg.pinned.clone() };
     let evictor = crate::evict::Evictor::new(store.clone(), Some(&cfg.store), policy)?;
+    let profiles = cfg.profiles()?;
     let fs = {
         let _rt = rt.enter();
         let tier_store = store.clone();
         let mut fs = ModelFs::new(fs_config, store, source, origin, cfg.read_timeout, limits);
         fs.set_evictor(evictor.clone());
+        fs.set_profiles(Arc::new(profiles));
         if let Some(url) = &cfg.tier {
             let tier = crate::tier::ObjectTier::from_url(url)?;
             fs.set_tier(crate::tier::TierClient::new(Arc::new(tier), tier_store));
@@ -749,7 +753,12 @@ async fn reload_on_hangup(
 /// it cannot take the mount down. Reads through the mount meanwhile share the store, and with
 /// it every chunk the pull has stored. Offline mounts pull nothing.
 fn spawn_pulls_on_start(cfg: &MountConfig) {
-    let repos: Vec<_> = cfg.pull_on_start().cloned().collect();
+    let profiles = cfg.profiles().unwrap_or_default();
+    let (streamed, repos): (Vec<_>, Vec<_>) =
+        cfg.pull_on_start().cloned().partition(|r| profiles.streams(&r.id));
+    for repo in streamed {
+        tracing::warn!(repo = %repo.id, "profile none stores nothing: pull_on_start ignored");
+    }
     if repos.is_empty() {
         return;
     }

@@ -29,6 +29,7 @@ use verify::{FileHasher, InOrder, Prefixed};
 use crate::evict::Evictor;
 use crate::hub::{HubError, LinkEstimate, RangeFetcher, RemoteFile};
 use crate::manifest::{ContentId, FileHash};
+use crate::profile::Profiles;
 use crate::store::{chunk_len, ChunkStore, FileRecord, FileState, StoreError};
 use crate::tier::TierClient;
 
@@ -112,6 +113,8 @@ pub struct ChunkFetcher {
     in_order: Arc<InOrder>,
     /// The shared tier, asked before the Hub and given what the Hub sent.
     tier: OnceLock<Arc<TierClient>>,
+    /// Which repos are stored, and which shared through the tier.
+    profiles: OnceLock<Arc<Profiles>>,
 }
 
 /// What is told of a content found bad.
@@ -121,15 +124,27 @@ type FailedHook = Arc<dyn Fn(&ContentId) + Send + Sync>;
 /// streams through the current chunk in 128 KiB reads and the kernel has a few of those in
 /// flight out of order, so four chunks (32 MiB of default chunks) are enough, and bound what
 /// a store that cannot store costs in memory.
-const UNSTORED_CHUNKS: usize = 4;
+const UNSTORED_CHUNKS: u64 = 4;
 
-/// The unstored chunks, least recently used first.
+/// What the memory cache may hold when a repo's profile is `none` (nothing stored; see
+/// [`crate::profile`]): the chunks read-ahead fetched and the reader has not reached yet,
+/// besides those it is reading. 64 MiB holds read-ahead's default 40 MiB in flight with room
+/// for the chunks being read, and keeps such a mount's RSS near 128 MiB.
+pub const STREAM_CACHE_BYTES: u64 = 64 << 20;
+
+/// The unstored chunks, least recently used first, at most `max_bytes` of them.
 #[derive(Default)]
 struct Unstored {
     chunks: std::collections::VecDeque<(ChunkKey, Bytes)>,
+    bytes: u64,
+    max_bytes: u64,
 }
 
 impl Unstored {
+    fn new(max_bytes: u64) -> Self {
+        Self { max_bytes, ..Self::default() }
+    }
+
     fn get(&mut self, key: &ChunkKey) -> Option<Bytes> {
         let at = self.chunks.iter().position(|(k, _)| k == key)?;
         let entry = self.chunks.remove(at)?;
@@ -138,11 +153,21 @@ impl Unstored {
         Some(bytes)
     }
 
+    fn contains(&self, key: &ChunkKey) -> bool {
+        self.chunks.iter().any(|(k, _)| k == key)
+    }
+
     fn put(&mut self, key: ChunkKey, bytes: Bytes) {
-        self.chunks.retain(|(k, _)| *k != key);
-        if self.chunks.len() >= UNSTORED_CHUNKS {
-            self.chunks.pop_front();
+        if let Some(at) = self.chunks.iter().position(|(k, _)| *k == key) {
+            if let Some((_, old)) = self.chunks.remove(at) {
+                self.bytes -= old.len() as u64;
+            }
         }
+        while self.bytes + bytes.len() as u64 > self.max_bytes {
+            let Some((_, old)) = self.chunks.pop_front() else { break };
+            self.bytes -= old.len() as u64;
+        }
+        self.bytes += bytes.len() as u64;
         self.chunks.push_back((key, bytes));
     }
 }
@@ -227,6 +252,9 @@ impl ChunkFetcher {
         limits: PrefetchLimits,
     ) -> Arc<Self> {
         Arc::new(Self {
+            unstored: Mutex::new(Unstored::new(
+                (UNSTORED_CHUNKS * store.chunk_size()).max(STREAM_CACHE_BYTES),
+            )),
             store,
             origin,
             read_timeout,
@@ -238,12 +266,27 @@ impl ChunkFetcher {
             run_chunks: limits.run_chunks.max(1),
             runtime: Handle::try_current().ok(),
             evictor: OnceLock::new(),
-            unstored: Mutex::default(),
             store_failing: false.into(),
             on_failed: OnceLock::new(),
             in_order: Arc::default(),
             tier: OnceLock::new(),
+            profiles: OnceLock::new(),
         })
+    }
+
+    /// Where each repo's bytes are kept (once; later calls are ignored). Without profiles,
+    /// every repo is stored, and shared when there is a tier.
+    pub fn set_profiles(&self, profiles: Arc<Profiles>) {
+        let _ = self.profiles.set(profiles);
+    }
+
+    fn shares(&self, file: &FileRef) -> bool {
+        self.profiles.get().is_none_or(|p| p.shares(&file.remote.repo))
+    }
+
+    /// Whether `file`'s chunks are kept in memory only (profile `none`).
+    fn streams(&self, file: &FileRef) -> bool {
+        self.profiles.get().is_some_and(|p| p.streams(&file.remote.repo))
     }
 
     #[cfg(test)]
@@ -284,7 +327,7 @@ impl ChunkFetcher {
 
     /// Hand chunks the Hub sent to the tier, if there is one.
     fn offer_to_tier(&self, file: &FileRef, chunks: &[(u64, Bytes)]) {
-        if let Some(tier) = self.tier.get() {
+        if let Some(tier) = self.tier.get().filter(|_| self.shares(file)) {
             tier.offer(file, chunks);
         }
     }
@@ -297,7 +340,7 @@ impl ChunkFetcher {
         file: &FileRef,
         run: std::ops::Range<u64>,
     ) -> Option<Vec<(u64, Bytes)>> {
-        let tier = self.tier.get()?;
+        let tier = self.tier.get().filter(|_| self.shares(file))?;
         if !self.tier_may_serve(tier, file).await {
             return None;
         }
@@ -339,10 +382,16 @@ impl ChunkFetcher {
     /// Make sure chunks `chunks` of `file` get stored, in the background, at most
     /// `max_in_flight` requests at a time, each for a run of up to `run_chunks` adjacent
     /// chunks. Chunks already stored or being fetched cost nothing.
-    pub fn prefetch(self: &Arc<Self>, file: &FileRef, chunks: std::ops::Range<u64>) {
+    pub fn prefetch(self: &Arc<Self>, file: &FileRef, mut chunks: std::ops::Range<u64>) {
         let Some(rt) = &self.runtime else { return };
         if self.store_failing.load(Ordering::Relaxed) {
             return;
+        }
+        if self.streams(file) {
+            // Only as far ahead as the memory cache holds beside the chunks being read: a
+            // chunk fetched further ahead would be dropped before it is read, and fetched again.
+            let ahead = (STREAM_CACHE_BYTES / self.store.chunk_size() / 2).max(1);
+            chunks.end = chunks.end.min(chunks.start.saturating_add(ahead));
         }
         let run_len = run_length(self.run_chunks, self.origin.link(), self.store.chunk_size());
         let mut first = chunks.start;
@@ -355,14 +404,13 @@ impl ChunkFetcher {
                 // The permit is taken before the flights are registered, so a demand read of a
                 // chunk whose read-ahead is still queued fetches it at once, not after the queue.
                 let Ok(_permit) = this.prefetch_slots.clone().acquire_owned().await else { return };
-                let content = file.content();
                 let group: Vec<u64> = group.collect();
                 for (run, flights) in this.claim(&file, &group) {
                     // The permit is held until the run is stored: that bounds the memory.
                     if let Err(e) = run.await {
                         tracing::debug!(path = %file.remote.path, error = %e, "read-ahead fetch failed");
                     }
-                    this.retire(&content, &flights);
+                    this.retire(&file, &flights);
                 }
             });
         }
@@ -393,7 +441,6 @@ impl ChunkFetcher {
             let (this, file, fetched) = (self.clone(), file.clone(), fetched.clone());
             requests.spawn(async move {
                 let _permit = permit;
-                let content = file.content();
                 for (run, flights) in this.claim(&file, &group) {
                     match run.await {
                         Ok(()) => {
@@ -405,7 +452,7 @@ impl ChunkFetcher {
                             tracing::debug!(path = %file.remote.path, error = %e, "load plan fetch failed")
                         }
                     }
-                    this.retire(&content, &flights);
+                    this.retire(&file, &flights);
                 }
             });
         }
@@ -444,7 +491,7 @@ impl ChunkFetcher {
         }
         // Whoever gets here first retires the flight; later callers find the chunk stored (or,
         // after an error, start a fresh attempt instead of inheriting a stale failure).
-        self.retire(&content, &[(index, flight)]);
+        self.retire(file, &[(index, flight)]);
         result
     }
 
@@ -463,6 +510,7 @@ impl ChunkFetcher {
         indices: &[u64],
     ) -> Vec<(RunFlight, Vec<(u64, Flight)>)> {
         let content = file.content();
+        let streams = self.streams(file);
         let mut map = lock(&self.in_flight);
         let free: Vec<u64> = indices
             .iter()
@@ -470,6 +518,7 @@ impl ChunkFetcher {
             .filter(|&i| !map.contains_key(&(content, i)))
             // A store that cannot say is treated as missing: fetching again is safe.
             .filter(|&i| !self.store.has_chunk(&content, i).unwrap_or(false))
+            .filter(|&i| !streams || !lock(&self.unstored).contains(&(content, i)))
             .collect();
         let mut claimed = Vec::new();
         for run in adjacent_runs(&free) {
@@ -487,7 +536,8 @@ impl ChunkFetcher {
             claimed.push((request, flights));
         }
         drop(map);
-        if let Some(evictor) = self.evictor.get() {
+        // What is never stored cannot be evicted: nothing to tell other processes of it.
+        if let Some(evictor) = self.evictor.get().filter(|_| !streams) {
             let chunks = claimed.iter().map(|(_, flights)| flights.len()).sum();
             evictor.fetch_started(&content, chunks);
         }
@@ -495,7 +545,8 @@ impl ChunkFetcher {
     }
 
     /// Take finished flights out of the in-flight map (unless already replaced by newer ones).
-    fn retire(&self, content: &ContentId, flights: &[(u64, Flight)]) {
+    fn retire(&self, file: &FileRef, flights: &[(u64, Flight)]) {
+        let content = &file.content();
         let mut removed = 0;
         let mut map = lock(&self.in_flight);
         for (index, flight) in flights {
@@ -507,7 +558,7 @@ impl ChunkFetcher {
         }
         drop(map);
         // Every flight entered in the map by `claim` leaves it here exactly once.
-        if let Some(evictor) = self.evictor.get() {
+        if let Some(evictor) = self.evictor.get().filter(|_| !self.streams(file)) {
             evictor.fetch_ended(content, removed);
         }
     }
@@ -710,6 +761,14 @@ impl ChunkFetcher {
     /// the bytes are right (length-checked against what was asked), and failing to keep them
     /// costs a refetch later, not a failed read now, since the reader is served from memory.
     async fn keep(self: &Arc<Self>, file: &FileRef, chunks: &[(u64, Bytes)], checked_whole: bool) {
+        if self.streams(file) {
+            // Profile `none`: memory only, and nothing on disk, not even a record.
+            let mut unstored = lock(&self.unstored);
+            for (index, bytes) in chunks {
+                unstored.put((file.content(), *index), bytes.clone());
+            }
+            return;
+        }
         let store = self.store.clone();
         let content = file.content();
         let evictor = self.evictor.get().cloned();

@@ -168,6 +168,8 @@ struct Handle {
     file: FileRef,
     place: Place,
     read_ahead: Mutex<ReadAhead>,
+    /// Its repo's profile is `none`: kept in memory only.
+    streamed: bool,
 }
 
 pub struct ModelFs {
@@ -183,6 +185,8 @@ pub struct ModelFs {
     activity: Option<Arc<dyn FetchActivity>>,
     /// Repo metadata in the shared tier, when there is one.
     catalog: std::sync::OnceLock<Arc<crate::tier::catalog::TierCatalog>>,
+    /// Where each repo's bytes are kept; without, every repo is stored (and shared).
+    profiles: std::sync::OnceLock<Arc<crate::profile::Profiles>>,
     /// `FsConfig::revalidate` in seconds, changeable while mounted (SIGHUP).
     revalidate_secs: AtomicU64,
     prefetch: PrefetchLimits,
@@ -220,6 +224,7 @@ impl ModelFs {
             evictor: None,
             activity: None,
             catalog: std::sync::OnceLock::new(),
+            profiles: std::sync::OnceLock::new(),
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
@@ -461,24 +466,30 @@ impl ModelFs {
         let place = Place { snap: snap.clone(), index: *file };
         let file = snap.file_ref(*file).ok_or(FsError::NotFound)?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        if let Some(evictor) = &self.evictor {
-            evictor.opened(&file.content());
+        // A file of profile `none` is never stored: nothing to keep from eviction, and no
+        // load plan (its chunks would fall out of the memory cache before they are read).
+        let streamed = self.profiles.get().is_some_and(|p| p.streams(&file.remote.repo));
+        if !streamed {
+            if let Some(evictor) = &self.evictor {
+                evictor.opened(&file.content());
+            }
+            self.loads.opened(&file.content());
+            self.chunks.verify_if_unchecked(&file);
         }
-        self.loads.opened(&file.content());
-        self.chunks.verify_if_unchecked(&file);
-        let handle = Handle { file, place, read_ahead: Mutex::default() };
+        let handle = Handle { file, place, read_ahead: Mutex::default(), streamed };
         lock(&self.handles).insert(fh, Arc::new(handle));
         crate::metrics::get().handle_opened();
         Ok(fh)
     }
 
     pub fn release(&self, fh: u64) {
-        let handle = lock(&self.handles).remove(&fh);
-        if let Some(handle) = &handle {
-            crate::metrics::get().handle_released();
-            self.loads.released(&handle.file.content());
+        let Some(handle) = lock(&self.handles).remove(&fh) else { return };
+        crate::metrics::get().handle_released();
+        if handle.streamed {
+            return;
         }
-        if let (Some(evictor), Some(handle)) = (&self.evictor, handle) {
+        self.loads.released(&handle.file.content());
+        if let Some(evictor) = &self.evictor {
             evictor.closed(&handle.file.content());
             // Files held open may have kept the store over its bound: with one fewer, a pass
             // can bring it back (off this FUSE thread).
@@ -548,6 +559,18 @@ impl ModelFs {
         tier.access().set_ttl(self.revalidate());
         let _ = self.catalog.set(crate::tier::catalog::TierCatalog::new(tier.clone()));
         self.chunks.set_tier(tier);
+    }
+
+    /// Where each repo's bytes are kept ([`crate::profile`]). Set before the filesystem is
+    /// shared.
+    pub fn set_profiles(&self, profiles: Arc<crate::profile::Profiles>) {
+        let _ = self.profiles.set(profiles.clone());
+        self.chunks.set_profiles(profiles);
+    }
+
+    /// Whether the shared tier holds `repo`'s metadata and bytes.
+    fn shares(&self, repo: &RepoId) -> bool {
+        self.profiles.get().is_none_or(|p| p.shares(repo))
     }
 
     /// Keep the store under a bound, never evicting files open here (and make room when the

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod names;
 pub mod plan;
+pub mod profile;
 pub mod quant;
 pub mod store;
 pub mod tier;

@@ -7,14 +7,13 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::metrics::{get, metrics_addr};
 use support::mock_hub::{Fault, FaultRule, MockConfig, MockFile, MockHub, MockRepo};
-use support::mount::{bytes, errno, sha256_hex, temp_dir, Mounted};
+use support::mount::{bytes, drop_page_cache, errno, sha256_hex, temp_dir, Mounted};
 
 /// Small chunks, so that a 260 KiB file is five fetches.
 const CHUNK: usize = 64 << 10;
@@ -133,15 +132,6 @@ fn scrape(addr: &str) -> Scrape {
 
 fn wait_for(what: &str, f: impl FnMut() -> bool) {
     support::mount::wait_for(what, support::mount::SETTLE, f)
-}
-
-/// Drop a file's pages from the page cache, so that the next read reaches the daemon (the
-/// mount keeps the page cache across opens).
-fn drop_page_cache(path: &Path) {
-    let f = File::open(path).unwrap();
-    // SAFETY: a valid descriptor; fadvise only drops clean cached pages.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise");
 }
 
 /// The pid of the daemon serving `mountpoint` (the test support keeps its child private).

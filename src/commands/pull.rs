@@ -105,7 +105,14 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
     hub.max_connections = max_connections;
     let client = Arc::new(HubClient::new(hub)?);
     let lease = Evictor::new(store.clone(), Some(&config.store), Policy::default())?;
-    let tier = match args.tier.or(config.file.tier) {
+    // The config's tier only for a repo whose profile there shares it; --tier always.
+    let shares = crate::profile::Profiles::new(
+        config.file.profile,
+        config.file.repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?))),
+        true,
+    )
+    .map_or(true, |p| p.shares(&target.repo));
+    let tier = match args.tier.or(config.file.tier.filter(|_| shares)) {
         Some(url) => Some(TierClient::new(Arc::new(ObjectTier::from_url(&url)?), store.clone())),
         None => None,
     };

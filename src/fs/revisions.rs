@@ -167,7 +167,9 @@ impl ModelFs {
     /// is served only to a node whose store shows the Hub allowed it before: the tier never
     /// widens access (doc/DESIGN.md, "The shared tier").
     async fn served_by_tier(&self, repo: &RepoId, rev: &str) -> Result<Option<Manifest>, FsError> {
-        let Some(catalog) = self.catalog.get() else { return Ok(None) };
+        let Some(catalog) = self.catalog.get().filter(|_| self.shares(repo)) else {
+            return Ok(None);
+        };
         let found = match catalog.lookup(repo, rev).await {
             Ok(Some(found)) => found,
             Ok(None) => return Ok(None),
@@ -210,7 +212,7 @@ impl ModelFs {
     /// meanwhile; on an answer the slot moves to it (a new commit shows at the next lookup).
     fn revalidate_in_background(&self, slot: Slot, repo: &RepoId, rev: &str, known: Arc<Snapshot>) {
         let (store, source) = (self.store.clone(), self.source.clone());
-        let catalog = self.catalog.get().cloned();
+        let catalog = self.catalog.get().filter(|_| self.shares(repo)).cloned();
         let (repo, rev) = (repo.clone(), rev.to_string());
         tokio::spawn(async move {
             let answer =
@@ -258,7 +260,7 @@ impl ModelFs {
                 None => Err(FsError::NotFound),
             };
         }
-        let catalog = self.catalog.get();
+        let catalog = self.catalog.get().filter(|_| self.shares(repo));
         match fetch_manifest(self.store.as_ref(), self.source.as_ref(), catalog, repo, rev).await {
             Ok(m) => {
                 if !names::is_commit(rev) {

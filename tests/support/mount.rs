@@ -257,3 +257,13 @@ pub const SETTLE: Duration = Duration::from_secs(20);
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or_else(|| panic!("not an OS error: {e}"))
 }
+
+/// Drop a file's pages from the page cache, so that the next read reaches the daemon (the
+/// mount keeps the page cache across opens).
+pub fn drop_page_cache(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: a valid descriptor; fadvise only drops clean cached pages.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
