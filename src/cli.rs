@@ -202,6 +202,12 @@ pub struct MountArgs {
     /// what the Hub sends is written to it once [default: the config file's `tier`].
     #[arg(long, value_name = "URL")]
     pub tier: Option<String>,
+    /// A read-only store (repeatable): one `modelfs pull` filled, mounted read-only on many
+    /// nodes (e.g. a ReadOnlyMany volume). Asked after the store, before the tier and the Hub;
+    /// never written. Its chunk size must be the store's [default: the config file's
+    /// `store_ro`].
+    #[arg(long = "store-ro", value_name = "DIR")]
+    pub store_ro: Vec<PathBuf>,
     /// Where repos' bytes are kept: none (a bounded memory cache, nothing on disk), local
     /// (the store), shared (the store and the tier); a `[[repo]]` entry's `profile` overrides
     /// it [default: the config file's `profile`, else shared with a tier, else local].
@@ -258,6 +264,8 @@ pub struct MountConfig {
     pub load_plans: bool,
     pub tier: Option<String>,
     pub profile: Option<crate::profile::Profile>,
+    /// Read-only stores under the store, asked in this order.
+    pub store_ro: Vec<PathBuf>,
     pub daemon: bool,
     pub pid_file: Option<PathBuf>,
     /// Where the log goes instead of standard error.
@@ -380,6 +388,7 @@ impl MountArgs {
             load_plans: !self.no_load_plans && f.load_plans.unwrap_or(true),
             tier: self.tier.clone().or(f.tier),
             profile: self.profile.or(f.profile),
+            store_ro: if self.store_ro.is_empty() { f.store_ro } else { self.store_ro.clone() },
             daemon,
             pid_file,
             log_file,
@@ -450,6 +459,7 @@ impl MountConfig {
             ("metrics_addr", self.metrics_addr != new.metrics_addr),
             ("tier", self.tier != new.tier),
             ("profile", self.profile != new.profile),
+            ("store_ro", self.store_ro != new.store_ro),
             ("repo.profile", profiles(self) != profiles(new)),
             ("daemon", self.daemon != new.daemon),
             ("pid_file", self.pid_file != new.pid_file),

@@ -72,6 +72,9 @@ pub struct ConfigFile {
     pub tier: Option<String>,
     /// Where repos' bytes are kept unless their `[[repo]]` entry says otherwise.
     pub profile: Option<crate::profile::Profile>,
+    /// Read-only stores under the store (`--store-ro`), asked in this order.
+    #[serde(default)]
+    pub store_ro: Vec<PathBuf>,
     pub daemon: Option<bool>,
     pub pid_file: Option<PathBuf>,
     pub log_file: Option<PathBuf>,
@@ -258,6 +261,7 @@ mod tests {
             load_plans = false
             tier = "file:///srv/tier"
             profile = "shared"
+            store_ro = ["/mnt/models-ro"]
             daemon = false
             pid_file = "/run/m.pid"
             log_file = "/var/log/m.log"
@@ -284,6 +288,7 @@ mod tests {
         assert_eq!(f.load_plans, Some(false));
         assert_eq!(f.tier.as_deref(), Some("file:///srv/tier"));
         assert_eq!(f.profile, Some(crate::profile::Profile::Shared));
+        assert_eq!(f.store_ro, vec![PathBuf::from("/mnt/models-ro")]);
         assert_eq!(f.max_inflight_bytes, Some(128 << 20));
         assert_eq!((f.max_connections, f.threads), (Some(8), Some(2)));
         assert_eq!(f.max_cache_size, Some(100 << 30));

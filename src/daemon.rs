@@ -83,6 +83,12 @@ pub enum DaemonError {
     Tier(#[from] crate::tier::TierError),
     #[error(transparent)]
     Profile(#[from] crate::profile::ProfileError),
+    #[error("--store-ro {path}: {source}")]
+    ReadOnlyStore {
+        path: String,
+        #[source]
+        source: crate::store::layered::ChunkSizeMismatch,
+    },
     #[error("unmount of {path} failed: {reason}")]
     Unmount { path: String, reason: String },
     #[error("cannot detach: {0}")]
@@ -358,7 +364,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
 
     spawn_pulls_on_start(&cfg);
 
-    let store: Arc<dyn ChunkStore> = Arc::new(MdbxStore::open(&cfg.store, cfg.chunk_size)?);
+    let store = open_stores(&cfg)?;
     let (source, origin): (Arc<dyn RepoSource>, Arc<dyn RangeFetcher>) = if cfg.offline {
         (Arc::new(OfflineHub), Arc::new(OfflineHub))
     } else {
@@ -547,6 +553,24 @@ fn wait_until_answering(own: &OwnMount) -> bool {
 /// cleared, a missing directory created; a file, or a mountpoint a live modelfs serves, is
 /// refused. Returns the canonical mountpoint (as mountinfo and the registry name it) and the
 /// claim, held for as long as the daemon lives.
+/// The store, over the read-only stores when there are any (`--store-ro`).
+fn open_stores(cfg: &MountConfig) -> Result<Arc<dyn ChunkStore>, DaemonError> {
+    let local: Arc<dyn ChunkStore> = Arc::new(MdbxStore::open(&cfg.store, cfg.chunk_size)?);
+    if cfg.store_ro.is_empty() {
+        return Ok(local);
+    }
+    let mut read_only: Vec<Arc<dyn ChunkStore>> = Vec::new();
+    for dir in &cfg.store_ro {
+        read_only.push(Arc::new(MdbxStore::open_read_only(dir)?));
+        tracing::info!(store = %dir.display(), "reading through a read-only store");
+    }
+    let layered = crate::store::layered::LayeredStore::new(local, read_only).map_err(|source| {
+        let path = cfg.store_ro[source.index].display().to_string();
+        DaemonError::ReadOnlyStore { path, source }
+    })?;
+    Ok(Arc::new(layered))
+}
+
 /// How often the daemon tells `modelfs status` what it served: often enough that a status
 /// right after a load shows it, rarely enough to cost nothing (one small file write).
 const TRAFFIC_EVERY: Duration = Duration::from_secs(2);

@@ -14,6 +14,7 @@
 
 mod data;
 mod format;
+pub mod layered;
 pub mod mdbx;
 pub mod memory;
 mod migrate;

@@ -39,13 +39,21 @@ pub(super) const DATA_DIR: &str = "data";
 pub(super) struct DataFiles {
     dir: PathBuf,
     open: Mutex<HashMap<ContentId, Arc<File>>>,
+    /// Opened for reading only; nothing is ever created ([`DataFiles::read_only`]).
+    read_only: bool,
 }
 
 impl DataFiles {
     pub fn new(store_dir: &Path) -> io::Result<DataFiles> {
         let dir = store_dir.join(DATA_DIR);
         std::fs::create_dir_all(&dir)?;
-        Ok(DataFiles { dir, open: Mutex::default() })
+        Ok(DataFiles { dir, open: Mutex::default(), read_only: false })
+    }
+
+    /// The data files of a store this process only reads (`--store-ro`), perhaps on a
+    /// read-only filesystem: opened for reading only, and never created.
+    pub fn read_only(store_dir: &Path) -> DataFiles {
+        DataFiles { dir: store_dir.join(DATA_DIR), open: Mutex::default(), read_only: true }
     }
 
     /// Where the bytes of `content` are.
@@ -66,9 +74,9 @@ impl DataFiles {
             lock(&self.open).remove(content);
         }
         let path = self.path(content);
-        let opened = match OpenOptions::new().read(true).write(true).open(&path) {
+        let opened = match OpenOptions::new().read(true).write(!self.read_only).open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create && !self.read_only => {
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;
                 }

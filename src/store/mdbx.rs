@@ -189,6 +189,59 @@ impl MdbxStore {
         Self::open_with_geometry(dir, chunk_size_if_new, MAX_MAP_SIZE, GROWTH_STEP)
     }
 
+    /// Open the store in `dir` for reading only (`--store-ro`): a store `modelfs pull` filled,
+    /// maybe on a read-only filesystem (a ReadOnlyMany volume), where libmdbx runs without its
+    /// lock file. Nothing is created, migrated or swept; a store of another format is refused.
+    pub fn open_read_only(dir: &Path) -> Result<MdbxStore, StoreError> {
+        let open_err =
+            |reason: String| StoreError::Open { path: dir.display().to_string(), reason };
+        let index = dir.join(INDEX_DIR);
+        if !index.is_dir() {
+            return Err(open_err(format!(
+                "no store index in it (expected {}; fill it with `modelfs pull --store {}`)",
+                index.display(),
+                dir.display()
+            )));
+        }
+        let options = DatabaseOptions {
+            max_readers: Some(MAX_READERS),
+            max_tables: Some(MAX_TABLES),
+            accede: true,
+            mode: Mode::ReadOnly,
+            ..DatabaseOptions::default()
+        };
+        let db = Database::<NoWriteMap>::open_with_options(&index, options)
+            .map_err(|e| open_err(StoreError::from(e).to_string()))?;
+        let store = MdbxStore {
+            db,
+            write_lock: Mutex::new(()),
+            path: dir.to_path_buf(),
+            chunk_size: 0,
+            data: DataFiles::read_only(dir),
+        };
+        let (format, chunk_size) = store
+            .read(|txn| {
+                let meta = txn.open_table(Some(META))?;
+                let get = |key| -> Result<Option<u64>, StoreError> {
+                    let value = txn.get::<Vec<u8>>(&meta, key)?;
+                    Ok(value.and_then(|b| b.as_slice().try_into().ok()).map(u64::from_be_bytes))
+                };
+                Ok((get(META_FORMAT)?, get(META_CHUNK_SIZE)?))
+            })
+            .map_err(|e| open_err(e.to_string()))?;
+        if format != Some(STORE_FORMAT) {
+            return Err(open_err(format!(
+                "it is of store format {format:?}, and a read-only store must be of format \
+                 {STORE_FORMAT} (open it once read-write, e.g. with `modelfs status --store`)"
+            )));
+        }
+        let chunk_size = chunk_size
+            .filter(|cs| (1..=MAX_CHUNK_SIZE).contains(cs))
+            .ok_or_else(|| open_err("no valid chunk size recorded".into()))?;
+        store.check_structure().map_err(|e| open_err(e.to_string()))?;
+        Ok(MdbxStore { chunk_size, ..store })
+    }
+
     fn open_with_geometry(
         dir: &Path,
         chunk_size_if_new: u64,
