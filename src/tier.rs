@@ -59,6 +59,11 @@ pub enum TierError {
     /// The tier did not answer, refused, or failed (the backend's error is kept).
     #[error("tier unavailable: {0}")]
     Unavailable(#[source] object_store::Error),
+    /// The tier refused the credentials (401, 403: a wrong or rotated key, a policy that does
+    /// not grant the bucket). Told apart from [`TierError::Unavailable`] because it does not
+    /// heal by itself: someone has to fix the credentials.
+    #[error("tier refused the credentials: {0}")]
+    Denied(#[source] object_store::Error),
     #[error("tier request took longer than {0:?}")]
     Timeout(Duration),
     /// An object that is not what its key says: wrong header, length or crc32c.
@@ -73,15 +78,25 @@ impl TierError {
     pub fn kind(&self) -> &'static str {
         match self {
             TierError::Unavailable(_) => "unavailable",
+            TierError::Denied(_) => "denied",
             TierError::Timeout(_) => "timeout",
             TierError::Corrupt { .. } => "corrupt",
             TierError::BadUrl { .. } => "config",
         }
     }
+
+    /// A backend's error: a refusal of the credentials, or the tier being unavailable.
+    fn backend(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => TierError::Denied(e),
+            e => TierError::Unavailable(e),
+        }
+    }
 }
 
 /// Labels of `modelfs_tier_errors_total`.
-pub const TIER_ERROR_KINDS: [&str; 3] = ["unavailable", "timeout", "corrupt"];
+pub const TIER_ERROR_KINDS: [&str; 4] = ["unavailable", "denied", "timeout", "corrupt"];
 
 /// Objects by key: the seam between the tier logic and a bucket.
 pub trait Tier: Send + Sync + 'static {
@@ -177,13 +192,13 @@ impl Tier for ObjectTier {
             let got = match self.store.get(&self.path(key)).await {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(TierError::Unavailable(e)),
+                Err(e) => return Err(TierError::backend(e)),
             };
             match got.bytes().await {
                 Ok(bytes) => Ok(Some(bytes)),
                 // Deleted between the answer and its body.
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -207,9 +222,9 @@ impl Tier for ObjectTier {
                         .put(&path, PutPayload::from(value))
                         .await
                         .map(|_| ())
-                        .map_err(TierError::Unavailable)
+                        .map_err(TierError::backend)
                 }
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -218,7 +233,7 @@ impl Tier for ObjectTier {
         Box::pin(async move {
             match self.store.delete(&self.path(key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -563,6 +578,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(all, Some(chunks));
+    }
+
+    /// A refusal of the credentials is a kind of its own: it needs a person, not time.
+    #[test]
+    fn refused_credentials_are_denied_not_unavailable() {
+        let source = || "403 Forbidden: SignatureDoesNotMatch".into();
+        let kind = |e| TierError::backend(e).kind();
+        assert_eq!(
+            kind(object_store::Error::PermissionDenied { path: "k".into(), source: source() }),
+            "denied"
+        );
+        assert_eq!(
+            kind(object_store::Error::Unauthenticated { path: "k".into(), source: source() }),
+            "denied"
+        );
+        assert_eq!(
+            kind(object_store::Error::Generic { store: "S3", source: source() }),
+            "unavailable"
+        );
+        assert!(TIER_ERROR_KINDS.contains(&"denied"));
     }
 
     #[tokio::test]
