@@ -8,9 +8,10 @@
 //! and each carries its length and crc32c, so a node checks what it reads exactly as it
 //! checks the Hub's bytes; the whole-file sha256 check against the Hub's oid follows as for
 //! any file. A bad, truncated or missing object, a tier that is down, slow or refusing
-//! credentials: each is a miss, logged and counted, and the read goes to the Hub. A breaker
-//! stops asking a tier that keeps failing for a while, so a dead tier costs one bounded wait
-//! per [`BREAKER_OPEN`], not one per read.
+//! credentials: each is a miss, logged and counted, and the read goes to the Hub. Two
+//! breakers, one for reads and one for writes, stop asking a tier that keeps failing for a
+//! while, so a tier that stalls costs a reader at most [`BREAKER_FAILURES`] waits of
+//! [`TIER_TIMEOUT`] per [`BREAKER_OPEN`], not one per read.
 //!
 //! The seam is [`Tier`] (get and create-only put of opaque objects), with the `object_store`
 //! backends behind it and `object_store`'s in-memory store as the double in tests.
@@ -38,10 +39,12 @@ pub const TIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// milliseconds.
 const TIER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Failures in a row after which the tier is not asked for [`BREAKER_OPEN`].
-const BREAKER_FAILURES: u32 = 3;
+/// Failures in a row (of reads, or of writes) after which the tier is not sent requests of
+/// that kind for [`BREAKER_OPEN`].
+pub const BREAKER_FAILURES: u32 = 3;
 
-/// How long a tier that keeps failing is left alone before it is tried again.
+/// How long a tier that keeps failing reads (or writes) is left alone before it is tried
+/// again.
 pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
 
 /// Uploads to the tier in flight at once, each holding its chunk: 8 chunks, 64 MiB of default
@@ -291,36 +294,44 @@ pub struct TierClient {
     draining: std::sync::atomic::AtomicBool,
     timeout: Duration,
     uploads: Arc<Semaphore>,
+    /// One breaker for reads and one for writes: a tier can fail one and not the other (a
+    /// key that may only read, a bucket refusing writes, GETs that hang while a create-only
+    /// PUT is answered "already exists" at once), and with one breaker the successes of one
+    /// would keep resetting the failures of the other.
+    reads: Breaker,
+    writes: Breaker,
+}
+
+/// Failures in a row of one kind of request, and until when that kind is not sent.
+struct Breaker {
+    /// What the node does while this one is open, for the log.
+    meanwhile: &'static str,
     failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the tier is not asked.
+    /// Milliseconds since `epoch` until which the tier is not sent this kind of request.
     open_until_ms: AtomicU64,
     epoch: Instant,
 }
 
-impl TierClient {
-    pub fn new(tier: Arc<dyn Tier>, store: Arc<dyn crate::store::ChunkStore>) -> Arc<Self> {
-        Arc::new(Self {
-            tier,
-            chunk_size: store.chunk_size(),
-            store,
-            backlog: Default::default(),
-            draining: false.into(),
-            timeout: TIER_TIMEOUT,
-            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+impl Breaker {
+    fn new(meanwhile: &'static str) -> Self {
+        Self {
+            meanwhile,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
-        })
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn broken(&self) -> bool {
+    fn is_open(&self) -> bool {
         self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
+    /// Count a request's outcome: a failure (not a bad object) after [`BREAKER_FAILURES`]
+    /// others in a row opens the breaker for [`BREAKER_OPEN`]; any answer closes the count.
     fn record(&self, result: &Result<(), &TierError>) {
         match result {
             Ok(()) => self.failures.store(0, Ordering::Relaxed),
@@ -333,12 +344,28 @@ impl TierClient {
                 if n >= BREAKER_FAILURES {
                     let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
                     if self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
-                        tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; reading from the Hub only for a while");
+                        tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; {}", self.meanwhile);
                     }
                     self.failures.store(0, Ordering::Relaxed);
                 }
             }
         }
+    }
+}
+
+impl TierClient {
+    pub fn new(tier: Arc<dyn Tier>, store: Arc<dyn crate::store::ChunkStore>) -> Arc<Self> {
+        Arc::new(Self {
+            tier,
+            chunk_size: store.chunk_size(),
+            store,
+            backlog: Default::default(),
+            draining: false.into(),
+            timeout: TIER_TIMEOUT,
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            reads: Breaker::new("reading from the Hub only for a while"),
+            writes: Breaker::new("not writing to it for a while"),
+        })
     }
 
     /// Chunks `run` of `file` from the tier, each checked, or `None` if any is missing or bad
@@ -348,7 +375,7 @@ impl TierClient {
         file: &FileRef,
         run: std::ops::Range<u64>,
     ) -> Option<Vec<(u64, Bytes)>> {
-        if self.broken() {
+        if self.reads.is_open() {
             return None;
         }
         let content = file.content();
@@ -368,12 +395,12 @@ impl TierClient {
                 };
                 match checked {
                     Ok(found) => {
-                        self.record(&Ok(()));
+                        self.reads.record(&Ok(()));
                         found.map(|data| (index, data))
                     }
                     Err(e) => {
                         tracing::warn!(path = %file.remote.path, index, error = %e, "tier read failed; asking the Hub");
-                        self.record(&Err(&e));
+                        self.reads.record(&Err(&e));
                         if matches!(e, TierError::Corrupt { .. }) {
                             // Create-only writes would keep the bad copy forever: remove it,
                             // and the Hub's bytes replace it once this node has them.
@@ -396,10 +423,10 @@ impl TierClient {
         found
     }
 
-    /// Offer chunks fetched from the Hub to the tier, in the background; dropped when
-    /// [`MAX_UPLOADS`] are already in flight or the tier is failing.
+    /// Offer chunks fetched from the Hub to the tier, in the background; deferred when
+    /// [`MAX_UPLOADS`] are already in flight, dropped while the tier keeps failing writes.
     pub fn offer(self: &Arc<Self>, file: &FileRef, chunks: &[(u64, Bytes)]) {
-        if self.broken() {
+        if self.writes.is_open() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
@@ -429,7 +456,7 @@ impl TierClient {
             Ok(()) => crate::metrics::get().tier_stored(len),
             Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
         }
-        self.record(&put.as_ref().map(|_| ()));
+        self.writes.record(&put.as_ref().map(|_| ()));
     }
 
     /// Upload the backlog, one chunk per free upload, each read back from the store (one that
@@ -452,7 +479,7 @@ impl TierClient {
                     }
                     continue;
                 };
-                if this.broken() {
+                if this.writes.is_open() {
                     continue;
                 }
                 let Ok(permit) = this.uploads.clone().acquire_owned().await else { return };
@@ -578,6 +605,120 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(all, Some(chunks));
+    }
+
+    /// A tier whose reads or writes fail fast, as one answering 5xx does, counting what it is
+    /// asked.
+    struct Failing {
+        inner: ObjectTier,
+        reads_fail: bool,
+        writes_fail: bool,
+        gets: AtomicU32,
+        creates: AtomicU32,
+    }
+
+    impl Failing {
+        fn new(reads_fail: bool, writes_fail: bool) -> Arc<Self> {
+            let memory = Arc::new(object_store::memory::InMemory::new());
+            Arc::new(Self {
+                inner: ObjectTier::new(memory, ""),
+                reads_fail,
+                writes_fail,
+                gets: AtomicU32::new(0),
+                creates: AtomicU32::new(0),
+            })
+        }
+    }
+
+    fn down() -> TierError {
+        TierError::Unavailable(object_store::Error::Generic {
+            store: "test",
+            source: "503 Service Unavailable".into(),
+        })
+    }
+
+    impl Tier for Failing {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            if self.reads_fail {
+                return Box::pin(async { Err(down()) });
+            }
+            self.inner.get(key)
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TierError>> {
+            self.creates.fetch_add(1, Ordering::Relaxed);
+            if self.writes_fail {
+                return Box::pin(async { Err(down()) });
+            }
+            self.inner.create(key, value)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+            self.inner.delete(key)
+        }
+    }
+
+    async fn uploads_done(client: &TierClient) {
+        for _ in 0..400 {
+            if client.uploads.available_permits() == MAX_UPLOADS
+                && crate::lock(&client.backlog).is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("uploads still running");
+    }
+
+    /// GETs that fail while PUTs succeed (a create-only PUT of a chunk that is there is
+    /// answered at once): the writes' successes must not keep the reads' breaker closed, or
+    /// every read would wait on the failing tier.
+    #[tokio::test]
+    async fn failing_reads_open_their_breaker_whatever_the_writes_do() {
+        let tier = Failing::new(true, false);
+        let client =
+            TierClient::new(tier.clone(), Arc::new(crate::store::memory::MemoryStore::new(4)));
+        let f = file(4 * 8);
+        for index in 0..u64::from(BREAKER_FAILURES) {
+            assert!(client.read_run(&f, index..index + 1).await.is_none());
+            client.offer(&f, &[(index, Bytes::from_static(b"abcd"))]);
+            uploads_done(&client).await;
+        }
+        assert_eq!(tier.creates.load(Ordering::Relaxed), BREAKER_FAILURES, "writes went on");
+        let gets = tier.gets.load(Ordering::Relaxed);
+        assert!(client.read_run(&f, 5..6).await.is_none());
+        assert_eq!(
+            tier.gets.load(Ordering::Relaxed),
+            gets,
+            "the tier was read with the breaker open"
+        );
+    }
+
+    /// PUTs that fail (a key that may only read, a bucket refusing writes) stop the uploads
+    /// for a while, not the reads.
+    #[tokio::test]
+    async fn failing_writes_stop_the_writes_not_the_reads() {
+        let tier = Failing::new(false, true);
+        let client =
+            TierClient::new(tier.clone(), Arc::new(crate::store::memory::MemoryStore::new(4)));
+        let f = file(4 * 8);
+        let key = chunk_key(&f.content(), 4, 7);
+        tier.inner.create(&key, encode(b"wxyz")).await.unwrap();
+        let chunks: Vec<(u64, Bytes)> =
+            (0..u64::from(BREAKER_FAILURES)).map(|i| (i, Bytes::from_static(b"abcd"))).collect();
+        client.offer(&f, &chunks);
+        uploads_done(&client).await;
+        client.offer(&f, &[(4, Bytes::from_static(b"abcd"))]);
+        uploads_done(&client).await;
+        assert_eq!(
+            tier.creates.load(Ordering::Relaxed),
+            BREAKER_FAILURES,
+            "writes with the breaker open"
+        );
+        assert_eq!(client.read_run(&f, 7..8).await, Some(vec![(7, Bytes::from_static(b"wxyz"))]));
     }
 
     /// A refusal of the credentials is a kind of its own: it needs a person, not time.
