@@ -130,6 +130,14 @@ impl ObjectTier {
     /// environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`) or `file:///DIR`.
     pub fn from_url(url: &str) -> Result<Self, TierError> {
+        Self::from_url_in(url, std::env::vars())
+    }
+
+    /// [`ObjectTier::from_url`] with the `AWS_*` settings taken from `env`.
+    fn from_url_in(
+        url: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, TierError> {
         let bad = |why: &str| TierError::BadUrl { url: url.to_owned(), why: why.to_owned() };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -143,15 +151,19 @@ impl ObjectTier {
                 retry_timeout: TIER_TIMEOUT,
                 ..object_store::RetryConfig::default()
             };
+            // The client's own timeout is only a backstop, and longer than the one
+            // `TierClient` puts on every request: at the same length the two raced, and a tier
+            // that stalls was counted as `unavailable` (the client's "error sending request")
+            // as often as `timeout`, which is what it is.
             let client = object_store::ClientOptions::new()
                 .with_connect_timeout(TIER_CONNECT_TIMEOUT)
-                .with_timeout(TIER_TIMEOUT);
+                .with_timeout(2 * TIER_TIMEOUT);
             // The client options first, then the environment (as `from_env` reads it) on top:
             // `with_client_options` replaces every client setting, `AWS_ALLOW_HTTP` included.
             let mut builder = object_store::aws::AmazonS3Builder::new()
                 .with_client_options(client)
                 .with_retry(retry);
-            for (name, value) in std::env::vars() {
+            for (name, value) in env {
                 if !name.starts_with("AWS_") {
                     continue;
                 }
@@ -739,6 +751,32 @@ mod tests {
             "unavailable"
         );
         assert!(TIER_ERROR_KINDS.contains(&"denied"));
+    }
+
+    /// An S3 endpoint that takes requests and never answers: the request runs into
+    /// `TierClient`'s timeout (counted as `timeout`), not into the S3 client's own (which
+    /// would be an `unavailable` "error sending request").
+    #[tokio::test]
+    async fn a_stalled_s3_request_ends_at_the_tier_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                held.push(conn);
+            }
+        });
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ];
+        let env = env.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let tier = ObjectTier::from_url_in("s3://bucket/prefix", env).unwrap();
+        let got = tokio::time::timeout(TIER_TIMEOUT, tier.get("chunks/v1/ab/x/4/0")).await;
+        assert!(got.is_err(), "the S3 client gave up first: {:?}", got.map(|r| r.map(|_| ())));
     }
 
     #[tokio::test]
