@@ -309,7 +309,8 @@ impl Metrics {
         r.register(
             "tier_errors",
             "Tier requests that failed and fell back to the Hub, by kind: unavailable (down, \
-             refused, an error answer), timeout, corrupt (an object that failed its checks)",
+             refused, an error answer), denied (the credentials refused), timeout, corrupt \
+             (an object that failed its checks)",
             tier_errors.clone(),
         );
         let tier_duration =

@@ -8,9 +8,10 @@
 //! and each carries its length and crc32c, so a node checks what it reads exactly as it
 //! checks the Hub's bytes; the whole-file sha256 check against the Hub's oid follows as for
 //! any file. A bad, truncated or missing object, a tier that is down, slow or refusing
-//! credentials: each is a miss, logged and counted, and the read goes to the Hub. A breaker
-//! stops asking a tier that keeps failing for a while, so a dead tier costs one bounded wait
-//! per [`BREAKER_OPEN`], not one per read.
+//! credentials: each is a miss, logged and counted, and the read goes to the Hub. Two
+//! breakers, one for reads and one for writes, stop asking a tier that keeps failing for a
+//! while, so a tier that stalls costs a reader at most [`BREAKER_FAILURES`] waits of
+//! [`TIER_TIMEOUT`] per [`BREAKER_OPEN`], not one per read.
 //!
 //! The seam is [`Tier`] (get and create-only put of opaque objects), with the `object_store`
 //! backends behind it and `object_store`'s in-memory store as the double in tests.
@@ -41,10 +42,12 @@ pub const TIER_TIMEOUT: Duration = Duration::from_secs(5);
 /// milliseconds.
 const TIER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Failures in a row after which the tier is not asked for [`BREAKER_OPEN`].
-const BREAKER_FAILURES: u32 = 3;
+/// Failures in a row (of reads, or of writes) after which the tier is not sent requests of
+/// that kind for [`BREAKER_OPEN`].
+pub const BREAKER_FAILURES: u32 = 3;
 
-/// How long a tier that keeps failing is left alone before it is tried again.
+/// How long a tier that keeps failing reads (or writes) is left alone before it is tried
+/// again.
 pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
 
 /// How long the Hub's word that this node may read a restricted repo holds until the mount
@@ -70,6 +73,11 @@ pub enum TierError {
     /// The tier did not answer, refused, or failed (the backend's error is kept).
     #[error("tier unavailable: {0}")]
     Unavailable(#[source] object_store::Error),
+    /// The tier refused the credentials (401, 403: a wrong or rotated key, a policy that does
+    /// not grant the bucket). Told apart from [`TierError::Unavailable`] because it does not
+    /// heal by itself: someone has to fix the credentials.
+    #[error("tier refused the credentials: {0}")]
+    Denied(#[source] object_store::Error),
     #[error("tier request took longer than {0:?}")]
     Timeout(Duration),
     /// An object that is not what its key says: wrong header, length or crc32c.
@@ -87,16 +95,26 @@ impl TierError {
     pub fn kind(&self) -> &'static str {
         match self {
             TierError::Unavailable(_) => "unavailable",
+            TierError::Denied(_) => "denied",
             TierError::Timeout(_) => "timeout",
             TierError::Corrupt { .. } => "corrupt",
             TierError::BadUrl { .. } => "config",
             TierError::Paused => "paused",
         }
     }
+
+    /// A backend's error: a refusal of the credentials, or the tier being unavailable.
+    fn backend(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => TierError::Denied(e),
+            e => TierError::Unavailable(e),
+        }
+    }
 }
 
 /// Labels of `modelfs_tier_errors_total`.
-pub const TIER_ERROR_KINDS: [&str; 3] = ["unavailable", "timeout", "corrupt"];
+pub const TIER_ERROR_KINDS: [&str; 4] = ["unavailable", "denied", "timeout", "corrupt"];
 
 /// Objects by key: the seam between the tier logic and a bucket.
 pub trait Tier: Send + Sync + 'static {
@@ -129,6 +147,14 @@ impl ObjectTier {
     /// environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
     /// `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`) or `file:///DIR`.
     pub fn from_url(url: &str) -> Result<Self, TierError> {
+        Self::from_url_in(url, std::env::vars())
+    }
+
+    /// [`ObjectTier::from_url`] with the `AWS_*` settings taken from `env`.
+    fn from_url_in(
+        url: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, TierError> {
         let bad = |why: &str| TierError::BadUrl { url: url.to_owned(), why: why.to_owned() };
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -142,15 +168,19 @@ impl ObjectTier {
                 retry_timeout: TIER_TIMEOUT,
                 ..object_store::RetryConfig::default()
             };
+            // The client's own timeout is only a backstop, and longer than the one
+            // `TierClient` puts on every request: at the same length the two raced, and a tier
+            // that stalls was counted as `unavailable` (the client's "error sending request")
+            // as often as `timeout`, which is what it is.
             let client = object_store::ClientOptions::new()
                 .with_connect_timeout(TIER_CONNECT_TIMEOUT)
-                .with_timeout(TIER_TIMEOUT);
+                .with_timeout(2 * TIER_TIMEOUT);
             // The client options first, then the environment (as `from_env` reads it) on top:
             // `with_client_options` replaces every client setting, `AWS_ALLOW_HTTP` included.
             let mut builder = object_store::aws::AmazonS3Builder::new()
                 .with_client_options(client)
                 .with_retry(retry);
-            for (name, value) in std::env::vars() {
+            for (name, value) in env {
                 if !name.starts_with("AWS_") {
                     continue;
                 }
@@ -194,13 +224,13 @@ impl Tier for ObjectTier {
             let got = match self.store.get(&self.path(key)).await {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(e) => return Err(TierError::Unavailable(e)),
+                Err(e) => return Err(TierError::backend(e)),
             };
             match got.bytes().await {
                 Ok(bytes) => Ok(Some(bytes)),
                 // Deleted between the answer and its body.
                 Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -224,9 +254,9 @@ impl Tier for ObjectTier {
                         .put(&path, PutPayload::from(value))
                         .await
                         .map(|_| ())
-                        .map_err(TierError::Unavailable)
+                        .map_err(TierError::backend)
                 }
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -237,7 +267,7 @@ impl Tier for ObjectTier {
                 .put(&self.path(key), PutPayload::from(value))
                 .await
                 .map(|_| ())
-                .map_err(TierError::Unavailable)
+                .map_err(TierError::backend)
         })
     }
 
@@ -245,7 +275,7 @@ impl Tier for ObjectTier {
         Box::pin(async move {
             match self.store.delete(&self.path(key)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(TierError::Unavailable(e)),
+                Err(e) => Err(TierError::backend(e)),
             }
         })
     }
@@ -312,19 +342,73 @@ pub struct TierClient {
     draining: std::sync::atomic::AtomicBool,
     timeout: Duration,
     uploads: Arc<Semaphore>,
+    /// One breaker for reads and one for writes: a tier can fail one and not the other (a
+    /// key that may only read, a bucket refusing writes, GETs that hang while a create-only
+    /// PUT is answered "already exists" at once), and with one breaker the successes of one
+    /// would keep resetting the failures of the other.
+    reads: Breaker,
+    writes: Breaker,
+    access: access::AccessTable,
+}
+
+/// Failures in a row of one kind of request, and until when that kind is not sent.
+struct Breaker {
+    /// What the node does while this one is open, for the log.
+    meanwhile: &'static str,
     failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the tier is not asked.
+    /// Milliseconds since `epoch` until which the tier is not sent this kind of request.
     open_until_ms: AtomicU64,
     epoch: Instant,
-    access: access::AccessTable,
 }
 
 impl std::fmt::Debug for TierClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TierClient")
             .field("chunk_size", &self.chunk_size)
-            .field("paused", &self.broken())
+            .field("reads_paused", &self.reads.is_open())
+            .field("writes_paused", &self.writes.is_open())
             .finish_non_exhaustive()
+    }
+}
+
+impl Breaker {
+    fn new(meanwhile: &'static str) -> Self {
+        Self {
+            meanwhile,
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn is_open(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Count a request's outcome: a failure (not a bad object) after [`BREAKER_FAILURES`]
+    /// others in a row opens the breaker for [`BREAKER_OPEN`]; any answer closes the count.
+    fn record(&self, result: &Result<(), &TierError>) {
+        match result {
+            Ok(()) => self.failures.store(0, Ordering::Relaxed),
+            // A bad object says nothing of whether the tier answers: it is removed and
+            // replaced, and the tier stays in use.
+            Err(e @ TierError::Corrupt { .. }) => crate::metrics::get().tier_error(e.kind()),
+            Err(e) => {
+                crate::metrics::get().tier_error(e.kind());
+                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= BREAKER_FAILURES {
+                    let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
+                    if self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                        tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; {}", self.meanwhile);
+                    }
+                    self.failures.store(0, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -338,9 +422,8 @@ impl TierClient {
             draining: false.into(),
             timeout: TIER_TIMEOUT,
             uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
-            failures: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
+            reads: Breaker::new("reading from the Hub only for a while"),
+            writes: Breaker::new("not writing to it for a while"),
             access: access::AccessTable::new(DEFAULT_CONFIRMATION),
         })
     }
@@ -348,34 +431,6 @@ impl TierClient {
     /// Which repos' chunks this node may be served from the tier.
     pub fn access(&self) -> &access::AccessTable {
         &self.access
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn broken(&self) -> bool {
-        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn record(&self, result: &Result<(), &TierError>) {
-        match result {
-            Ok(()) => self.failures.store(0, Ordering::Relaxed),
-            // A bad object says nothing of whether the tier answers: it is removed and
-            // replaced, and the tier stays in use.
-            Err(e @ TierError::Corrupt { .. }) => crate::metrics::get().tier_error(e.kind()),
-            Err(e) => {
-                crate::metrics::get().tier_error(e.kind());
-                let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= BREAKER_FAILURES {
-                    let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
-                    if self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
-                        tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; reading from the Hub only for a while");
-                    }
-                    self.failures.store(0, Ordering::Relaxed);
-                }
-            }
-        }
     }
 
     /// One tier request, cut off at the tier's timeout, and timed (`put`: a write).
@@ -395,17 +450,17 @@ impl TierClient {
     /// One object other than a chunk (repo metadata, `tier/catalog.rs`), within the tier's
     /// timeout and through its breaker: `Ok(None)` when there is none.
     pub async fn get_object(&self, key: &str) -> Result<Option<Bytes>, TierError> {
-        if self.broken() {
+        if self.reads.is_open() {
             return Err(TierError::Paused);
         }
         let got = self.within(false, self.tier.get(key)).await;
-        self.record(&got.as_ref().map(|_| ()));
+        self.reads.record(&got.as_ref().map(|_| ()));
         got
     }
 
     /// Write one object other than a chunk: created once, or replacing what is there.
     pub async fn put_object(&self, key: &str, value: Bytes, write: Write) -> Result<(), TierError> {
-        if self.broken() {
+        if self.writes.is_open() {
             return Err(TierError::Paused);
         }
         let put = match write {
@@ -413,14 +468,14 @@ impl TierClient {
             Write::Replace => self.tier.replace(key, value),
         };
         let put = self.within(true, put).await;
-        self.record(&put.as_ref().map(|_| ()));
+        self.writes.record(&put.as_ref().map(|_| ()));
         put
     }
 
     /// A bad object found by a reader: counted, and removed so that a good copy can be
     /// written in its place (create-only writes would keep it forever).
     pub async fn discard(&self, e: &TierError, key: &str) {
-        self.record(&Err(e));
+        self.reads.record(&Err(e));
         let removed = tokio::time::timeout(self.timeout, self.tier.delete(key)).await;
         if !matches!(removed, Ok(Ok(()))) {
             tracing::warn!(key, "corrupt tier object not removed");
@@ -434,7 +489,7 @@ impl TierClient {
         file: &FileRef,
         run: std::ops::Range<u64>,
     ) -> Option<Vec<(u64, Bytes)>> {
-        if self.broken() {
+        if self.reads.is_open() {
             return None;
         }
         let content = file.content();
@@ -452,7 +507,7 @@ impl TierClient {
                 };
                 match checked {
                     Ok(found) => {
-                        self.record(&Ok(()));
+                        self.reads.record(&Ok(()));
                         found.map(|data| (index, data))
                     }
                     Err(e) => {
@@ -461,7 +516,7 @@ impl TierClient {
                             // The Hub's bytes replace it once this node has them.
                             self.discard(&e, &key).await;
                         } else {
-                            self.record(&Err(&e));
+                            self.reads.record(&Err(&e));
                         }
                         None
                     }
@@ -477,10 +532,10 @@ impl TierClient {
         found
     }
 
-    /// Offer chunks fetched from the Hub to the tier, in the background; dropped when
-    /// [`MAX_UPLOADS`] are already in flight or the tier is failing.
+    /// Offer chunks fetched from the Hub to the tier, in the background; deferred when
+    /// [`MAX_UPLOADS`] are already in flight, dropped while the tier keeps failing writes.
     pub fn offer(self: &Arc<Self>, file: &FileRef, chunks: &[(u64, Bytes)]) {
-        if self.broken() {
+        if self.writes.is_open() {
             return;
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
@@ -508,7 +563,7 @@ impl TierClient {
             Ok(()) => crate::metrics::get().tier_stored(len),
             Err(e) => tracing::debug!(key, error = %e, "chunk not written to the tier"),
         }
-        self.record(&put.as_ref().map(|_| ()));
+        self.writes.record(&put.as_ref().map(|_| ()));
     }
 
     /// Upload chunks `indices` of `file` that the local store holds (a `pull --tier` seeding
@@ -569,7 +624,7 @@ impl TierClient {
                     }
                     continue;
                 };
-                if this.broken() {
+                if this.writes.is_open() {
                     continue;
                 }
                 let Ok(permit) = this.uploads.clone().acquire_owned().await else { return };
@@ -702,6 +757,173 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(all, Some(chunks));
+    }
+
+    /// A tier whose reads or writes fail fast, as one answering 5xx does, counting what it is
+    /// asked.
+    struct Failing {
+        inner: ObjectTier,
+        reads_fail: bool,
+        writes_fail: bool,
+        gets: AtomicU32,
+        creates: AtomicU32,
+    }
+
+    impl Failing {
+        fn new(reads_fail: bool, writes_fail: bool) -> Arc<Self> {
+            let memory = Arc::new(object_store::memory::InMemory::new());
+            Arc::new(Self {
+                inner: ObjectTier::new(memory, ""),
+                reads_fail,
+                writes_fail,
+                gets: AtomicU32::new(0),
+                creates: AtomicU32::new(0),
+            })
+        }
+    }
+
+    fn down() -> TierError {
+        TierError::Unavailable(object_store::Error::Generic {
+            store: "test",
+            source: "503 Service Unavailable".into(),
+        })
+    }
+
+    impl Tier for Failing {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, TierError>> {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            if self.reads_fail {
+                return Box::pin(async { Err(down()) });
+            }
+            self.inner.get(key)
+        }
+        fn create<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TierError>> {
+            self.creates.fetch_add(1, Ordering::Relaxed);
+            if self.writes_fail {
+                return Box::pin(async { Err(down()) });
+            }
+            self.inner.create(key, value)
+        }
+        fn replace<'a>(
+            &'a self,
+            key: &'a str,
+            value: Bytes,
+        ) -> BoxFuture<'a, Result<(), TierError>> {
+            self.create(key, value)
+        }
+        fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), TierError>> {
+            self.inner.delete(key)
+        }
+    }
+
+    async fn uploads_done(client: &TierClient) {
+        for _ in 0..400 {
+            if client.uploads.available_permits() == MAX_UPLOADS
+                && crate::lock(&client.backlog).is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("uploads still running");
+    }
+
+    /// GETs that fail while PUTs succeed (a create-only PUT of a chunk that is there is
+    /// answered at once): the writes' successes must not keep the reads' breaker closed, or
+    /// every read would wait on the failing tier.
+    #[tokio::test]
+    async fn failing_reads_open_their_breaker_whatever_the_writes_do() {
+        let tier = Failing::new(true, false);
+        let client =
+            TierClient::new(tier.clone(), Arc::new(crate::store::memory::MemoryStore::new(4)));
+        let f = file(4 * 8);
+        for index in 0..u64::from(BREAKER_FAILURES) {
+            assert!(client.read_run(&f, index..index + 1).await.is_none());
+            client.offer(&f, &[(index, Bytes::from_static(b"abcd"))]);
+            uploads_done(&client).await;
+        }
+        assert_eq!(tier.creates.load(Ordering::Relaxed), BREAKER_FAILURES, "writes went on");
+        let gets = tier.gets.load(Ordering::Relaxed);
+        assert!(client.read_run(&f, 5..6).await.is_none());
+        assert_eq!(
+            tier.gets.load(Ordering::Relaxed),
+            gets,
+            "the tier was read with the breaker open"
+        );
+    }
+
+    /// PUTs that fail (a key that may only read, a bucket refusing writes) stop the uploads
+    /// for a while, not the reads.
+    #[tokio::test]
+    async fn failing_writes_stop_the_writes_not_the_reads() {
+        let tier = Failing::new(false, true);
+        let client =
+            TierClient::new(tier.clone(), Arc::new(crate::store::memory::MemoryStore::new(4)));
+        let f = file(4 * 8);
+        let key = chunk_key(&f.content(), 4, 7);
+        tier.inner.create(&key, encode(b"wxyz")).await.unwrap();
+        let chunks: Vec<(u64, Bytes)> =
+            (0..u64::from(BREAKER_FAILURES)).map(|i| (i, Bytes::from_static(b"abcd"))).collect();
+        client.offer(&f, &chunks);
+        uploads_done(&client).await;
+        client.offer(&f, &[(4, Bytes::from_static(b"abcd"))]);
+        uploads_done(&client).await;
+        assert_eq!(
+            tier.creates.load(Ordering::Relaxed),
+            BREAKER_FAILURES,
+            "writes with the breaker open"
+        );
+        assert_eq!(client.read_run(&f, 7..8).await, Some(vec![(7, Bytes::from_static(b"wxyz"))]));
+    }
+
+    /// A refusal of the credentials is a kind of its own: it needs a person, not time.
+    #[test]
+    fn refused_credentials_are_denied_not_unavailable() {
+        let source = || "403 Forbidden: SignatureDoesNotMatch".into();
+        let kind = |e| TierError::backend(e).kind();
+        assert_eq!(
+            kind(object_store::Error::PermissionDenied { path: "k".into(), source: source() }),
+            "denied"
+        );
+        assert_eq!(
+            kind(object_store::Error::Unauthenticated { path: "k".into(), source: source() }),
+            "denied"
+        );
+        assert_eq!(
+            kind(object_store::Error::Generic { store: "S3", source: source() }),
+            "unavailable"
+        );
+        assert!(TIER_ERROR_KINDS.contains(&"denied"));
+    }
+
+    /// An S3 endpoint that takes requests and never answers: the request runs into
+    /// `TierClient`'s timeout (counted as `timeout`), not into the S3 client's own (which
+    /// would be an `unavailable` "error sending request").
+    #[tokio::test]
+    async fn a_stalled_s3_request_ends_at_the_tier_timeout() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().flatten() {
+                held.push(conn);
+            }
+        });
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ];
+        let env = env.map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let tier = ObjectTier::from_url_in("s3://bucket/prefix", env).unwrap();
+        let got = tokio::time::timeout(TIER_TIMEOUT, tier.get("chunks/v1/ab/x/4/0")).await;
+        assert!(got.is_err(), "the S3 client gave up first: {:?}", got.map(|r| r.map(|_| ())));
     }
 
     #[tokio::test]

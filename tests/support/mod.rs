@@ -6,4 +6,5 @@ pub mod metrics;
 pub mod mock_hub;
 pub mod models;
 pub mod mount;
+pub mod s3_proxy;
 pub mod tier;
