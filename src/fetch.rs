@@ -307,6 +307,11 @@ impl ChunkFetcher {
             "file does not match the Hub's hash; discarded and marked failed"
         );
         self.failed(&file.content());
+        // Its chunks may have come from the tier, or gone to it before the hash was decided:
+        // the next node must not be served them.
+        if let Some(tier) = self.tier.get().filter(|_| self.shares(file)) {
+            tier.forget_file(file);
+        }
     }
 
     fn failed(&self, content: &ContentId) {
@@ -350,7 +355,9 @@ impl ChunkFetcher {
             let whole: Vec<u8> = chunks.iter().flat_map(|(_, b)| b.iter().copied()).collect();
             if !FileHasher::digest_matches(&file.hash, &whole) {
                 crate::metrics::get().tier_error("corrupt");
-                tracing::warn!(path = %file.remote.path, "the tier's copy does not match the file's hash; asking the Hub");
+                tracing::warn!(path = %file.remote.path, "the tier's copy does not match the file's hash; removing it and asking the Hub");
+                // Removed, so that the Hub's bytes, once this node has them, replace it.
+                tier.forget_file(file);
                 return None;
             }
         }

@@ -580,6 +580,28 @@ impl TierClient {
         self.drain(&rt);
     }
 
+    /// Remove every chunk object of `file` from the tier, in the background: its bytes did not
+    /// match the Hub's hash, and every object passed its own checks, so which one is bad
+    /// cannot be told. Chunks of it still waiting for an upload are dropped. An upload already
+    /// running may land after the removal; the next node to find the file bad removes it again.
+    pub fn forget_file(self: &Arc<Self>, file: &FileRef) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let content = file.content();
+        crate::lock(&self.backlog).retain(|(c, _), _| *c != content);
+        let keys: Vec<String> = (0..crate::store::chunk_count(file.remote.size, self.chunk_size))
+            .map(|index| chunk_key(&content, self.chunk_size, index))
+            .collect();
+        let this = self.clone();
+        rt.spawn(async move {
+            let Some(_slot) = this.upload_slot().await else { return };
+            for key in keys {
+                if let Err(e) = this.within(true, this.tier.delete(&key)).await {
+                    tracing::warn!(key, error = %e, "object of a bad file not removed from the tier");
+                }
+            }
+        });
+    }
+
     /// A slot among the uploads, for a write that is not a chunk's (repo metadata): held for
     /// the write, so that [`TierClient::flush`] waits for it too.
     pub async fn upload_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {

@@ -327,3 +327,47 @@ fn pull_with_a_tier_seeds_it_for_every_node() {
     }
     m.stop();
 }
+
+/// An object rewritten with other bytes under a valid header and crc32c passes the object
+/// checks; the file's hash then finds it bad, and every object of the file is removed from
+/// the tier, so the next node is served the Hub's bytes, not the forgery.
+#[test]
+fn a_file_found_bad_is_removed_from_the_tier() {
+    let data = bytes(12, 4 * MIB);
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new("tier/forged", vec![MockFile::lfs("w.bin", data.clone())]));
+    let tier = temp_dir("tier-forged");
+    let url = format!("file://{}", tier.display());
+    let args = ["--chunk-size", "1M", "--tier", url.as_str()];
+    let m = Mounted::start(&hub.endpoint(), &temp_dir("tier-forged-1"), &args);
+    assert!(std::fs::read(m.path("tier/forged/all/w.bin")).unwrap() == data);
+    wait_for("every chunk in the tier", SETTLE, || objects(&tier) == 4);
+    m.stop();
+    // Chunk 2, forged: other bytes, a header and a crc32c that match them.
+    let content = modelfs::manifest::FileHash::Lfs(sha256(&data)).content_id().to_hex();
+    let key = tier.join(format!("chunks/v1/{}/{content}/{MIB}/2", &content[..2]));
+    let forged = vec![0xEE; MIB];
+    let mut object = b"MFSC\x01".to_vec();
+    object.extend_from_slice(&(MIB as u64).to_le_bytes());
+    object.extend_from_slice(&crc32c::crc32c(&forged).to_le_bytes());
+    object.extend_from_slice(&forged);
+    std::fs::write(&key, object).unwrap();
+
+    let m = Mounted::start(&hub.endpoint(), &temp_dir("tier-forged-2"), &args);
+    let read = std::fs::read(m.path("tier/forged/all/w.bin"));
+    assert!(!read.is_ok_and(|got| got == data), "the forgery went unnoticed");
+    wait_for("the bad file's objects removed", SETTLE, || objects(&tier) == 0);
+    assert!(m.log().contains("does not match the Hub's hash"), "{}", m.log());
+    m.stop();
+
+    hub.clear_requests();
+    let m = Mounted::start(&hub.endpoint(), &temp_dir("tier-forged-3"), &args);
+    assert!(std::fs::read(m.path("tier/forged/all/w.bin")).unwrap() == data, "node 3");
+    assert_eq!(cdn_bytes(&hub), data.len() as u64, "node 3 was served the Hub's bytes");
+    m.stop();
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
