@@ -139,6 +139,7 @@ pub struct Metrics {
     tier_stored_bytes: Counter,
     tier_uploads_deferred: Counter,
     tier_revisions_served: Counter,
+    store_ro_read_bytes: Counter,
     tier_errors: Family<Label, Counter>,
     tier_get_duration: Histogram,
     tier_put_duration: Histogram,
@@ -298,6 +299,14 @@ impl Metrics {
              back from the local store",
             tier_uploads_deferred.clone(),
         );
+        let store_ro_read_bytes = Counter::default();
+        r.register_with_unit(
+            "store_ro_read",
+            "Bytes of chunks read from read-only stores (--store-ro) because the store did not \
+             have them",
+            Unit::Bytes,
+            store_ro_read_bytes.clone(),
+        );
         let tier_revisions_served = Counter::default();
         r.register(
             "tier_revisions_served",
@@ -390,6 +399,7 @@ impl Metrics {
             tier_stored_bytes,
             tier_uploads_deferred,
             tier_revisions_served,
+            store_ro_read_bytes,
             tier_errors,
             tier_get_duration: tier_duration.get_or_create_owned(&[("op", "get")]),
             tier_put_duration: tier_duration.get_or_create_owned(&[("op", "put")]),
@@ -416,6 +426,11 @@ impl Metrics {
 
     pub fn tier_upload_deferred(&self) {
         self.tier_uploads_deferred.inc();
+    }
+
+    /// `bytes` of a chunk were read from a read-only store.
+    pub fn store_ro_read(&self, bytes: usize) {
+        self.store_ro_read_bytes.inc_by(bytes as u64);
     }
 
     pub fn tier_revision_served(&self) {

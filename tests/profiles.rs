@@ -43,11 +43,11 @@ fn peak_rss(pid: u32) -> u64 {
     kib * 1024
 }
 
-/// Profile `none`: 256 MiB read twice through 8 MiB chunks leave the store directory as it
-/// was, every byte is exact, and the daemon's peak RSS stays within its memory bound.
+/// Profile `none`: 512 MiB read twice (1 GiB) through 8 MiB chunks leave the store directory
+/// as it was, every byte is exact, and the daemon's peak RSS stays within its memory bound.
 #[test]
 fn profile_none_stores_nothing_and_stays_within_its_memory_bound() {
-    let data = bytes(21, 256 * MIB + 77);
+    let data = bytes(21, 512 * MIB + 77);
     let hub = MockHub::start(MockConfig::default());
     hub.add_repo(MockRepo::new("prof/none", vec![MockFile::lfs("w.bin", data.clone())]));
     let store = temp_dir("profile-none");
@@ -64,10 +64,11 @@ fn profile_none_stores_nothing_and_stays_within_its_memory_bound() {
     assert_eq!(listing(&store), before, "the store directory changed");
     assert_eq!(getfattr(&path, "user.modelfs.cached_bytes").unwrap(), "0");
     // 64 MiB of memory cache and 40 MiB of read-ahead in flight, over the daemon's own
-    // footprint: far below the 256 MiB file.
+    // footprint and the allocator's slack (142 MiB measured reading 256 MiB, 164 MiB reading
+    // 512 MiB): half the file, whatever its size.
     let peak = peak_rss(m.pid());
     eprintln!("peak RSS {} MiB reading {} MiB", peak >> 20, data.len() >> 20);
-    assert!(peak < 200 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
     m.stop();
 }
 

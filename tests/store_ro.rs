@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
+use support::metrics::{metrics_addr, sample};
 use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo};
 use support::mount::{bytes, getfattr, run, temp_dir, Mounted};
 
@@ -56,7 +57,15 @@ fn a_read_only_store_on_a_read_only_mount_serves_with_no_network() {
     let ro = dir.join("ro");
     let _bind = ReadOnlyBind::new(&prepared, &ro);
     assert!(std::fs::write(ro.join("probe"), b"x").is_err(), "the bind mount is writable");
-    let args = ["--offline", "--chunk-size", "1M", "--store-ro", ro.to_str().unwrap()];
+    let args = [
+        "--offline",
+        "--chunk-size",
+        "1M",
+        "--store-ro",
+        ro.to_str().unwrap(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
     let m = Mounted::start("http://127.0.0.1:9", &dir.join("store"), &args);
     let mut names: Vec<String> = std::fs::read_dir(m.path("ro/model/all"))
         .unwrap_or_else(|e| panic!("listing from the read-only store: {e}\n{}", m.log()))
@@ -75,6 +84,15 @@ fn a_read_only_store_on_a_read_only_mount_serves_with_no_network() {
         .collect();
     assert_eq!(org, ["model"], "the read-only store's repos are listed");
     assert!(!m.log().contains("ERROR"), "{}", m.log());
+    // The files are verified there: as root each open is passed through to the kernel, which
+    // reads the read-only store's data file itself; otherwise the daemon reads it, and counts.
+    let addr = metrics_addr(&m);
+    let from_ro = sample(&addr, "modelfs_store_ro_read_bytes_total");
+    let passed_through = sample(&addr, "modelfs_passthrough_opens_total");
+    assert!(
+        from_ro >= files[1].1.len() as f64 || passed_through >= files.len() as f64,
+        "{from_ro} bytes from the read-only store, {passed_through} passthrough opens"
+    );
     m.stop();
     // Nothing was copied into the node's own store: it serves from the read-only one.
     let copied = modelfs::commands::disk_usage(&dir.join("store/data"));

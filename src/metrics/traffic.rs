@@ -13,8 +13,12 @@ use super::Metrics;
 /// Counters of one daemon since it started.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Traffic {
-    /// Bytes answered to reads whose chunks were stored when the read looked.
+    /// Bytes answered to reads whose chunks were stored (here or in a read-only store) when
+    /// the read looked.
     pub read_from_store: u64,
+    /// Of `read_from_store`'s chunks, bytes read from read-only stores (`--store-ro`).
+    #[serde(default)]
+    pub read_from_store_ro: u64,
     /// Bytes answered to reads that waited for a fetch (from the tier or the Hub).
     pub read_from_network: u64,
     /// Bytes of chunks fetched from the shared tier, checked.
@@ -43,6 +47,7 @@ impl Metrics {
             .collect();
         Traffic {
             read_from_store: self.read_store.get(),
+            read_from_store_ro: self.store_ro_read_bytes.get(),
             read_from_network: self.read_network.get(),
             fetched_from_tier: self.tier_fetched_bytes.get(),
             fetched_from_hub: self.fetched_bytes.get(),
@@ -57,8 +62,12 @@ impl Metrics {
 impl Traffic {
     /// The lines `modelfs status` prints under a mount, `human` formatting byte counts.
     pub fn lines(&self, human: impl Fn(u64) -> String) -> Vec<String> {
+        let ro = match self.read_from_store_ro {
+            0 => String::new(),
+            n => format!(" ({} of it from read-only stores)", human(n)),
+        };
         let mut out = vec![format!(
-            "served {} from the store, {} fetched (tier {}, Hub {})",
+            "served {} from the store{ro}, {} fetched (tier {}, Hub {})",
             human(self.read_from_store),
             human(self.read_from_network),
             human(self.fetched_from_tier),
@@ -91,6 +100,7 @@ mod tests {
     fn status_lines_say_where_bytes_came_from() {
         let t = Traffic {
             read_from_store: 10,
+            read_from_store_ro: 4,
             read_from_network: 20,
             fetched_from_tier: 15,
             fetched_from_hub: 5,
@@ -103,7 +113,8 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "served 10 B from the store, 20 B fetched (tier 15 B, Hub 5 B)",
+                "served 10 B from the store (4 B of it from read-only stores), 20 B fetched \
+                 (tier 15 B, Hub 5 B)",
                 "tier: 7 requests, 12.3 ms each on average, 5 B written, errors: 2 timeout",
             ]
         );

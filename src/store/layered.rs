@@ -101,6 +101,7 @@ impl ChunkStore for LayeredStore {
         }
         for store in self.below(content)? {
             if store.read_chunk(content, index, range.clone(), out)? {
+                crate::metrics::get().store_ro_read(range.len());
                 return Ok(true);
             }
         }
@@ -119,6 +120,7 @@ impl ChunkStore for LayeredStore {
         }
         for store in self.below(content)? {
             if store.visit_chunk(content, index, range.clone(), visit)? {
+                crate::metrics::get().store_ro_read(range.len());
                 return Ok(true);
             }
         }
@@ -265,8 +267,11 @@ mod tests {
         let layered = LayeredStore::new(local.clone(), vec![ro.clone()]).unwrap();
 
         let mut out = Vec::new();
+        let counted = || crate::metrics::get().traffic().read_from_store_ro;
+        let before = counted();
         assert!(layered.read_chunk(&id(1), 1, 1..3, &mut out).unwrap());
         assert_eq!(out, b"fg");
+        assert!(counted() >= before + 2, "bytes read from a read-only store are counted");
         assert!(layered.has_chunk(&id(1), 0).unwrap());
         assert_eq!(layered.file_record(&id(1)).unwrap().unwrap().cached_bytes, 8);
         assert_eq!(layered.manifest(&m.repo, &m.commit).unwrap(), Some(m.clone()));
