@@ -98,6 +98,11 @@ fn the_s3_server_answers_as_the_tier_needs() {
     rt.block_on(tier.delete("k")).unwrap();
     rt.block_on(tier.create("k", bytes::Bytes::from_static(b"third"))).unwrap();
     assert_eq!(get("k").as_deref(), Some(&b"third"[..]), "{:?}", s3.kind);
+    // The kit's own signed requests, which tests use to look at and change a bucket.
+    let (status, listing) = s3.get_body("GET", "/models?list-type=2").expect("a listing");
+    assert!(status == 200 && listing.contains("<Key>answers/k</Key>"), "{listing}");
+    assert_eq!(s3.request("DELETE", "/models/answers/k"), Some(204));
+    assert_eq!(get("k"), None, "{:?}: not deleted by a signed DELETE", s3.kind);
 }
 
 #[test]
