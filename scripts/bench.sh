@@ -106,9 +106,15 @@ chmod 755 "$W"
 avail_kib=$(df -Pk "$W" | awk 'NR==2{print $4}')
 [ -f "$BIG" ] && avail_kib=$((avail_kib + BIG_SIZE / 1024))
 # The loader models add ~1.6 GiB of data and up to as much again per run (one store or one
-# download at a time).
-[ "$avail_kib" -ge $((9 * 1024 * 1024)) ] ||
-    die "$W has $((avail_kib / 1024)) MiB free; needs ~9 GiB (3.6 GiB data, 2 GiB kept store, 3 GiB per-run caches)"
+# download at a time). The tier rows alone need the 1 GiB file (2 GiB of data with the
+# checkpoint generated beside it) and, at most, three stores and a tier of it at once.
+if [ "$ONLY" = tier ]; then
+    [ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
+        die "$W has $((avail_kib / 1024)) MiB free; the tier rows need ~6 GiB (2 GiB data, 4 GiB of stores and tier)"
+else
+    [ "$avail_kib" -ge $((9 * 1024 * 1024)) ] ||
+        die "$W has $((avail_kib / 1024)) MiB free; needs ~9 GiB (3.6 GiB data, 2 GiB kept store, 3 GiB per-run caches)"
+fi
 log "work dir $W ($((avail_kib / 1024)) MiB free; data kept for the next run, per-run caches deleted)"
 
 need_apt=()

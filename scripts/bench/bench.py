@@ -384,7 +384,7 @@ def tier_tables(vals, meta, row, table, cap, after_other):
         return []
     size = int(meta.get("tier_bytes", GIB))
     nodes = meta.get("tier_nodes", "3")
-    label = f"{size / GIB:.2f} GiB" if size >= GIB else f"{size >> 20} MiB"
+    label = f"{size / GIB:g} GiB" if size >= GIB else f"{size >> 20} MiB"
     body = []
     for kind, what in TIER_WHAT.items():
         head = f"cold {label}, {what}, Hub capped {cap} MB/s/conn"
