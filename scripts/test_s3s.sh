@@ -7,8 +7,8 @@
 #   sudo ./scripts/test_s3s.sh -- --nocapture   # extra arguments go to cargo test
 #
 # s3s-fs is installed with `cargo install` into the cargo bin dir ($CARGO_HOME/bin), built
-# from source once per machine (2 min 10 s on the 2-core VM with other builds running: short
-# enough for CI, which runs this after scripts/test.sh; README, "Tested with"). Pinned:
+# from source once per machine (86 s on the quiet 2-core VM, 2 min 10 s with two other builds
+# running: short enough for CI, which runs this after scripts/test.sh; README, "Tested with"). Pinned:
 # 0.14.1 is the newest release whose rust-version (1.92) the toolchain here meets; 0.15 and
 # later need 1.96.
 set -euo pipefail
