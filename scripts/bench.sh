@@ -17,17 +17,21 @@
 #   BENCH_CAP   per-connection cap in bytes/s (default: uncapped curl / 8, measured)
 #   MODELFS_ARGS  extra flags for `modelfs mount` (e.g. "--max-connections 32")
 #   BENCH_ONLY  unset: every section; `loaders`: only the cold model loads (section 4; the
-#               uncapped curl rows still run first, since their speed sets the cap)
+#               uncapped curl rows still run first, since their speed sets the cap); `tier`:
+#               only the shared tier's rows (section 5, likewise after the curl rows)
 #   BENCH_LOADER_SCALE  `full` (default: 1 GiB safetensors checkpoint, 256+ MiB GGUF and ONNX)
 #               or `small` (about 1/8 of that, to check the section quickly)
+#   BENCH_TIER_SCALE  `full` (default: the tier rows read the 1 GiB file) or `small` (a
+#               128 MiB file of its own)
 #   BENCH_BIN_DIR  take `modelfs` and `examples/mock_hub` from this directory (e.g. another
 #               worktree's target/release) instead of building them here; the coalescing
 #               rows' probe (scripts/bench/cold_probe.sh) still builds in this tree
 #
 #   sudo BENCH_ONLY=loaders BENCH_LOADER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh   # ~3 min
+#   sudo BENCH_ONLY=tier BENCH_TIER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh        # ~2 min
 #
-# Installs what it uses when missing: nginx and rclone (apt-get), huggingface_hub (pip, the
-# version pinned in tests/python/requirements.txt).
+# Installs what it uses when missing: nginx and rclone (apt-get), huggingface_hub and, for the
+# tier rows, moto[server] (pip, the versions pinned in tests/python/requirements.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -36,7 +40,7 @@ HELPER="$ROOT/scripts/bench/bench.py"
 W=${BENCH_DIR:-/tmp/modelfs-bench}
 RUNS=${BENCH_RUNS:-3}
 ONLY=${BENCH_ONLY:-}
-case "$ONLY" in "" | loaders) ;; *) printf 'bench: BENCH_ONLY is unset or loaders, not %s\n' "$ONLY" >&2; exit 1 ;; esac
+case "$ONLY" in "" | loaders | tier) ;; *) printf 'bench: BENCH_ONLY is unset, loaders or tier, not %s\n' "$ONLY" >&2; exit 1 ;; esac
 SEED=20240604
 BIG_SIZE=$((1 << 30))
 TREE_FILES=3000
@@ -59,6 +63,8 @@ BIN="$BIN_DIR/modelfs"
 MOCK="$BIN_DIR/examples/mock_hub"
 
 PIDS=()
+# Mountpoints of daemons other than the one at $MNT (the tier rows run several at once).
+EXTRA_MOUNTS=()
 MFS_PID=""
 RCLONE_PID=""
 
@@ -73,6 +79,11 @@ cleanup() {
     if mountpoint -q "$RMNT" 2>/dev/null; then
         fusermount3 -u "$RMNT" 2>/dev/null || umount -l "$RMNT" 2>/dev/null
     fi
+    for m in "${EXTRA_MOUNTS[@]}"; do
+        if mountpoint -q "$m" 2>/dev/null; then
+            timeout 20 "$BIN" unmount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+        fi
+    done
     for pid in "${PIDS[@]}"; do
         kill "$pid" 2>/dev/null
     done
@@ -95,9 +106,15 @@ chmod 755 "$W"
 avail_kib=$(df -Pk "$W" | awk 'NR==2{print $4}')
 [ -f "$BIG" ] && avail_kib=$((avail_kib + BIG_SIZE / 1024))
 # The loader models add ~1.6 GiB of data and up to as much again per run (one store or one
-# download at a time).
-[ "$avail_kib" -ge $((9 * 1024 * 1024)) ] ||
-    die "$W has $((avail_kib / 1024)) MiB free; needs ~9 GiB (3.6 GiB data, 2 GiB kept store, 3 GiB per-run caches)"
+# download at a time). The tier rows alone need the 1 GiB file (2 GiB of data with the
+# checkpoint generated beside it) and, at most, three stores and a tier of it at once.
+if [ "$ONLY" = tier ]; then
+    [ "$avail_kib" -ge $((6 * 1024 * 1024)) ] ||
+        die "$W has $((avail_kib / 1024)) MiB free; the tier rows need ~6 GiB (2 GiB data, 4 GiB of stores and tier)"
+else
+    [ "$avail_kib" -ge $((9 * 1024 * 1024)) ] ||
+        die "$W has $((avail_kib / 1024)) MiB free; needs ~9 GiB (3.6 GiB data, 2 GiB kept store, 3 GiB per-run caches)"
+fi
 log "work dir $W ($((avail_kib / 1024)) MiB free; data kept for the next run, per-run caches deleted)"
 
 need_apt=()
@@ -182,7 +199,11 @@ record meta.ckpt_bytes "$CKPT_BYTES"
 log "data: $BIG ($BIG_SIZE bytes, sha256 $BIG_SHA), $TREE ($TREE_FILES files)"
 # shellcheck source=scripts/bench/loaders.sh
 . "$ROOT/scripts/bench/loaders.sh"
-loaders_data
+# The tier rows read the 1 GiB file (or a small one of their own): no loader models needed.
+[ "$ONLY" = tier ] || loaders_data
+# shellcheck source=scripts/bench/tier.sh
+. "$ROOT/scripts/bench/tier.sh"
+tier_data
 
 # ---------------------------------------------------------------------------------------------
 # Servers
@@ -451,6 +472,11 @@ if [ "$ONLY" = loaders ]; then
     print_report
     exit 0
 fi
+if [ "$ONLY" = tier ]; then
+    tier_section
+    print_report
+    exit 0
+fi
 
 for run in $(seq "$RUNS"); do
     log "cold, uncapped: run $run/$RUNS"
@@ -666,4 +692,10 @@ stop_modelfs
 # ---------------------------------------------------------------------------------------------
 
 loaders_section
+
+# ---------------------------------------------------------------------------------------------
+# 5. The shared tier (scripts/bench/tier.sh)
+# ---------------------------------------------------------------------------------------------
+
+tier_section
 print_report

@@ -179,6 +179,7 @@ def pod_specs(doc):
 def flag(args, name):
     return args[args.index(name) + 1] if name in args else None
 
+SECRET_ENV = {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 seen_modelfs = 0
 # hostPath directories modelfs mounts below (DaemonSet), and every other container that
 # mounts a hostPath: checked against each other once all files are read.
@@ -198,9 +199,10 @@ for path in sys.argv[1:]:
                 for m in c.get("volumeMounts", []):
                     if m.get("mountPropagation") == "Bidirectional" and not privileged:
                         err(where, f"Bidirectional on {m['name']} needs privileged: true (API server rule)")
+                # The Hub token and the tier's S3 keys come from Secrets, never the manifest.
                 for e in c.get("env", []):
-                    if e["name"] == "HF_TOKEN" and "value" in e:
-                        err(where, "HF_TOKEN as a literal value; use valueFrom.secretKeyRef")
+                    if e["name"] in SECRET_ENV and "value" in e:
+                        err(where, f"{e['name']} as a literal value; use valueFrom.secretKeyRef")
                 argv = (c.get("command") or []) + (c.get("args") or [])
                 if not argv or not argv[0].endswith("modelfs") or argv[1:2] != ["mount"]:
                     for m in c.get("volumeMounts", []):

@@ -2,8 +2,8 @@
 //! their own stores share one tier; a file read on all three crosses the CDN once in all,
 //! every byte exact; a corrupt object in the tier is a miss that the Hub answers.
 //!
-//! The tier is a `file://` directory, and an S3 bucket on a real S3 server (moto) the test
-//! starts on 127.0.0.1.
+//! The tier is a `file://` directory, and an S3 bucket on a real S3 server the test starts
+//! on 127.0.0.1: moto, or s3s-fs with `MODELFS_TEST_S3=s3s-fs` (scripts/test_s3s.sh).
 
 mod support;
 
@@ -75,6 +75,34 @@ fn three_nodes_on_one_s3_bucket_fetch_each_chunk_from_the_hub_once() {
     let s3 = S3Server::start("models");
     let env = s3_env(&s3.endpoint);
     three_nodes_fetch_each_chunk_once("s3://models/cluster-a", &env, || s3.objects("models"));
+}
+
+/// What the daemon needs of an S3 server, through the daemon's own `ObjectTier` on the test's
+/// server: a missing object is a miss (a 404, not an error), a create is write-once (a second
+/// create of the key succeeds and keeps the first bytes: `If-None-Match: *`), and a delete
+/// removes (a missing key too), after which the key can be created anew.
+#[test]
+fn the_s3_server_answers_as_the_tier_needs() {
+    use modelfs::tier::{ObjectTier, Tier};
+    let s3 = S3Server::start("models");
+    let tier = ObjectTier::new(std::sync::Arc::new(s3.client("models")), "answers");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let get = |key| rt.block_on(tier.get(key)).unwrap().map(|b| b.to_vec());
+    let first = bytes::Bytes::from_static(b"first");
+    assert_eq!(get("k"), None, "{:?}: a missing object", s3.kind);
+    rt.block_on(tier.create("k", first.clone())).unwrap();
+    rt.block_on(tier.create("k", bytes::Bytes::from_static(b"second"))).unwrap();
+    assert_eq!(get("k").as_deref(), Some(&b"first"[..]), "{:?}: not write-once", s3.kind);
+    rt.block_on(tier.delete("k")).unwrap();
+    assert_eq!(get("k"), None, "{:?}: not deleted", s3.kind);
+    rt.block_on(tier.delete("k")).unwrap();
+    rt.block_on(tier.create("k", bytes::Bytes::from_static(b"third"))).unwrap();
+    assert_eq!(get("k").as_deref(), Some(&b"third"[..]), "{:?}", s3.kind);
+    // The kit's own signed requests, which tests use to look at and change a bucket.
+    let (status, listing) = s3.get_body("GET", "/models?list-type=2").expect("a listing");
+    assert!(status == 200 && listing.contains("<Key>answers/k</Key>"), "{listing}");
+    assert_eq!(s3.request("DELETE", "/models/answers/k"), Some(204));
+    assert_eq!(get("k"), None, "{:?}: not deleted by a signed DELETE", s3.kind);
 }
 
 #[test]

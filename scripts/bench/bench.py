@@ -283,10 +283,12 @@ def report(path):
         return (["| " + " | ".join(rows_head) + " |", "|" + "---|" * len(rows_head)]
                 + ["| " + " | ".join(r) + " |" for r in body])
 
-    # BENCH_ONLY=loaders: the other sections did not run, and a table of "not run" says nothing.
-    only_loaders = meta.get("only") == "loaders"
-    out = [] if only_loaders else table(rows)
+    # BENCH_ONLY=loaders or tier: the other sections did not run, and a table of "not run"
+    # says nothing.
+    only_one = meta.get("only") in ("loaders", "tier")
+    out = [] if only_one else table(rows)
     out += loader_tables(vals, meta, med, row, table, cap, bool(out))
+    out += tier_tables(vals, meta, row, table, cap, bool(out))
 
     # Peak memory is not a time: its own small table (left out when it has no rows).
     mem = ["", "| While streaming 1 GiB cold through modelfs | median | max | n | target |",
@@ -366,6 +368,76 @@ def loader_tables(vals, meta, med, row, table, cap, after_other):
         chunks = f", {b // chunk} chunks" if chunk else ""
         out.append(f"| {label} | {mib(m)} ({m / b:.2f}× the bound) | {mib(max(v))} | {len(v)} | "
                    f"{mib(b)}{chunks} | ≤ 1× → {'yes' if max(v) <= b else '**no**'} |")
+    return out
+
+
+# The two kinds of tier scripts/bench/tier.sh measures.
+TIER_WHAT = {"file": "`file://` tier (a directory on this disk)", "s3": "S3 tier (moto server)"}
+
+
+def tier_tables(vals, meta, row, table, cap, after_other):
+    """The rows of scripts/bench/tier.sh: three nodes reading one file one after another
+    through one tier (node 1 from the Hub, nodes 2 and 3 from the tier; target >= 3x faster),
+    the Hub bytes that cost (target: one copy of the file), and the same nodes at once over
+    an empty tier (the duplication the design allows: reported, no target)."""
+    if not any(k.startswith(("tier.", "tierc.")) for k in vals):
+        return []
+    size = int(meta.get("tier_bytes", GIB))
+    nodes = meta.get("tier_nodes", "3")
+    label = f"{size / GIB:g} GiB" if size >= GIB else f"{size >> 20} MiB"
+    body = []
+    for kind, what in TIER_WHAT.items():
+        head = f"cold {label}, {what}, Hub capped {cap} MB/s/conn"
+        n1 = f"tier.{kind}.node1"
+        row(f"{head}: node 1, empty tier (from the Hub)", n1, None, None, size, into=body)
+        row(f"{head}: node 1's uploads all in the tier, after its read", f"tier.{kind}.upload_after",
+            None, None, into=body)
+        for i in (2, 3):
+            row(f"{head}: **node {i}** (from the tier)", f"tier.{kind}.node{i}", n1, "node 1 (Hub)",
+                size, 3, into=body)
+        row(f"{head}: {nodes} nodes at once, empty tier (slowest node)", f"tierc.{kind}.slowest", n1,
+            "node 1 alone (Hub)", size, into=body)
+    out = [""] if after_other else []
+    out += [f"The shared tier ({meta.get('tier_scale', '?')} scale, {nodes} daemons with stores of their own, one tier):", ""]
+    out += table(body)
+    out += ["", f"| Hub (CDN) bytes sent, over the file size ({size:,} bytes) | median | max | n | target |",
+            "|---|---|---|---|---|"]
+    for kind, what in TIER_WHAT.items():
+        v = vals.get(f"tier.{kind}.cdn")
+        if v:
+            m, mx = statistics.median(v) / size, max(v) / size
+            # One copy exactly: every byte of the file once, none twice.
+            ok = "yes" if all(int(x) == size for x in v) else "**no**"
+            out.append(f"| {nodes} nodes one after another, {what} | {m:.3f}× | {mx:.3f}× | {len(v)} | "
+                       f"= 1.00× → {ok} |")
+    for kind, what in TIER_WHAT.items():
+        v = vals.get(f"tierc.{kind}.cdn")
+        if v:
+            m, mx, mn = statistics.median(v) / size, max(v) / size, min(v) / size
+            out.append(f"| {nodes} nodes at once, empty {what} | {m:.3f}× | {mx:.3f}× (min {mn:.3f}×) | "
+                       f"{len(v)} | reported: at most {nodes}× (no coordination) |")
+    extra = []
+    for kind, what in TIER_WHAT.items():
+        d = vals.get(f"tier.{kind}.deferred")
+        e = [x for i in (1, 2, 3) for x in vals.get(f"tier.{kind}.node{i}.errors", [])]
+        got = [x for i in (2, 3) for x in vals.get(f"tier.{kind}.node{i}.from_tier", [])]
+        if d or e or got:
+            full = sum(1 for x in got if int(x) == size)
+            extra.append(f"- {what}: nodes 2 and 3 read the whole file from the tier in {full} of "
+                         f"{len(got)} reads (`modelfs_tier_fetched_bytes_total`); tier errors "
+                         f"counted: {sum(e):.0f}; node 1's uploads deferred while its 8 were busy: "
+                         f"median {statistics.median(d) if d else 0:.0f} chunks.")
+
+        def cpu(key):
+            return "/".join(f"{statistics.median(vals[f'tier.{kind}.node{i}.{key}']):.1f}"
+                            if vals.get(f"tier.{kind}.node{i}.{key}") else "?" for i in (1, 2, 3))
+        if vals.get(f"tier.{kind}.node1.cpu"):
+            line = f"- {what}: CPU seconds during each read (median; nodes 1/2/3): daemon {cpu('cpu')}"
+            if vals.get(f"tier.{kind}.node1.server_cpu"):
+                line += f", S3 server {cpu('server_cpu')}"
+            extra.append(line + ".")
+    if extra:
+        out += [""] + extra
     return out
 
 
