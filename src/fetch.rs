@@ -379,6 +379,11 @@ impl ChunkFetcher {
                 tier.access().confirmed(repo);
                 true
             }
+            // The Hub cannot say (down, or --offline): the tier's manifest of the commit, which
+            // a node wrote with what its Hub said, tells whether the repo is public.
+            Err(HubError::Unavailable(_) | HubError::Offline) => {
+                crate::tier::catalog::public_in_tier(tier, repo, &file.remote.commit).await
+            }
             Err(e) => {
                 tracing::debug!(repo = %repo, error = %e, "the Hub did not confirm access; not reading the tier");
                 false

@@ -462,6 +462,29 @@ mod tests {
         assert_eq!((stored.commit.as_str(), stored.resolved_at), (C1, 0));
     }
 
+    /// A node restarted during an outage knows a public repo from its store (nothing in this
+    /// process said whether it is public): the tier's manifest says so, and the chunks its
+    /// store lacks come from the tier. A restricted repo stays refused the same way.
+    #[tokio::test]
+    async fn a_node_restarted_during_an_outage_reads_a_public_repo_from_the_tier() {
+        let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
+        let a = node(&hub, &tier);
+        let want = read(&a, "org/repo/all/model.bin").await.unwrap();
+        published(a.catalog.get().unwrap(), &repo(), "main").await;
+        chunks_in(&tier, 3).await;
+        hub.set_offline(true);
+        let b = node(&hub, &tier);
+        // Its store from an earlier run: the ref, confirmed just now, and the manifest.
+        let manifest = a.store.manifest(&repo(), C1).unwrap().unwrap();
+        b.store.put_manifest(&manifest).unwrap();
+        let now = crate::store::unix_now();
+        b.store
+            .put_ref(&repo(), "main", &RefRecord { commit: C1.into(), resolved_at: now })
+            .unwrap();
+        let got = read(&b, "org/repo/all/model.bin").await.expect("from the tier");
+        assert!(got == want);
+    }
+
     #[tokio::test]
     async fn the_tier_never_widens_access_to_a_restricted_repo() {
         let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));

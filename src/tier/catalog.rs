@@ -187,6 +187,22 @@ pub fn decode_ref(key: &str, object: &[u8]) -> Result<(String, u64), TierError> 
     Ok((raw.commit, raw.confirmed_at))
 }
 
+/// Whether the tier's manifest of `repo@commit` says the repo is public (noting it for the
+/// access rule if so): what a node that cannot ask the Hub goes by for a repo its store knows
+/// (a restart during an outage), when nothing in this process said. A restricted or unknown
+/// repo is `false`.
+pub async fn public_in_tier(tier: &TierClient, repo: &RepoId, commit: &str) -> bool {
+    let key = manifest_key(repo, commit);
+    let Ok(Some(object)) = tier.get_object(&key).await else { return false };
+    match decode_manifest(&key, repo, commit, &object) {
+        Ok(found) if !found.restricted => {
+            tier.access().note(repo, false);
+            true
+        }
+        _ => false,
+    }
+}
+
 impl TierCatalog {
     pub fn new(tier: Arc<TierClient>) -> Arc<Self> {
         Arc::new(Self { tier, published: Mutex::default() })
