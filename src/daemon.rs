@@ -796,6 +796,9 @@ fn spawn_pulls_on_start(cfg: &MountConfig) {
     };
     let (store, endpoint, config) =
         (cfg.store.clone(), cfg.endpoint.clone(), cfg.config_file.clone());
+    // The mount's tier (from its command line too, which the child does not see), for the
+    // repos that share it: what a pull on start fetches is then in the tier for every node.
+    let tier = cfg.tier.clone();
     let spawned = std::thread::Builder::new().name("pull-on-start".into()).spawn(move || {
         for repo in repos {
             let target = format!("{}@{}", repo.id, repo.revision);
@@ -809,6 +812,9 @@ fn spawn_pulls_on_start(cfg: &MountConfig) {
             }
             if let Some(config) = &config {
                 cmd.arg("--config").arg(config);
+            }
+            if let Some(tier) = tier.as_ref().filter(|_| profiles.shares(&repo.id)) {
+                cmd.arg("--tier").arg(tier);
             }
             tracing::info!(repo = %target, quants = ?repo.quants, "pulling on start");
             match cmd.stdin(std::process::Stdio::null()).status() {

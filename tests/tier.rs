@@ -399,3 +399,31 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
 }
+
+/// `[[repo]] pull_on_start` on a mount with `--tier` (given on the command line, which the
+/// pull the mount starts does not see): the pull seeds the tier, for every node.
+#[test]
+fn a_pull_on_start_seeds_the_mounts_tier() {
+    let (repo, files) = model_repo("tier/onstart");
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(repo);
+    let dir = temp_dir("tier-onstart");
+    let tier = dir.join("tier");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, "[[repo]]\nid = \"tier/onstart\"\npull_on_start = true\n").unwrap();
+    let url = format!("file://{}", tier.display());
+    let args = ["--chunk-size", "1M", "--tier", url.as_str(), "--config", config.to_str().unwrap()];
+    let m = Mounted::start(&hub.endpoint(), &dir.join("store"), &args);
+    wait_for("the pull on start to end", SETTLE, || {
+        m.log().contains("INFO modelfs::daemon: pulled")
+    });
+    assert_eq!(objects(&tier), 5, "the pulled repo's chunks in the tier:\n{}", m.log());
+    m.stop();
+    let endpoint = hub.endpoint();
+    hub.stop();
+    let m = Mounted::start(&endpoint, &temp_dir("tier-onstart-2"), &args[..4]);
+    for (p, d) in &files {
+        assert!(std::fs::read(m.path(&format!("tier/onstart/all/{p}"))).unwrap() == *d, "{p}");
+    }
+    m.stop();
+}
