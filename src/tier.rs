@@ -358,6 +358,10 @@ struct Breaker {
     failures: AtomicU32,
     /// Milliseconds since `epoch` until which the tier is not sent this kind of request.
     open_until_ms: AtomicU64,
+    /// Opened since the last success: the first request after a pause is a probe (half-open),
+    /// and its failure opens the breaker again at once, instead of after another
+    /// [`BREAKER_FAILURES`], so a tier that stays dead costs one wait per pause, not three.
+    tripped: std::sync::atomic::AtomicBool,
     epoch: Instant,
 }
 
@@ -377,6 +381,7 @@ impl Breaker {
             meanwhile,
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
+            tripped: false.into(),
             epoch: Instant::now(),
         }
     }
@@ -393,18 +398,29 @@ impl Breaker {
     /// others in a row opens the breaker for [`BREAKER_OPEN`]; any answer closes the count.
     fn record(&self, result: &Result<(), &TierError>) {
         match result {
-            Ok(()) => self.failures.store(0, Ordering::Relaxed),
+            Ok(()) => {
+                self.failures.store(0, Ordering::Relaxed);
+                if self.tripped.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the tier answers again");
+                }
+            }
             // A bad object says nothing of whether the tier answers: it is removed and
             // replaced, and the tier stays in use.
             Err(e @ TierError::Corrupt { .. }) => crate::metrics::get().tier_error(e.kind()),
             Err(e) => {
                 crate::metrics::get().tier_error(e.kind());
                 let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n >= BREAKER_FAILURES {
+                let tripped = self.tripped.load(Ordering::Relaxed);
+                if n >= BREAKER_FAILURES || tripped {
                     let until = self.now_ms() + BREAKER_OPEN.as_millis() as u64;
-                    if self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms() {
+                    let was_closed =
+                        self.open_until_ms.swap(until, Ordering::Relaxed) <= self.now_ms();
+                    if was_closed && !tripped {
                         tracing::warn!(error = %e, pause = ?BREAKER_OPEN, "the tier keeps failing; {}", self.meanwhile);
+                    } else if was_closed {
+                        tracing::debug!(error = %e, pause = ?BREAKER_OPEN, "the tier still fails after a pause");
                     }
+                    self.tripped.store(true, Ordering::Relaxed);
                     self.failures.store(0, Ordering::Relaxed);
                 }
             }
@@ -857,6 +873,31 @@ mod tests {
     /// GETs that fail while PUTs succeed (a create-only PUT of a chunk that is there is
     /// answered at once): the writes' successes must not keep the reads' breaker closed, or
     /// every read would wait on the failing tier.
+    /// After a pause, the first request is a probe: its failure opens the breaker again at
+    /// once (a dead tier costs one wait per pause, not three); a success closes it for good.
+    #[test]
+    fn a_failed_probe_after_the_pause_opens_the_breaker_again_at_once() {
+        let b = Breaker::new("test");
+        let fail = || b.record(&Err(&TierError::Timeout(TIER_TIMEOUT)));
+        for _ in 0..BREAKER_FAILURES {
+            assert!(!b.is_open());
+            fail();
+        }
+        assert!(b.is_open());
+        // The pause ends.
+        b.open_until_ms.store(0, Ordering::Relaxed);
+        assert!(!b.is_open());
+        fail();
+        assert!(b.is_open(), "one failed probe reopens it");
+        b.open_until_ms.store(0, Ordering::Relaxed);
+        b.record(&Ok(()));
+        fail();
+        assert!(!b.is_open(), "after a success, it takes BREAKER_FAILURES again");
+        fail();
+        fail();
+        assert!(b.is_open());
+    }
+
     #[tokio::test]
     async fn failing_reads_open_their_breaker_whatever_the_writes_do() {
         let tier = Failing::new(true, false);
