@@ -409,16 +409,13 @@ impl MountConfig {
         self.repos.iter().filter(|r| r.pull_on_start)
     }
 
-    /// The `[[repo]]` entries that name a profile.
-    pub fn repo_profiles(
-        &self,
-    ) -> impl Iterator<Item = (crate::manifest::RepoId, crate::profile::Profile)> + '_ {
-        self.repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?)))
-    }
-
     /// The profile of every repo, checked against whether there is a tier.
     pub fn profiles(&self) -> Result<crate::profile::Profiles, crate::profile::ProfileError> {
-        crate::profile::Profiles::new(self.profile, self.repo_profiles(), self.tier.is_some())
+        crate::profile::Profiles::new(
+            self.profile,
+            crate::config::named_profiles(&self.repos),
+            self.tier.is_some(),
+        )
     }
 
     /// Resolve again from the same command line and environment, re-reading the file.
@@ -444,7 +441,8 @@ impl MountConfig {
     /// the next start.
     pub fn needs_restart(&self, new: &MountConfig) -> Vec<&'static str> {
         let pulls = |c: &MountConfig| c.pull_on_start().cloned().collect::<Vec<_>>();
-        let profiles = |c: &MountConfig| c.repo_profiles().collect::<Vec<_>>();
+        let profiles =
+            |c: &MountConfig| crate::config::named_profiles(&c.repos).collect::<Vec<_>>();
         [
             ("store", self.store != new.store),
             ("endpoint", self.endpoint != new.endpoint),

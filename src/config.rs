@@ -108,6 +108,13 @@ pub struct RepoEntry {
     pub profile: Option<crate::profile::Profile>,
 }
 
+/// The `[[repo]]` entries of `repos` that name a profile, with it.
+pub fn named_profiles(
+    repos: &[RepoEntry],
+) -> impl Iterator<Item = (RepoId, crate::profile::Profile)> + '_ {
+    repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?)))
+}
+
 /// A configuration file that was found and read, with where it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Loaded {

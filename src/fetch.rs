@@ -281,11 +281,16 @@ impl ChunkFetcher {
     }
 
     fn shares(&self, file: &FileRef) -> bool {
-        self.profiles.get().is_none_or(|p| p.shares(&file.remote.repo))
+        self.shares_repo(&file.remote.repo)
+    }
+
+    /// Whether the shared tier holds `repo`'s chunks and metadata (profile `shared`).
+    pub(crate) fn shares_repo(&self, repo: &crate::manifest::RepoId) -> bool {
+        self.profiles.get().is_none_or(|p| p.shares(repo))
     }
 
     /// Whether `file`'s chunks are kept in memory only (profile `none`).
-    fn streams(&self, file: &FileRef) -> bool {
+    pub(crate) fn streams(&self, file: &FileRef) -> bool {
         self.profiles.get().is_some_and(|p| p.streams(&file.remote.repo))
     }
 

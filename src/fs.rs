@@ -185,8 +185,6 @@ pub struct ModelFs {
     activity: Option<Arc<dyn FetchActivity>>,
     /// Repo metadata in the shared tier, when there is one.
     catalog: std::sync::OnceLock<Arc<crate::tier::catalog::TierCatalog>>,
-    /// Where each repo's bytes are kept; without, every repo is stored (and shared).
-    profiles: std::sync::OnceLock<Arc<crate::profile::Profiles>>,
     /// `FsConfig::revalidate` in seconds, changeable while mounted (SIGHUP).
     revalidate_secs: AtomicU64,
     prefetch: PrefetchLimits,
@@ -224,7 +222,6 @@ impl ModelFs {
             evictor: None,
             activity: None,
             catalog: std::sync::OnceLock::new(),
-            profiles: std::sync::OnceLock::new(),
             next_fh: AtomicU64::new(1),
             prefetch,
             mounted_at: SystemTime::now(),
@@ -468,7 +465,7 @@ impl ModelFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         // A file of profile `none` is never stored: nothing to keep from eviction, and no
         // load plan (its chunks would fall out of the memory cache before they are read).
-        let streamed = self.profiles.get().is_some_and(|p| p.streams(&file.remote.repo));
+        let streamed = self.chunks.streams(&file);
         if !streamed {
             if let Some(evictor) = &self.evictor {
                 evictor.opened(&file.content());
@@ -564,13 +561,12 @@ impl ModelFs {
     /// Where each repo's bytes are kept ([`crate::profile`]). Set before the filesystem is
     /// shared.
     pub fn set_profiles(&self, profiles: Arc<crate::profile::Profiles>) {
-        let _ = self.profiles.set(profiles.clone());
         self.chunks.set_profiles(profiles);
     }
 
     /// Whether the shared tier holds `repo`'s metadata and bytes.
     fn shares(&self, repo: &RepoId) -> bool {
-        self.profiles.get().is_none_or(|p| p.shares(repo))
+        self.chunks.shares_repo(repo)
     }
 
     /// Keep the store under a bound, never evicting files open here (and make room when the

@@ -67,22 +67,13 @@ fn a_read_only_store_on_a_read_only_mount_serves_with_no_network() {
         "127.0.0.1:0",
     ];
     let m = Mounted::start("http://127.0.0.1:9", &dir.join("store"), &args);
-    let mut names: Vec<String> = std::fs::read_dir(m.path("ro/model/all"))
-        .unwrap_or_else(|e| panic!("listing from the read-only store: {e}\n{}", m.log()))
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["config.json", "model.bin"]);
+    assert_eq!(m.names("ro/model/all"), ["config.json", "model.bin"]);
     for (p, d) in &files {
         let path = m.path(&format!("ro/model/all/{p}"));
         assert!(std::fs::read(&path).unwrap() == *d, "{p} read wrong");
         assert_eq!(getfattr(&path, "user.modelfs.status").unwrap(), "verified", "{p}");
     }
-    let org: Vec<String> = std::fs::read_dir(m.path("ro"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(org, ["model"], "the read-only store's repos are listed");
+    assert_eq!(m.names("ro"), ["model"], "the read-only store's repos are listed");
     assert!(!m.log().contains("ERROR"), "{}", m.log());
     // The files are verified there: as root each open is passed through to the kernel, which
     // reads the read-only store's data file itself; otherwise the daemon reads it, and counts.

@@ -108,7 +108,7 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
     // The config's tier only for a repo whose profile there shares it; --tier always.
     let shares = crate::profile::Profiles::new(
         config.file.profile,
-        config.file.repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?))),
+        crate::config::named_profiles(&config.file.repos),
         true,
     )
     .map_or(true, |p| p.shares(&target.repo));

@@ -441,15 +441,24 @@ mod tests {
         panic!("the tier never held {n} chunks");
     }
 
+    /// Node A reads model.bin through the tier, which then holds the repo's metadata and
+    /// every chunk of it; then the Hub goes offline. Returns node A and the bytes.
+    async fn filled_then_offline(
+        hub: &Arc<MemoryHub>,
+        tier: &Arc<object_store::memory::InMemory>,
+    ) -> (Arc<ModelFs>, Vec<u8>) {
+        let a = node(hub, tier);
+        let want = read(&a, "org/repo/all/model.bin").await.unwrap();
+        published(a.catalog.get().unwrap(), &repo(), "main").await;
+        chunks_in(tier, 3).await;
+        hub.set_offline(true);
+        (a, want)
+    }
+
     #[tokio::test]
     async fn a_node_that_never_saw_a_repo_lists_and_reads_it_from_the_tier_with_the_hub_down() {
         let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
-        let a = node(&hub, &tier);
-        let want = read(&a, "org/repo/all/model.bin").await.unwrap();
-        published(a.catalog.get().unwrap(), &repo(), "main").await;
-        chunks_in(&tier, 3).await;
-
-        hub.set_offline(true);
+        let (_a, want) = filled_then_offline(&hub, &tier).await;
         let b = node(&hub, &tier);
         let got = read(&b, "org/repo/all/model.bin").await.unwrap();
         assert!(got == want, "node B read other bytes");
@@ -464,15 +473,11 @@ mod tests {
 
     /// A node restarted during an outage knows a public repo from its store (nothing in this
     /// process said whether it is public): the tier's manifest says so, and the chunks its
-    /// store lacks come from the tier. A restricted repo stays refused the same way.
+    /// store lacks come from the tier.
     #[tokio::test]
     async fn a_node_restarted_during_an_outage_reads_a_public_repo_from_the_tier() {
         let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
-        let a = node(&hub, &tier);
-        let want = read(&a, "org/repo/all/model.bin").await.unwrap();
-        published(a.catalog.get().unwrap(), &repo(), "main").await;
-        chunks_in(&tier, 3).await;
-        hub.set_offline(true);
+        let (a, want) = filled_then_offline(&hub, &tier).await;
         let b = node(&hub, &tier);
         // Its store from an earlier run: the ref, confirmed just now, and the manifest.
         let manifest = a.store.manifest(&repo(), C1).unwrap().unwrap();

@@ -17,6 +17,15 @@ use std::sync::Arc;
 use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError};
 use crate::manifest::{ContentId, Manifest, RepoId};
 
+/// Where a chunk was found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Local,
+    /// In a read-only store.
+    Below,
+    Nowhere,
+}
+
 pub struct LayeredStore {
     local: Arc<dyn ChunkStore>,
     read_only: Vec<Arc<dyn ChunkStore>>,
@@ -51,6 +60,32 @@ impl LayeredStore {
     fn below(&self, content: &ContentId) -> Result<&[Arc<dyn ChunkStore>], StoreError> {
         let failed = self.local.file_record(content)?.is_some_and(|r| r.state == FileState::Failed);
         Ok(if failed { &[] } else { &self.read_only })
+    }
+
+    /// Where `ask` (a chunk lookup) first says yes: the local store, else each read-only
+    /// store that is not hidden ([`LayeredStore::below`]) in turn.
+    fn chunk_in(
+        &self,
+        content: &ContentId,
+        mut ask: impl FnMut(&dyn ChunkStore) -> Result<bool, StoreError>,
+    ) -> Result<Found, StoreError> {
+        if ask(self.local.as_ref())? {
+            return Ok(Found::Local);
+        }
+        for store in self.below(content)? {
+            if ask(store.as_ref())? {
+                return Ok(Found::Below);
+            }
+        }
+        Ok(Found::Nowhere)
+    }
+
+    /// Whether a read found its chunk, counting `bytes` read from a read-only store.
+    fn counted(found: Found, bytes: usize) -> bool {
+        if found == Found::Below {
+            crate::metrics::get().store_ro_read(bytes);
+        }
+        found != Found::Nowhere
     }
 
     /// The first answer of the local store, then each read-only one, that is `Some`.
@@ -96,16 +131,8 @@ impl ChunkStore for LayeredStore {
         range: Range<usize>,
         out: &mut Vec<u8>,
     ) -> Result<bool, StoreError> {
-        if self.local.read_chunk(content, index, range.clone(), out)? {
-            return Ok(true);
-        }
-        for store in self.below(content)? {
-            if store.read_chunk(content, index, range.clone(), out)? {
-                crate::metrics::get().store_ro_read(range.len());
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let found = self.chunk_in(content, |s| s.read_chunk(content, index, range.clone(), out))?;
+        Ok(Self::counted(found, range.len()))
     }
 
     fn visit_chunk(
@@ -115,28 +142,13 @@ impl ChunkStore for LayeredStore {
         range: Range<usize>,
         visit: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, StoreError> {
-        if self.local.visit_chunk(content, index, range.clone(), visit)? {
-            return Ok(true);
-        }
-        for store in self.below(content)? {
-            if store.visit_chunk(content, index, range.clone(), visit)? {
-                crate::metrics::get().store_ro_read(range.len());
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let found =
+            self.chunk_in(content, |s| s.visit_chunk(content, index, range.clone(), visit))?;
+        Ok(Self::counted(found, range.len()))
     }
 
     fn has_chunk(&self, content: &ContentId, index: u64) -> Result<bool, StoreError> {
-        if self.local.has_chunk(content, index)? {
-            return Ok(true);
-        }
-        for store in self.below(content)? {
-            if store.has_chunk(content, index)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self.chunk_in(content, |s| s.has_chunk(content, index))? != Found::Nowhere)
     }
 
     fn put_chunk(

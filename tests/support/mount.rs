@@ -140,6 +140,16 @@ impl Mounted {
         self.mountpoint.join(rel)
     }
 
+    /// The names in the mount's directory `rel`, sorted; a failure panics with the log.
+    pub fn names(&self, rel: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.path(rel))
+            .unwrap_or_else(|e| panic!("listing {rel}: {e}\n{}", self.log()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
