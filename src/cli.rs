@@ -61,6 +61,12 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Evict least recently used files until the store is under its bound.
     Gc(GcArgs),
+    /// Put a local directory (a finetuned model, a LoRA adapter) into the store as the repo
+    /// ORG/NAME: every mount of the store shows it at once, never asks the Hub about it, and
+    /// never evicts it. Importing changed files again moves the branch.
+    Import(ImportArgs),
+    /// Remove a repo `modelfs import` made (its files go unless another repo has them).
+    Remove(RemoveArgs),
 }
 
 /// Options every store command shares.
@@ -104,6 +110,37 @@ pub struct PullArgs {
     /// config file's `tier`]. Chunks it holds are read from it; every chunk of the pulled
     /// files (fetched now or stored before) is written to it, with the repo's ref and
     /// manifest, before the pull ends.
+    #[arg(long, value_name = "URL")]
+    pub tier: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The directory to import: every regular file under it (symlinks inside it are followed;
+    /// `.git/` is left out).
+    pub dir: PathBuf,
+    /// The repo it becomes, ORG/NAME (names as the Hub allows them; not a repo of the Hub
+    /// this store already holds).
+    #[arg(long = "as", value_name = "ORG/NAME")]
+    pub name: String,
+    /// The branch that points at the import.
+    #[arg(long, default_value = "main", value_name = "NAME")]
+    pub revision: String,
+    /// Also write it to the tier shared by every node (s3://BUCKET/PREFIX or file:///DIR), so
+    /// that every mount of the cluster shows it [default: the config file's `tier`].
+    #[arg(long, value_name = "URL")]
+    pub tier: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// The imported repo, ORG/NAME.
+    pub repo: String,
+    /// Also remove it from the tier shared by every node [default: the config file's `tier`].
     #[arg(long, value_name = "URL")]
     pub tier: Option<String>,
     #[command(flatten)]

@@ -1,5 +1,5 @@
-//! The store commands of SPEC §6 that run beside (or without) a mount: `pull`, `status`,
-//! `verify`, `gc`.
+//! The store commands that run beside (or without) a mount: `pull`, `status`, `verify`,
+//! `gc`, `import`, `remove` (doc/OPERATIONS.md).
 //!
 //! None of them talks to a daemon: each opens the store itself (libmdbx is multi-process, so
 //! a mount may serve the same store meanwhile) and goes through the same code the mount runs,
@@ -10,6 +10,7 @@
 //! `verify` runs [`crate::fetch::verify_file`], which discards and marks `failed` exactly as
 //! the daemon's background check does; `gc` is [`crate::evict::gc`].
 
+mod import;
 mod progress;
 mod pull;
 mod status;
@@ -23,7 +24,9 @@ pub use pull::{pull_into, select_files, PullReport, PullRequest};
 pub use status::{render_table, status_report, FileCounts, StatusReport, ViewStatus};
 pub use verify::{verify_store, VerifyReport};
 
-use crate::cli::{GcArgs, PullArgs, StatusArgs, StoreArgs, StoreConfig, VerifyArgs};
+use crate::cli::{
+    GcArgs, ImportArgs, PullArgs, RemoveArgs, StatusArgs, StoreArgs, StoreConfig, VerifyArgs,
+};
 use crate::manifest::RepoId;
 use crate::store::mdbx::MdbxStore;
 use crate::store::{ChunkStore, StoreError, DEFAULT_CHUNK_SIZE};
@@ -69,6 +72,11 @@ pub enum CommandError {
     Evict(#[from] crate::evict::EvictError),
     #[error("--tier: {0}")]
     Tier(#[from] crate::tier::TierError),
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    #[error("{repo} is imported here, but {} of it did not reach the tier (see the log); \
+             import it again to retry", human_bytes(*missing))]
+    TierIncomplete { repo: String, missing: u64 },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("writing the output: {0}")]
@@ -117,6 +125,14 @@ pub fn status(args: StatusArgs) -> Result<(), CommandError> {
 
 pub fn verify(args: VerifyArgs) -> Result<(), CommandError> {
     verify::run(args)
+}
+
+pub fn import(args: ImportArgs) -> Result<(), CommandError> {
+    import::run(args)
+}
+
+pub fn remove(args: RemoveArgs) -> Result<(), CommandError> {
+    import::run_remove(args)
 }
 
 /// `modelfs gc`: evict least recently used files until the store is under the bound (the

@@ -482,21 +482,57 @@ pub fn gc(
     evict_lru(store.as_ref(), before, bound, 0, &open, &pinned)
 }
 
+/// Evict `contents` now, except those open in a serving process (`modelfs remove`, freeing
+/// what only the removed repo named). Returns the bytes freed and how many were kept open.
+pub fn evict_unless_open(
+    store_dir: &Path,
+    store: &dyn ChunkStore,
+    contents: &HashSet<ContentId>,
+) -> Result<(u64, usize), EvictError> {
+    if contents.is_empty() {
+        return Ok((0, 0));
+    }
+    let dir = store_dir.join(LEASES_DIR);
+    let _pass = exclusive_pass(&dir)?;
+    let open = Leases::read_all(&dir, None, OPEN_SUFFIX)?;
+    let (mut freed, mut kept) = (0, 0);
+    for content in contents {
+        if open.contains(content) {
+            kept += 1;
+        } else {
+            freed += store.evict_file(content)?;
+        }
+    }
+    Ok((freed, kept))
+}
+
 /// Bytes of data stored, from the file records (which every chunk write keeps exact).
 pub fn stored_bytes(store: &dyn ChunkStore) -> Result<u64, StoreError> {
     Ok(store.files()?.iter().map(|(_, r)| r.cached_bytes).sum())
 }
 
-/// Every content of every stored manifest of the `pinned` repos.
+/// Every content of every stored manifest of the `pinned` repos, and every content the refs
+/// of an imported repo name (its bytes may exist nowhere else: only `modelfs remove` drops
+/// them; a commit an import replaced is an ordinary cached file).
 fn pinned_contents(
     store: &dyn ChunkStore,
     pinned: &[RepoId],
 ) -> Result<HashSet<ContentId>, StoreError> {
     let mut out = HashSet::new();
+    let mut add = |manifest: Option<crate::manifest::Manifest>| {
+        if let Some(manifest) = manifest {
+            out.extend(manifest.files.iter().map(|f| f.hash.content_id()));
+        }
+    };
     for repo in pinned {
         for commit in store.commits(repo)? {
-            if let Some(manifest) = store.manifest(repo, &commit)? {
-                out.extend(manifest.files.iter().map(|f| f.hash.content_id()));
+            add(store.manifest(repo, &commit)?);
+        }
+    }
+    for (repo, local) in store.locals()? {
+        if local.origin == crate::store::LocalOrigin::Imported {
+            for (_, r) in store.refs(&repo)? {
+                add(store.manifest(&repo, &r.commit)?);
             }
         }
     }

@@ -415,6 +415,7 @@ impl ModelFs {
 
     fn ttl(&self, node: &Node) -> Duration {
         match node {
+            Node::Repo { repo, rev } if self.shows_local(repo, rev.as_deref()) => BRANCH_TTL,
             Node::Root | Node::Org { .. } | Node::Repo { .. } => IMMUTABLE_TTL,
             Node::Dir { repo_ino, .. } | Node::File { repo_ino, .. } => {
                 match self.inodes.get(*repo_ino).as_deref() {

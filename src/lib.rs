@@ -19,6 +19,7 @@ pub mod formats;
 pub mod fs;
 pub mod fuse;
 pub mod hub;
+pub mod import;
 pub mod loads;
 pub mod manifest;
 pub mod metrics;

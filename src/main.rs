@@ -43,6 +43,8 @@ fn main() -> ExitCode {
         Command::Status(args) => modelfs::commands::status(args).map_err(Into::into),
         Command::Verify(args) => modelfs::commands::verify(args).map_err(Into::into),
         Command::Gc(args) => modelfs::commands::gc(args).map_err(Into::into),
+        Command::Import(args) => modelfs::commands::import(args).map_err(Into::into),
+        Command::Remove(args) => modelfs::commands::remove(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

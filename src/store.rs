@@ -91,6 +91,26 @@ pub struct RefRecord {
     pub resolved_at: u64,
 }
 
+/// Where a repo that does not come from the Hub came from (doc/SEMANTICS.md, "Imported
+/// repos"). A repo with such a record is never looked up on the Hub.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalOrigin {
+    /// `modelfs import` wrote it into this store: its bytes may exist nowhere else, so the
+    /// files its refs point at are never evicted, and only `modelfs remove` drops it.
+    Imported,
+    /// Another node imported it into the shared tier, which stays the authority on its refs;
+    /// this store holds a copy that may be evicted and fetched from the tier again.
+    Tier,
+}
+
+/// The record of a repo that does not come from the Hub.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalRecord {
+    pub origin: LocalOrigin,
+    /// Unix seconds of the import (or of the first sight in the tier).
+    pub since: u64,
+}
+
 /// Unix seconds now, as records are stamped (`last_access`, `resolved_at`); 0 on a clock
 /// before 1970, which only makes everything look old.
 pub fn unix_now() -> u64 {
@@ -179,6 +199,21 @@ pub trait ChunkStore: Send + Sync + 'static {
 
     /// Every ref (branch or tag) of `repo` as last resolved, sorted by name.
     fn refs(&self, repo: &RepoId) -> Result<Vec<(String, RefRecord)>, StoreError>;
+
+    /// Record that `repo` does not come from the Hub (an import, or another node's import
+    /// seen in the tier). Replaces any record it had.
+    fn put_local(&self, repo: &RepoId, record: &LocalRecord) -> Result<(), StoreError>;
+
+    /// The local record of `repo`: `None` for a repo of the Hub (or one never seen).
+    fn local(&self, repo: &RepoId) -> Result<Option<LocalRecord>, StoreError>;
+
+    /// Every repo with a local record, sorted.
+    fn locals(&self) -> Result<Vec<(RepoId, LocalRecord)>, StoreError>;
+
+    /// Forget `repo` in one write: its refs, its manifests and its local record, so that no
+    /// reader sees it half gone. File records and chunks stay (other repos may share them);
+    /// the caller decides what of them goes. Returns the manifests removed.
+    fn remove_repo(&self, repo: &RepoId) -> Result<Vec<Manifest>, StoreError>;
 
     /// Every file record, sorted by content id: what `status`, `gc` and eviction walk.
     fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError>;

@@ -445,6 +445,11 @@ impl TierClient {
     }
 
     /// Which repos' chunks this node may be served from the tier.
+    /// The chunk size of the store it uploads from (part of every chunk's key).
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
     pub fn access(&self) -> &access::AccessTable {
         &self.access
     }
@@ -486,6 +491,17 @@ impl TierClient {
         let put = self.within(true, put).await;
         self.writes.record(&put.as_ref().map(|_| ()));
         put
+    }
+
+    /// Remove one object other than a chunk, within the tier's timeout and through its
+    /// breaker. Removing what is not there is `Ok`.
+    pub async fn delete_object(&self, key: &str) -> Result<(), TierError> {
+        if self.writes.is_open() {
+            return Err(TierError::Paused);
+        }
+        let removed = self.within(true, self.tier.delete(key)).await;
+        self.writes.record(&removed.as_ref().map(|_| ()));
+        removed
     }
 
     /// A bad object found by a reader: counted, and removed so that a good copy can be

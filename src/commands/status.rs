@@ -57,6 +57,9 @@ pub struct MountStatus {
 pub struct RepoStatus {
     /// `org/name`.
     pub repo: String,
+    /// Where it comes from: `hub`; `local` (imported into this store, never evicted); `tier`
+    /// (imported by another node of the shared tier).
+    pub source: &'static str,
     /// Branches and tags as last resolved, sorted by name.
     pub refs: Vec<RefStatus>,
     /// Every commit with a stored manifest, sorted.
@@ -211,8 +214,14 @@ pub async fn status_report(
         for commit in commits {
             commit_status.push(commit_views(&fs, &repo, &commit).await?);
         }
+        let source = match store.local(&repo)? {
+            None => "hub",
+            Some(l) if l.origin == crate::store::LocalOrigin::Imported => "local",
+            Some(_) => "tier",
+        };
         out.push(RepoStatus {
             repo: repo.to_string(),
+            source,
             refs: refs
                 .into_iter()
                 .map(|(name, r)| RefStatus { name, commit: r.commit, resolved_at: r.resolved_at })
@@ -339,11 +348,16 @@ fn xattr_map(xattrs: Vec<(String, String)>) -> BTreeMap<String, String> {
 pub fn render_table(report: &StatusReport, now: u64) -> String {
     let mut out = String::new();
     for repo in &report.repos {
-        let _ = writeln!(out, "{}", repo.repo);
+        let (suffix, event) = match repo.source {
+            "local" => (" (imported, local)", "imported"),
+            "tier" => (" (imported by another node, from the tier)", "seen"),
+            _ => ("", "resolved"),
+        };
+        let _ = writeln!(out, "{}{suffix}", repo.repo);
         for r in &repo.refs {
             let _ = writeln!(
                 out,
-                "  {} -> {}, resolved {}",
+                "  {} -> {}, {event} {}",
                 r.name,
                 short(&r.commit),
                 ago(now.saturating_sub(r.resolved_at))

@@ -12,7 +12,7 @@ use super::{lock, FsError, ModelFs, Snapshot, BRANCH_TTL, DEFAULT_REVISION};
 use crate::hub::{HubError, RepoSource};
 use crate::manifest::{FileEntry, Manifest, RepoId};
 use crate::names;
-use crate::store::{ChunkStore, RefRecord};
+use crate::store::{ChunkStore, LocalOrigin, LocalRecord, RefRecord};
 use crate::tier::catalog::{TierCatalog, TierManifest};
 
 /// A resolved repo revision and when the Hub last confirmed it (`None`: never in this
@@ -20,6 +20,10 @@ use crate::tier::catalog::{TierCatalog, TierManifest};
 pub(super) struct Resolved {
     snap: Arc<Snapshot>,
     checked: Option<Instant>,
+    /// An imported repo (`import.rs`): its ref is read from the store at every lookup (and,
+    /// for another node's import, from the tier at most every [`TIER_IMPORT_RECHECK`]), never
+    /// from the Hub.
+    local: bool,
 }
 
 /// What one (repo, revision) last resolved to, or why it could not be.
@@ -45,6 +49,11 @@ pub(super) type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 /// asked again.
 const FAILED_RESOLVE_TTL: Duration = Duration::from_secs(5);
 
+/// How often a node asks the tier where another node's import points: once a second, the
+/// kernel's cache time of a name below a branch, so that a re-import on one node shows on
+/// every node within about a second without a tier request per lookup.
+const TIER_IMPORT_RECHECK: Duration = Duration::from_secs(1);
+
 impl ModelFs {
     /// Below a branch, a name cannot point elsewhere before the branch is re-resolved, so the
     /// kernel may cache it until then; [`BRANCH_TTL`] once that time has come (or while a
@@ -54,10 +63,24 @@ impl ModelFs {
         let slot = lock(&self.slots).get(&(repo.clone(), rev.to_string())).cloned();
         let remaining = slot.and_then(|slot| {
             let state = slot.try_lock().ok()?;
+            if state.resolved.as_ref()?.local {
+                // Another process may move an imported branch at any moment.
+                return None;
+            }
             let age = state.resolved.as_ref()?.checked?.elapsed();
             self.revalidate().checked_sub(age)
         });
         remaining.unwrap_or_default().max(BRANCH_TTL)
+    }
+
+    /// Whether `repo@rev` last resolved to an imported repo: its directory may go (`modelfs
+    /// remove`) at any moment, so the kernel keeps its entry for [`BRANCH_TTL`] only.
+    pub(super) fn shows_local(&self, repo: &RepoId, rev: Option<&str>) -> bool {
+        let rev = rev.unwrap_or(DEFAULT_REVISION);
+        let slot = lock(&self.slots).get(&(repo.clone(), rev.to_string())).cloned();
+        slot.is_some_and(|slot| {
+            slot.try_lock().map_or(true, |s| s.resolved.as_ref().is_some_and(|r| r.local))
+        })
     }
 
     /// The snapshot a repo directory shows now: from memory if confirmed within
@@ -79,6 +102,16 @@ impl ModelFs {
             slots.entry((repo.clone(), rev.to_string())).or_default().clone()
         };
         let mut state = slot.lock().await;
+        // A repo of the Hub in the store can never become an imported one (an import under
+        // its name is refused), so only a repo not known to be the Hub's is looked up here.
+        if state.resolved.as_ref().is_none_or(|r| r.local) {
+            match self.store.local(repo)? {
+                Some(local) => return self.local_snapshot(&mut state, repo, rev, local).await,
+                // Removed since: resolve it afresh, as any other name.
+                None if state.resolved.is_some() => *state = SlotState::default(),
+                None => {}
+            }
+        }
         if let Some(r) = state.resolved.as_ref() {
             let fresh = r.checked.is_some_and(|c| c.elapsed() < self.revalidate());
             let waiting_for_hub =
@@ -105,7 +138,7 @@ impl ModelFs {
                         tracing::warn!(repo = %repo, rev, commit = %known.manifest.commit,
                             "the Hub does not answer; serving the last known commit, revalidating in the background");
                         let checked = state.resolved.as_ref().and_then(|r| r.checked);
-                        state.resolved = Some(Resolved { snap: known.clone(), checked });
+                        state.resolved = Some(Resolved { snap: known.clone(), checked, local: false });
                         state.revalidating = true;
                         self.revalidate_in_background(slot.clone(), repo, rev, known.clone());
                         return Ok(known);
@@ -120,8 +153,14 @@ impl ModelFs {
         };
         match outcome {
             Ok(snap) => {
+                // Found as another node's import in the tier (the Hub has no such repo).
+                let local = self.store.local(repo)?.is_some();
                 *state = SlotState {
-                    resolved: Some(Resolved { snap: snap.clone(), checked: Some(Instant::now()) }),
+                    resolved: Some(Resolved {
+                        snap: snap.clone(),
+                        checked: Some(Instant::now()),
+                        local,
+                    }),
                     ..SlotState::default()
                 };
                 Ok(snap)
@@ -145,6 +184,111 @@ impl ModelFs {
         }
         let Some(r) = self.store.get_ref(repo, rev)? else { return Ok(None) };
         Ok(self.store.manifest(repo, &r.commit)?.map(|m| Arc::new(Snapshot::new(m))))
+    }
+
+    /// The snapshot of an imported repo: its ref as the store has it now (another process may
+    /// have moved it since the last lookup), after asking the tier, at most every
+    /// [`TIER_IMPORT_RECHECK`], where another node's import points. Never the Hub.
+    async fn local_snapshot(
+        &self,
+        state: &mut SlotState,
+        repo: &RepoId,
+        rev: &str,
+        local: LocalRecord,
+    ) -> Result<Arc<Snapshot>, FsError> {
+        let previous = state.resolved.as_ref().map(|r| r.snap.clone());
+        let mut checked = state.resolved.as_ref().and_then(|r| r.checked);
+        let catalog = self.catalog.get().filter(|_| self.shares(repo));
+        let due = checked.is_none_or(|c| c.elapsed() >= TIER_IMPORT_RECHECK);
+        if let (LocalOrigin::Tier, Some(catalog), true) = (local.origin, catalog, due) {
+            match catalog.lookup(repo, rev).await {
+                Ok(Some(found)) if found.manifest.imported => {
+                    self.adopt_import(found.manifest.manifest, rev).await?;
+                }
+                Ok(None) if !names::is_commit(rev) => {
+                    // Removed where it was imported: gone here too (what is stored of it is an
+                    // ordinary cached file now, left to eviction).
+                    tracing::info!(repo = %repo, rev, "an imported repo was removed from the tier");
+                    let store = self.store.clone();
+                    let owner = repo.clone();
+                    blocking(move || store.remove_repo(&owner).map(drop)).await?;
+                    *state = SlotState::default();
+                    return Err(FsError::NotFound);
+                }
+                Ok(_) => {}
+                // The tier does not answer: what this node holds of it is served meanwhile.
+                Err(e) => {
+                    tracing::debug!(repo = %repo, rev, error = %e, "imported repo not rechecked in the tier")
+                }
+            }
+            checked = Some(Instant::now());
+        }
+        if local.origin == LocalOrigin::Imported {
+            checked = Some(Instant::now());
+        }
+        let commit = if names::is_commit(rev) {
+            rev.to_owned()
+        } else {
+            self.store.get_ref(repo, rev)?.ok_or(FsError::NotFound)?.commit
+        };
+        let manifest = self.store.manifest(repo, &commit)?.ok_or(FsError::NotFound)?;
+        let snap = reuse_or_new(previous, manifest);
+        *state = SlotState {
+            resolved: Some(Resolved { snap: snap.clone(), checked, local: true }),
+            ..SlotState::default()
+        };
+        Ok(snap)
+    }
+
+    /// Keep another node's import, found in the tier, as this node's own copy of it: the
+    /// manifest, the ref, and a record that it is the tier's (so the Hub is never asked and
+    /// the tier is asked again where it points).
+    async fn adopt_import(&self, manifest: Manifest, rev: &str) -> Result<(), FsError> {
+        let store = self.store.clone();
+        let rev = rev.to_owned();
+        blocking(move || {
+            let repo = manifest.repo.clone();
+            store.put_manifest(&manifest)?;
+            if store.local(&repo)?.is_none() {
+                let record =
+                    LocalRecord { origin: LocalOrigin::Tier, since: crate::store::unix_now() };
+                store.put_local(&repo, &record)?;
+            }
+            if !names::is_commit(&rev) {
+                let record = RefRecord {
+                    commit: manifest.commit.clone(),
+                    resolved_at: crate::store::unix_now(),
+                };
+                store.put_ref(&repo, &rev, &record)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Another node's import of `repo@rev` in the tier, adopted here: asked when the Hub says
+    /// it has no such repo.
+    async fn imported_in_tier(
+        &self,
+        repo: &RepoId,
+        rev: &str,
+    ) -> Result<Option<Manifest>, FsError> {
+        let Some(catalog) = self.catalog.get().filter(|_| self.shares(repo)) else {
+            return Ok(None);
+        };
+        match catalog.lookup(repo, rev).await {
+            Ok(Some(found)) if found.manifest.imported => {
+                let manifest = found.manifest.manifest;
+                self.adopt_import(manifest.clone(), rev).await?;
+                tracing::info!(repo = %repo, rev, commit = %manifest.commit, "an imported repo, found in the tier");
+                Ok(Some(manifest))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                tracing::debug!(repo = %repo, rev, error = %e, "the tier was not asked for an import");
+                Ok(None)
+            }
+        }
     }
 
     /// What to serve of a branch while the Hub does not answer: its last known commit here,
@@ -178,7 +322,12 @@ impl ModelFs {
                 return Ok(None);
             }
         };
-        let TierManifest { manifest, restricted } = found.manifest;
+        if found.manifest.imported {
+            let manifest = found.manifest.manifest;
+            self.adopt_import(manifest.clone(), rev).await?;
+            return Ok(Some(manifest));
+        }
+        let TierManifest { manifest, restricted, .. } = found.manifest;
         let store = self.store.clone();
         let (owner, name) = (repo.clone(), rev.to_owned());
         let kept = manifest.clone();
@@ -225,7 +374,8 @@ impl ModelFs {
                     record_ref(store.as_ref(), &repo, &rev, &m.commit);
                     tracing::info!(repo = %repo, rev = %rev, commit = %m.commit, "revalidated after the Hub came back");
                     let snap = reuse_or_new(Some(known), m);
-                    state.resolved = Some(Resolved { snap, checked: Some(Instant::now()) });
+                    state.resolved =
+                        Some(Resolved { snap, checked: Some(Instant::now()), local: false });
                     state.retry_at = None;
                 }
                 Err(e) => {
@@ -287,6 +437,10 @@ impl ModelFs {
                     None => Err(e.into()),
                 }
             }
+            Err(e @ HubError::NotFound(_)) => match self.imported_in_tier(repo, rev).await? {
+                Some(m) => Ok(reuse_or_new(previous, m)),
+                None => Err(e.into()),
+            },
             Err(e) => Err(e.into()),
         }
     }
@@ -338,6 +492,16 @@ async fn fetch_manifest(
     }
     publish(&manifest);
     Ok(manifest)
+}
+
+/// Run store writes off the async workers.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), crate::store::StoreError> + Send + 'static,
+) -> Result<(), FsError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| FsError::Io(e.to_string()))?
+        .map_err(Into::into)
 }
 
 /// Record that the Hub said `repo@rev` is `commit`, now.

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::manifest::{ContentId, Manifest, RepoId};
 use crate::store::{
-    chunk_count, chunk_len, FileRecord, FileState, RefRecord, StoreError, CRC_BLOCK,
+    chunk_count, chunk_len, FileRecord, FileState, LocalRecord, RefRecord, StoreError, CRC_BLOCK,
 };
 
 /// First byte of every chunk value. A value with another one is never served: it is
@@ -295,6 +295,18 @@ pub(in crate::store) fn repo_key(repo: &RepoId, rev: &str) -> String {
     format!("{}/{}@{rev}", repo.org, repo.name)
 }
 
+/// Key of a local record: `org/name` (no `@`, so it can never be read as a ref's key).
+pub(in crate::store) fn local_key(repo: &RepoId) -> String {
+    format!("{}/{}", repo.org, repo.name)
+}
+
+/// The repo a local record's key names; `None` for a key of another shape.
+pub(in crate::store) fn repo_of_local_key(key: &[u8]) -> Option<RepoId> {
+    let key = std::str::from_utf8(key).ok()?;
+    let (org, name) = key.split_once('/')?;
+    (!name.contains('@')).then(|| RepoId::new(org, name))
+}
+
 /// The repo a manifest or ref key belongs to; `None` for a key of another shape.
 pub(in crate::store) fn repo_of_key(key: &[u8]) -> Option<RepoId> {
     let key = std::str::from_utf8(key).ok()?;
@@ -367,6 +379,15 @@ pub(in crate::store) fn decode_ref_record(bytes: &[u8]) -> Result<RefRecord, Str
         .map_err(|e| e.to_string())
 }
 
+pub(in crate::store) fn encode_local_record(record: &LocalRecord) -> Result<Vec<u8>, StoreError> {
+    encode_record(record)
+}
+
+pub(in crate::store) fn decode_local_record(bytes: &[u8]) -> Result<LocalRecord, String> {
+    rkyv::from_bytes::<LocalRecord, rkyv::rancor::Error>(&record_body(bytes)?)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,8 +417,19 @@ mod tests {
         assert_eq!(hex::encode(encode_ref_record(&r).unwrap()), GOLDEN_REF_RECORD);
         assert_eq!(decode_ref_record(&hex::decode(GOLDEN_REF_RECORD).unwrap()), Ok(r));
         assert_eq!(repo_key(&RepoId::new("org", "name"), "main"), "org/name@main");
+        let local =
+            LocalRecord { origin: crate::store::LocalOrigin::Imported, since: 1_764_000_002 };
+        assert_eq!(hex::encode(encode_local_record(&local).unwrap()), GOLDEN_LOCAL_RECORD);
+        assert_eq!(decode_local_record(&hex::decode(GOLDEN_LOCAL_RECORD).unwrap()), Ok(local));
+        let tier = LocalRecord { origin: crate::store::LocalOrigin::Tier, ..local };
+        assert_eq!(hex::encode(encode_local_record(&tier).unwrap()), GOLDEN_TIER_LOCAL_RECORD);
+        assert_eq!(local_key(&RepoId::new("org", "name")), "org/name");
+        assert_eq!(repo_of_local_key(b"org/name"), Some(RepoId::new("org", "name")));
+        assert_eq!(repo_of_local_key(b"org/name@main"), None);
     }
 
+    const GOLDEN_LOCAL_RECORD: &str = "0100000000000000000281246900000000";
+    const GOLDEN_TIER_LOCAL_RECORD: &str = "0101000000000000000281246900000000";
     const GOLDEN_HEADER: &str = "0170110100defcaa0dbcc9bdbf";
     const GOLDEN_FILE_RECORD: &str =
         "0115cd5b0700000000000080000000000000000000000000000081246900000000";

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError};
+use super::{ChunkStore, FileRecord, FileState, LocalRecord, RefRecord, StoreError};
 use crate::manifest::{ContentId, Manifest, RepoId};
 
 /// Where a chunk was found.
@@ -223,6 +223,32 @@ impl ChunkStore for LayeredStore {
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(all)
+    }
+
+    fn put_local(&self, repo: &RepoId, record: &LocalRecord) -> Result<(), StoreError> {
+        self.local.put_local(repo, record)
+    }
+
+    fn local(&self, repo: &RepoId) -> Result<Option<LocalRecord>, StoreError> {
+        self.first(|s| s.local(repo))
+    }
+
+    fn locals(&self) -> Result<Vec<(RepoId, LocalRecord)>, StoreError> {
+        let mut all = self.local.locals()?;
+        for store in &self.read_only {
+            for (repo, record) in store.locals()? {
+                if !all.iter().any(|(r, _)| *r == repo) {
+                    all.push((repo, record));
+                }
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    /// Only this node's own store is changed: a read-only store is another's to change.
+    fn remove_repo(&self, repo: &RepoId) -> Result<Vec<Manifest>, StoreError> {
+        self.local.remove_repo(repo)
     }
 
     fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError> {

@@ -9,7 +9,7 @@
 //! <store>/leases/                     who has what open or in flight (evict.rs)
 //! ```
 //!
-//! libmdbx is the only authority. Five tables:
+//! libmdbx is the only authority. Six tables:
 //!
 //! | table       | key                                   | value                                |
 //! |-------------|---------------------------------------|--------------------------------------|
@@ -18,6 +18,7 @@
 //! | `manifests` | `org/name@commit`                     | [`Manifest::encode`]                 |
 //! | `refs`      | `org/name@rev`                        | format byte ++ rkyv [`RefRecord`]    |
 //! | `meta`      | `chunk_size`, `format`                | u64 BE each, set when the store is made |
+//! | `local`     | `org/name`                            | format byte ++ rkyv [`LocalRecord`] (imported repos) |
 //!
 //! A data file's bytes count only where `chunks` has an entry, and are checked against that
 //! entry's crcs on every read through the daemon. A chunk write is `pwrite` of the bytes,
@@ -45,7 +46,7 @@ use libmdbx::{
     Transaction, TransactionKind, WriteFlags, RO, RW,
 };
 
-use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError};
+use super::{ChunkStore, FileRecord, FileState, LocalRecord, RefRecord, StoreError};
 use crate::manifest::{ContentId, Manifest, RepoId};
 
 use super::data::DataFiles;
@@ -56,7 +57,13 @@ pub(super) const FILES: &str = "files";
 pub(super) const MANIFESTS: &str = "manifests";
 pub(super) const REFS: &str = "refs";
 pub(super) const META: &str = "meta";
-pub(super) const TABLES: [&str; 5] = [CHUNKS, FILES, MANIFESTS, REFS, META];
+/// Repos that do not come from the Hub. Added after format 2 was first released: a store
+/// made before has no such table until it is opened read-write (which creates it), and reads
+/// of it in a read-only store find it empty.
+pub(super) const LOCAL: &str = "local";
+pub(super) const TABLES: [&str; 6] = [CHUNKS, FILES, MANIFESTS, REFS, META, LOCAL];
+/// The tables a format-1 store has (what a migration copies).
+pub(super) const V1_TABLES: [&str; 5] = [CHUNKS, FILES, MANIFESTS, REFS, META];
 pub(super) const META_CHUNK_SIZE: &[u8] = b"chunk_size";
 pub(super) const META_FORMAT: &[u8] = b"format";
 
@@ -901,6 +908,82 @@ impl ChunkStore for MdbxStore {
         Ok(out)
     }
 
+    fn put_local(&self, repo: &RepoId, record: &LocalRecord) -> Result<(), StoreError> {
+        let value = format::encode_local_record(record)?;
+        self.write(|txn| {
+            let local = txn.open_table(Some(LOCAL))?;
+            txn.put(&local, format::local_key(repo), value, WriteFlags::empty())?;
+            Ok(())
+        })
+    }
+
+    fn local(&self, repo: &RepoId) -> Result<Option<LocalRecord>, StoreError> {
+        let key = format::local_key(repo);
+        self.read(|txn| {
+            let Some(local) = open_if_present(txn, LOCAL)? else { return Ok(None) };
+            let Some(bytes) = txn.get::<Cow<'_, [u8]>>(&local, key.as_bytes())? else {
+                return Ok(None);
+            };
+            match format::decode_local_record(&bytes) {
+                Ok(record) => Ok(Some(record)),
+                Err(e) => {
+                    // Read as a Hub repo, which at worst asks the Hub about it: never garbage.
+                    tracing::warn!(key, error = %e, "unreadable local record, treated as absent");
+                    Ok(None)
+                }
+            }
+        })
+    }
+
+    fn locals(&self) -> Result<Vec<(RepoId, LocalRecord)>, StoreError> {
+        self.read(|txn| {
+            let Some(local) = open_if_present(txn, LOCAL)? else { return Ok(Vec::new()) };
+            let mut cursor = txn.cursor(&local)?;
+            let mut out = Vec::new();
+            for item in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
+                let (key, value) = item?;
+                match (format::repo_of_local_key(&key), format::decode_local_record(&value)) {
+                    (Some(repo), Ok(record)) => out.push((repo, record)),
+                    _ => tracing::warn!(key = ?String::from_utf8_lossy(&key), "unreadable local record, skipped"),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove_repo(&self, repo: &RepoId) -> Result<Vec<Manifest>, StoreError> {
+        let prefix = format::repo_key(repo, "");
+        self.write(|txn| {
+            let mut removed = Vec::new();
+            for name in [REFS, MANIFESTS] {
+                let table = txn.open_table(Some(name))?;
+                let keys: Vec<Vec<u8>> = {
+                    let mut cursor = txn.cursor(&table)?;
+                    let mut keys = Vec::new();
+                    for item in cursor.iter_from::<Cow<'_, [u8]>, Cow<'_, [u8]>>(prefix.as_bytes())
+                    {
+                        let (key, value) = item?;
+                        if !key.starts_with(prefix.as_bytes()) {
+                            break;
+                        }
+                        if name == MANIFESTS {
+                            let key_str = String::from_utf8_lossy(&key);
+                            removed.extend(format::decode_manifest(&key_str, &value));
+                        }
+                        keys.push(key.into_owned());
+                    }
+                    keys
+                };
+                for key in keys {
+                    txn.del(&table, key, None)?;
+                }
+            }
+            let local = txn.open_table(Some(LOCAL))?;
+            txn.del(&local, format::local_key(repo), None)?;
+            Ok(removed)
+        })
+    }
+
     fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError> {
         self.read(|txn| {
             let files = txn.open_table(Some(FILES))?;
@@ -969,6 +1052,19 @@ impl MdbxStore {
 
 /// The revisions under which `table` (manifests or refs) holds records of `repo`, sorted: its
 /// keys are `org/name@rev`, so they are one cursor range starting at `org/name@`.
+/// `name`, or `None` when the store predates it (only a read-only store can: opening one
+/// read-write creates every table).
+fn open_if_present<'txn, K: TransactionKind>(
+    txn: &'txn Transaction<'_, K, NoWriteMap>,
+    name: &str,
+) -> Result<Option<libmdbx::Table<'txn>>, StoreError> {
+    match txn.open_table(Some(name)) {
+        Ok(table) => Ok(Some(table)),
+        Err(libmdbx::Error::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn keys_of_repo<K: TransactionKind>(
     txn: &Transaction<'_, K, NoWriteMap>,
     table: &str,

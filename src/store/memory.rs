@@ -14,7 +14,9 @@ use std::ops::Range;
 use std::sync::{Mutex, MutexGuard};
 
 use super::format::{self, ReadError};
-use super::{ChunkStore, FileRecord, FileState, RefRecord, StoreError, DEFAULT_CHUNK_SIZE};
+use super::{
+    ChunkStore, FileRecord, FileState, LocalRecord, RefRecord, StoreError, DEFAULT_CHUNK_SIZE,
+};
 use crate::manifest::{ContentId, Manifest, RepoId};
 
 /// A [`ChunkStore`] in memory. See the module documentation.
@@ -38,6 +40,7 @@ struct Inner {
     manifests: BTreeMap<String, Vec<u8>>,
     /// Keyed `org/name@rev`.
     refs: BTreeMap<String, RefRecord>,
+    local: BTreeMap<RepoId, LocalRecord>,
 }
 
 impl Inner {
@@ -269,6 +272,33 @@ impl ChunkStore for MemoryStore {
         Ok(revs_of(&inner.refs, repo).map(|(rev, record)| (rev, record.clone())).collect())
     }
 
+    fn put_local(&self, repo: &RepoId, record: &LocalRecord) -> Result<(), StoreError> {
+        self.inner()?.local.insert(repo.clone(), *record);
+        Ok(())
+    }
+
+    fn local(&self, repo: &RepoId) -> Result<Option<LocalRecord>, StoreError> {
+        Ok(self.inner()?.local.get(repo).copied())
+    }
+
+    fn locals(&self) -> Result<Vec<(RepoId, LocalRecord)>, StoreError> {
+        Ok(self.inner()?.local.iter().map(|(r, l)| (r.clone(), *l)).collect())
+    }
+
+    fn remove_repo(&self, repo: &RepoId) -> Result<Vec<Manifest>, StoreError> {
+        let mut inner = self.inner()?;
+        let prefix = format::repo_key(repo, "");
+        inner.refs.retain(|k, _| !k.starts_with(&prefix));
+        let keys: Vec<String> =
+            inner.manifests.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+        let removed = keys
+            .iter()
+            .filter_map(|k| inner.manifests.remove(k).and_then(|b| format::decode_manifest(k, &b)))
+            .collect();
+        inner.local.remove(repo);
+        Ok(removed)
+    }
+
     fn files(&self) -> Result<Vec<(ContentId, FileRecord)>, StoreError> {
         let inner = self.inner()?;
         let mut out: Vec<_> = inner.files.iter().map(|(c, r)| (*c, *r)).collect();
@@ -396,6 +426,11 @@ pub(crate) mod conformance {
             fn conformance_manifests_round_trip() {
                 let (_guard, store) = ($make)($crate::store::memory::conformance::SMALL_CHUNK);
                 $crate::store::memory::conformance::manifests_round_trip(&store);
+            }
+            #[test]
+            fn conformance_local_records_and_remove_repo() {
+                let (_guard, store) = ($make)($crate::store::memory::conformance::SMALL_CHUNK);
+                $crate::store::memory::conformance::local_records_and_remove_repo(&store);
             }
             #[test]
             fn conformance_refs_round_trip() {
@@ -756,6 +791,33 @@ pub(crate) mod conformance {
         store.put_ref(&repo, "refs/pr/1", &tag).unwrap();
         assert_eq!(store.get_ref(&repo, "v1.0").unwrap(), Some(tag.clone()));
         assert_eq!(store.get_ref(&repo, "refs/pr/1").unwrap(), Some(tag));
+    }
+
+    /// Local records round-trip; `remove_repo` forgets one repo's refs, manifests and local
+    /// record at once, and nothing of a repo whose name extends it.
+    pub(crate) fn local_records_and_remove_repo(store: &dyn ChunkStore) {
+        use crate::store::{LocalOrigin, LocalRecord};
+        let (repo, other) = (RepoId::new("a", "b"), RepoId::new("a", "b-c"));
+        assert_eq!(store.local(&repo).unwrap(), None);
+        assert_eq!(store.remove_repo(&repo).unwrap(), vec![]);
+        let record = LocalRecord { origin: LocalOrigin::Imported, since: 7 };
+        store.put_local(&repo, &record).unwrap();
+        store.put_local(&other, &LocalRecord { origin: LocalOrigin::Tier, ..record }).unwrap();
+        assert_eq!(store.local(&repo).unwrap(), Some(record));
+        let r = RefRecord { commit: "a".repeat(40), resolved_at: 1 };
+        for (id, commit) in [(&repo, 'a'), (&repo, 'b'), (&other, 'a')] {
+            store.put_manifest(&sample_manifest(&id.org, &id.name, commit)).unwrap();
+            store.put_ref(id, "main", &r).unwrap();
+        }
+        let mut removed = store.remove_repo(&repo).unwrap();
+        removed.sort_by(|x, y| x.commit.cmp(&y.commit));
+        assert_eq!(removed, vec![sample_manifest("a", "b", 'a'), sample_manifest("a", "b", 'b')]);
+        assert_eq!(store.local(&repo).unwrap(), None);
+        assert_eq!(store.get_ref(&repo, "main").unwrap(), None);
+        assert_eq!(store.commits(&repo).unwrap(), Vec::<String>::new());
+        assert_eq!(store.repos().unwrap(), vec![other.clone()]);
+        assert_eq!(store.locals().unwrap().len(), 1);
+        assert_eq!(store.get_ref(&other, "main").unwrap(), Some(r));
     }
 
     /// `repos` orders by `RepoId` (org, then name), not by key bytes: `a-b/c@…` sorts before

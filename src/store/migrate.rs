@@ -26,7 +26,7 @@ use super::data::DataFiles;
 use super::format;
 use super::mdbx::{
     index_options, CHUNKS, DEFAULT_GEOMETRY, FILES, INDEX_DIR, MDBX_DATA_FILE, META,
-    META_CHUNK_SIZE, META_FORMAT, STORE_FORMAT, TABLES,
+    META_CHUNK_SIZE, META_FORMAT, STORE_FORMAT, TABLES, V1_TABLES,
 };
 use super::StoreError;
 use crate::manifest::ContentId;
@@ -127,7 +127,7 @@ fn copy(dir: &Path) -> Result<Migrated, StoreError> {
             .map(u64::from_be_bytes)
             .ok_or_else(|| StoreError::Db("no chunk size in the old store".into()))?;
         // Every table but the chunks, as it is.
-        for name in TABLES.into_iter().filter(|n| *n != CHUNKS) {
+        for name in V1_TABLES.into_iter().filter(|n| *n != CHUNKS) {
             let src = from.open_table(Some(name))?;
             let dst = to.open_table(Some(name))?;
             let mut cursor = from.cursor(&src)?;

@@ -37,6 +37,9 @@ pub struct TierManifest {
     pub manifest: Manifest,
     /// Private or gated on the Hub when the writing node listed it.
     pub restricted: bool,
+    /// Not a repo of the Hub: `modelfs import` wrote it (`import.rs`). Its refs in the tier are
+    /// the authority, and no node asks the Hub about it.
+    pub imported: bool,
 }
 
 /// What the tier knows of one revision of a repo.
@@ -61,6 +64,9 @@ struct ManifestObject {
     commit: String,
     pipeline_tag: Option<String>,
     restricted: bool,
+    /// Absent in objects of Hub repos (and in every object written before imports existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    imported: bool,
     files: Vec<FileObject>,
 }
 
@@ -107,7 +113,7 @@ pub fn ref_key(repo: &RepoId, rev: &str) -> String {
 }
 
 /// The manifest object of `m`.
-pub fn encode_manifest(m: &Manifest, restricted: bool) -> Bytes {
+pub fn encode_manifest(m: &Manifest, restricted: bool, imported: bool) -> Bytes {
     let files = m
         .files
         .iter()
@@ -125,6 +131,7 @@ pub fn encode_manifest(m: &Manifest, restricted: bool) -> Bytes {
         commit: m.commit.clone(),
         pipeline_tag: m.pipeline_tag.clone(),
         restricted,
+        imported,
         files,
     };
     // Serializing owned strings and numbers cannot fail.
@@ -159,7 +166,7 @@ pub fn decode_manifest(
         files.push(FileEntry { path: f.path, size: f.size, hash });
     }
     let manifest = Manifest::build(repo.clone(), raw.commit, raw.pipeline_tag, files);
-    Ok(TierManifest { manifest, restricted: raw.restricted })
+    Ok(TierManifest { manifest, restricted: raw.restricted, imported: raw.imported })
 }
 
 fn hex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
@@ -244,6 +251,27 @@ impl TierCatalog {
         Ok(None)
     }
 
+    /// Write an imported repo (`modelfs import --tier`): the manifest, then the ref `rev`
+    /// naming it, both before this returns, so that every node finds the import as soon as the
+    /// command has ended. An imported repo is no one's secret within the cluster: it is not
+    /// restricted.
+    pub async fn publish_import(&self, manifest: &Manifest, rev: &str) -> Result<(), TierError> {
+        let key = manifest_key(&manifest.repo, &manifest.commit);
+        self.tier.put_object(&key, encode_manifest(manifest, false, true), Write::Once).await?;
+        let object = encode_ref(&manifest.commit, crate::store::unix_now());
+        self.tier.put_object(&ref_key(&manifest.repo, rev), object, Write::Replace).await
+    }
+
+    /// Remove the refs `revs` of an imported repo (`modelfs remove --tier`): nodes stop
+    /// finding it at their next check. Manifests stay (they are immutable, and a node may be
+    /// reading a commit); so do chunks, which other repos may share.
+    pub async fn unpublish(&self, repo: &RepoId, revs: &[String]) -> Result<(), TierError> {
+        for rev in revs {
+            self.tier.delete_object(&ref_key(repo, rev)).await?;
+        }
+        Ok(())
+    }
+
     /// Publish, in the background, what the Hub just told this node: that `rev` (a branch or
     /// tag; nothing for a commit) is `manifest`'s commit, and the manifest itself unless this
     /// process already wrote it; and note whether the repo is restricted, for the access rule
@@ -254,7 +282,7 @@ impl TierCatalog {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let repo = manifest.repo.clone();
         let first = crate::lock(&self.published).insert((repo.clone(), manifest.commit.clone()));
-        let manifest_object = first.then(|| encode_manifest(manifest, restricted));
+        let manifest_object = first.then(|| encode_manifest(manifest, restricted, false));
         let ref_object = (!names::is_commit(rev))
             .then(|| (ref_key(&repo, rev), encode_ref(&manifest.commit, crate::store::unix_now())));
         let commit = manifest.commit.clone();
@@ -307,7 +335,7 @@ mod tests {
     #[test]
     fn golden_repo_objects() {
         let m = manifest();
-        let got = encode_manifest(&m, true);
+        let got = encode_manifest(&m, true, false);
         let want = concat!(
             r#"{"format":"modelfs-manifest/1","repo":"org/model","#,
             r#""commit":"0123456789abcdef0123456789abcdef01234567","#,
@@ -319,7 +347,12 @@ mod tests {
         );
         assert_eq!(std::str::from_utf8(&got).unwrap(), want);
         let back = decode_manifest("k", &m.repo, &m.commit, &got).unwrap();
-        assert_eq!(back, TierManifest { manifest: m.clone(), restricted: true });
+        assert_eq!(back, TierManifest { manifest: m.clone(), restricted: true, imported: false });
+        let imported = encode_manifest(&m, false, true);
+        let text = std::str::from_utf8(&imported).unwrap();
+        assert!(text.contains(r#""restricted":false,"imported":true,"files":["#), "{text}");
+        let back = decode_manifest("k", &m.repo, &m.commit, &imported).unwrap();
+        assert_eq!(back, TierManifest { manifest: m.clone(), restricted: false, imported: true });
 
         let r = encode_ref(&m.commit, 1_700_000_000);
         assert_eq!(
@@ -340,7 +373,7 @@ mod tests {
     #[test]
     fn manifest_objects_are_checked_like_listings() {
         let m = manifest();
-        let good = String::from_utf8(encode_manifest(&m, false).to_vec()).unwrap();
+        let good = String::from_utf8(encode_manifest(&m, false, false).to_vec()).unwrap();
         let other = RepoId::new("org", "other");
         assert!(decode_manifest("k", &other, &m.commit, good.as_bytes()).is_err());
         assert!(decode_manifest("k", &m.repo, &"f".repeat(40), good.as_bytes()).is_err());
@@ -377,7 +410,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let found = found.expect("published metadata found");
-        assert_eq!(found.manifest, TierManifest { manifest: m.clone(), restricted: true });
+        assert_eq!(
+            found.manifest,
+            TierManifest { manifest: m.clone(), restricted: true, imported: false }
+        );
         assert!(found.confirmed_at.is_some());
         let by_commit = catalog.lookup(&m.repo, &m.commit).await.unwrap().unwrap();
         assert_eq!(by_commit.manifest.manifest, m);
