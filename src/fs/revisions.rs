@@ -704,4 +704,24 @@ mod tests {
         let e = node(&hub, &tier);
         assert_eq!(read(&e, "org/open/all/a.txt").await.unwrap(), b"open");
     }
+
+    /// An imported repo is the store's, not the Hub's: even under a name the Hub also has,
+    /// lookups show the import (the Hub is never asked), follow a re-import at the next
+    /// lookup, and after a remove the name is the Hub's again.
+    #[tokio::test]
+    async fn an_imported_repo_is_read_from_the_store_and_never_asked_of_the_hub() {
+        let hub = hub();
+        let fs = node(&hub, &Arc::new(object_store::memory::InMemory::new()));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), b"{\"imported\": 1}").unwrap();
+        let store = fs.store.clone();
+        crate::import::import(store.as_ref(), dir.path(), &repo(), "main", &mut |_| {}).unwrap();
+        assert_eq!(read(&fs, "org/repo/all/config.json").await.unwrap(), b"{\"imported\": 1}");
+        assert!(read(&fs, "org/repo/all/model.bin").await.is_err(), "the Hub's file showed");
+        std::fs::write(dir.path().join("config.json"), b"{\"imported\": 2}").unwrap();
+        crate::import::import(store.as_ref(), dir.path(), &repo(), "main", &mut |_| {}).unwrap();
+        assert_eq!(read(&fs, "org/repo/all/config.json").await.unwrap(), b"{\"imported\": 2}");
+        store.remove_repo(&repo()).unwrap();
+        assert_eq!(read(&fs, "org/repo/all/config.json").await.unwrap(), b"{}");
+    }
 }
