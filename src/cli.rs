@@ -674,7 +674,7 @@ pub fn default_store(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
 }
 
 /// huggingface_hub's reading of boolean environment variables.
-fn truthy(v: &str) -> bool {
+pub(crate) fn truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
 }
 

@@ -20,8 +20,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use progress::{Progress, ProgressCallback};
 pub use pull::{pull_into, select_files, PullReport, PullRequest};
-pub use status::{render_table, status_report, FileCounts, StatusReport, ViewStatus};
+pub use status::{commit_views, render_table, status_report, FileCounts, StatusReport, ViewStatus};
 pub use verify::{verify_store, VerifyReport};
 
 use crate::cli::{
@@ -51,8 +52,10 @@ pub enum CommandError {
     Hub(#[from] crate::hub::HubError),
     #[error("endpoint {0:?} {1}")]
     Endpoint(String, String),
-    #[error("{target}: {reason}")]
-    Resolve { target: String, reason: String },
+    #[error("{target}: {}", resolve_reason(source))]
+    Resolve { target: String, source: crate::fs::FsError },
+    #[error("stopped: the progress callback asked to stop")]
+    Cancelled,
     #[error("{repo} has no quant {quant:?}; its views are: {}", available.join(", "))]
     UnknownQuant { repo: String, quant: String, available: Vec<String> },
     #[error("--include {pattern:?}: {reason}")]
@@ -83,6 +86,19 @@ pub enum CommandError {
     Output(std::io::Error),
     #[error("internal: {0}")]
     Internal(String),
+}
+
+/// Why a repo could not be resolved, for people.
+fn resolve_reason(e: &crate::fs::FsError) -> String {
+    use crate::fs::FsError;
+    match e {
+        FsError::NotFound => {
+            "not found on the Hub (no such repo or revision, or private and no valid token)".into()
+        }
+        FsError::Denied(why) => format!("access denied ({why}); gated or private: set HF_TOKEN"),
+        FsError::Io(why) => why.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A repo and, optionally, a revision, as given on the command line: `ORG/REPO[@REV]`.
@@ -181,7 +197,7 @@ fn resolve(args: &StoreArgs) -> Result<StoreConfig, CommandError> {
 
 /// Open a store that must already exist: the read-side commands (`status`, `verify`, `gc`)
 /// must not leave an empty store behind a mistyped `--store`.
-fn open_existing(dir: &Path) -> Result<Arc<dyn ChunkStore>, CommandError> {
+pub(crate) fn open_existing(dir: &Path) -> Result<Arc<dyn ChunkStore>, CommandError> {
     if dir.exists() && !dir.is_dir() {
         return Err(CommandError::StoreNotDir(dir.display().to_string()));
     }

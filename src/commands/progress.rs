@@ -118,13 +118,22 @@ pub struct Progress {
     meter: Arc<Mutex<RateMeter>>,
     /// The plain mode's ticker, stopped by [`Progress::finish`].
     ticker: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// The callback asked to stop: no further chunk is started.
+    stopped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 enum Mode {
     Bars(MultiProgress),
     Plain,
     Quiet,
+    /// A library caller's callback (`crate::cache`), told `(loaded, total)` bytes; `false`
+    /// stops the download.
+    Callback(ProgressCallback),
 }
+
+/// What [`Progress::callback`] calls: `(loaded, total)` bytes of the download; returning
+/// `false` asks it to stop.
+pub type ProgressCallback = Box<dyn Fn(u64, u64) -> bool + Send + Sync>;
 
 /// Width of the file name column of a file's bar; longer paths are cut at the front, where
 /// the directory is, so the file name stays readable.
@@ -164,8 +173,29 @@ impl Progress {
         Self::with(Mode::Quiet, ProgressBar::hidden(), Arc::default())
     }
 
+    /// Progress told to `f` as `(loaded, total)` bytes: at the start, and after each chunk
+    /// (from the download's tasks, so `f` must be quick). `f` returning `false` stops the
+    /// download: chunks in flight end, no other starts, and the download reports
+    /// [`super::CommandError::Cancelled`].
+    pub fn callback(f: ProgressCallback) -> Self {
+        Self::with(Mode::Callback(f), ProgressBar::hidden(), Arc::default())
+    }
+
     fn with(mode: Mode, total: ProgressBar, meter: Arc<Mutex<RateMeter>>) -> Self {
-        Self { mode: Arc::new(mode), total, meter, ticker: Arc::default() }
+        Self { mode: Arc::new(mode), total, meter, ticker: Arc::default(), stopped: Arc::default() }
+    }
+
+    /// Whether the callback asked the download to stop.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn tell(&self) {
+        if let Mode::Callback(f) = &*self.mode {
+            if !f(self.total.position(), self.total.length().unwrap_or(0)) {
+                self.stopped.store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
     }
 
     /// The download starts: `total` bytes selected, `already` of them stored. Called on the
@@ -173,6 +203,7 @@ impl Progress {
     pub(super) fn start(&self, total: u64, already: u64) {
         self.total.set_length(total);
         self.total.set_position(already);
+        self.tell();
         if let Mode::Plain = &*self.mode {
             let (bar, meter) = (self.total.clone(), self.meter.clone());
             let ticker = tokio::spawn(async move {
@@ -206,6 +237,7 @@ impl Progress {
         }
         self.total.inc(bytes);
         lock(&self.meter).add(Instant::now(), bytes);
+        self.tell();
     }
 
     pub(super) fn file_done(
@@ -230,7 +262,7 @@ impl Progress {
                 let _ = multi.println(line);
             }
             Mode::Plain => eprintln!("{line}"),
-            Mode::Quiet => {}
+            Mode::Quiet | Mode::Callback(_) => {}
         }
     }
 

@@ -29,15 +29,14 @@ use tokio::task::JoinSet;
 
 pub use super::progress::Progress;
 use super::{blocking, human_bytes, plural, resolve, short, CommandError, Target};
+use crate::cache::{CacheOptions, ModelCache};
 use crate::cli::PullArgs;
-use crate::evict::{Evictor, Policy};
+use crate::evict::Evictor;
 use crate::fetch::{verify_file, ChunkFetcher, FileRef, PrefetchLimits, Verdict};
 use crate::fs::{FsConfig, FsError, ModelFs, Snapshot};
-use crate::hub::client::{HubClient, HubConfig};
 use crate::hub::{RangeFetcher, RepoSource};
-use crate::store::mdbx::MdbxStore;
-use crate::store::{chunk_count, chunk_len, ChunkStore, FileState, StoreError, DEFAULT_CHUNK_SIZE};
-use crate::tier::{ObjectTier, TierClient};
+use crate::store::{chunk_count, chunk_len, ChunkStore, FileState, StoreError};
+use crate::tier::TierClient;
 
 /// What to pull.
 #[derive(Clone, Debug)]
@@ -89,22 +88,6 @@ const VERIFY_WAIT_BYTES_PER_SEC: u64 = 64 << 20;
 pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
     let target = Target::parse(&args.repo)?;
     let config = resolve(&args.store)?;
-    let chunk_size = args.chunk_size.or(config.file.chunk_size).unwrap_or(DEFAULT_CHUNK_SIZE);
-    let store: Arc<dyn ChunkStore> = Arc::new(MdbxStore::open(&config.store, chunk_size)?);
-    let read_timeout = Duration::from_secs(args.read_timeout.max(1));
-    let max_connections = args.max_connections.max(1);
-    let mut hub = HubConfig::from_env();
-    // As for the mount: the flag, else HF_ENDPOINT (read by `from_env`), else the file's.
-    let env_endpoint = std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty());
-    let file_endpoint = config.file.endpoint.filter(|_| env_endpoint.is_none());
-    if let Some(endpoint) = args.endpoint.as_ref().or(file_endpoint.as_ref()) {
-        hub.endpoint = crate::hub::client::parse_endpoint(endpoint)
-            .map_err(|why| CommandError::Endpoint(endpoint.clone(), why))?;
-    }
-    hub.read_timeout = read_timeout;
-    hub.max_connections = max_connections;
-    let client = Arc::new(HubClient::new(hub)?);
-    let lease = Evictor::new(store.clone(), Some(&config.store), Policy::default())?;
     // The config's tier only for a repo whose profile there shares it; --tier always.
     let shares = crate::profile::Profiles::new(
         config.file.profile,
@@ -112,28 +95,23 @@ pub(super) fn run(args: PullArgs) -> Result<(), CommandError> {
         true,
     )
     .map_or(true, |p| p.shares(&target.repo));
-    let tier = match args.tier.or(config.file.tier.filter(|_| shares)) {
-        Some(url) => Some(TierClient::new(Arc::new(ObjectTier::from_url(&url)?), store.clone())),
-        None => None,
+    let options = CacheOptions {
+        store: args.store.store.clone(),
+        config: args.store.config.clone(),
+        endpoint: args.endpoint.clone(),
+        tier: args.tier.clone().or(config.file.tier.filter(|_| shares)),
+        config_tier: false,
+        max_connections: args.max_connections.max(1),
+        read_timeout: Duration::from_secs(args.read_timeout.max(1)),
+        chunk_size: args.chunk_size,
+        ..CacheOptions::default()
     };
-    let request = PullRequest {
-        target,
-        quants: args.quant,
-        include: args.include,
-        max_connections,
-        read_timeout,
-        lease: Some(lease),
-        tier,
-    };
+    let cache = ModelCache::open(options)?;
+    let request = cache.pull_request(target, args.quant, args.include);
     let progress =
         if std::io::stderr().is_terminal() { Progress::bars() } else { Progress::plain() };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("modelfs-pull")
-        .build()
-        .map_err(CommandError::Runtime)?;
     let started = Instant::now();
-    let report = rt.block_on(pull_into(store, client.clone(), client, &request, &progress))?;
+    let report = cache.pull(&request, &progress)?;
     println!("{}", summary(&request.target, &report, started.elapsed()));
     if report.failed.is_empty() {
         Ok(())
@@ -200,11 +178,14 @@ pub async fn pull_into(
         blocking(move || plan(store.as_ref(), files)).await?
     };
 
-    if let Some(lease) = &request.lease {
-        for plan in &plans {
-            lease.opened(&plan.file.content());
+    // Held open until the pull ends, however it ends (a library process lives on after it).
+    let _held = request.lease.clone().map(|lease| {
+        let contents: Vec<_> = plans.iter().map(|p| p.file.content()).collect();
+        for content in &contents {
+            lease.opened(content);
         }
-    }
+        Held { lease, contents }
+    });
     let total_bytes: u64 = plans.iter().map(|p| p.file.remote.size).sum();
     let already_bytes: u64 = plans.iter().map(|p| p.stored).sum();
     progress.start(total_bytes, already_bytes);
@@ -248,6 +229,12 @@ pub async fn pull_into(
                 .acquire_owned()
                 .await
                 .map_err(|e| CommandError::Internal(e.to_string()))?;
+            if progress.stopped() {
+                // Chunks in flight end as they are (a chunk is stored whole or not at all).
+                while tasks.join_next().await.is_some() {}
+                progress.finish();
+                return Err(CommandError::Cancelled);
+            }
             if n == 0 {
                 let bar = ctx.progress.file_started(&file.file.remote, plan.stored);
                 *lock(&file.bar) = Some(bar);
@@ -257,6 +244,14 @@ pub async fn pull_into(
     }
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
+        if progress.stopped() {
+            // Chunks in flight are dropped where they are: each is stored whole or not at
+            // all, and a chunk fetch that other readers wait on is driven on by them.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            progress.finish();
+            return Err(CommandError::Cancelled);
+        }
         match joined {
             Ok(Some((path, Err(reason)))) => failed.push((path, reason)),
             Ok(_) => {}
@@ -335,15 +330,7 @@ pub fn build_globs(patterns: &[String]) -> Result<Option<GlobSet>, CommandError>
 }
 
 fn resolve_error(target: &Target, e: FsError) -> CommandError {
-    let reason = match e {
-        FsError::NotFound => {
-            "not found on the Hub (no such repo or revision, or private and no valid token)".into()
-        }
-        FsError::Denied(why) => format!("access denied ({why}); gated or private: set HF_TOKEN"),
-        FsError::Io(why) => why,
-        other => other.to_string(),
-    };
-    CommandError::Resolve { target: target.to_string(), reason }
+    CommandError::Resolve { target: target.to_string(), source: e }
 }
 
 /// One selected file before the download: which chunks it lacks.
@@ -381,6 +368,20 @@ fn plan(store: &dyn ChunkStore, files: Vec<FileRef>) -> Result<Vec<FilePlan>, St
         plans.push(FilePlan { file, missing, held, stored });
     }
     Ok(plans)
+}
+
+/// The files of a pull, published as open for as long as it runs.
+struct Held {
+    lease: Arc<Evictor>,
+    contents: Vec<crate::manifest::ContentId>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for content in &self.contents {
+            self.lease.closed(content);
+        }
+    }
 }
 
 /// What the download tasks share.

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{human_bytes, open_existing, plural, resolve, short, CommandError, Target};
+use super::{human_bytes, plural, resolve, short, CommandError, Target};
+use crate::cache::{CacheOptions, ModelCache};
 use crate::cli::StatusArgs;
-use crate::evict::{FetchActivity, StoreActivity};
+use crate::evict::FetchActivity;
 use crate::fetch::PrefetchLimits;
 use crate::fs::{FsConfig, Kind, ModelFs, ROOT_INO, XATTR_PREFIX};
 use crate::hub::OfflineHub;
@@ -144,19 +145,14 @@ impl FileCounts {
 pub(super) fn run(args: StatusArgs) -> Result<(), CommandError> {
     let target = args.repo.as_deref().map(Target::parse).transpose()?;
     let config = resolve(&args.store)?;
-    let dir = config.store;
-    let store = open_existing(&dir)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CommandError::Runtime)?;
-    let activity: Arc<dyn FetchActivity> = Arc::new(StoreActivity(dir.clone()));
-    let mut report = rt.block_on(status_report(
-        store,
-        &dir.display().to_string(),
-        target.as_ref(),
-        Some(activity),
-    ))?;
+    let dir = config.store.clone();
+    let cache = ModelCache::open(CacheOptions {
+        store: Some(dir.clone()),
+        config: args.store.config.clone(),
+        inspect: true,
+        ..CacheOptions::default()
+    })?;
+    let mut report = cache.status(target.as_ref())?;
     report.store_origin = config.origin.to_string();
     report.disk_bytes = super::disk_usage(&dir);
     let here = crate::mounts::canonical(&dir);
@@ -275,7 +271,7 @@ fn scope(
 
 /// The views of `repo@commit`, read from the xattrs of `/<org>/<repo>@<commit>/<view>` and of
 /// every file below each view.
-async fn commit_views(
+pub async fn commit_views(
     fs: &ModelFs,
     repo: &RepoId,
     commit: &str,
