@@ -2,7 +2,7 @@
 //! runs of modelfs or huggingface_hub against a known origin):
 //!
 //!     cargo run --release --example mock_hub -- --dir DIR --port 8080 [--cdn-port 0] [--lfs-threshold BYTES]
-//!         [--cdn-url http://127.0.0.1:8081]
+//!         [--cdn-url http://127.0.0.1:8081] [--gated ORG/REPO]...
 //!
 //! Every `DIR/<org>/<repo>/` becomes a repo with one commit on `main`. Prints one line,
 //! `endpoint http://127.0.0.1:PORT`, once it answers, and serves until SIGINT or SIGTERM.
@@ -45,6 +45,10 @@ struct Args {
     /// Bytes per second each answer of the mock's own CDN is paced at (a per-connection cap).
     #[arg(long, value_name = "BYTES_PER_SEC")]
     cdn_rate: Option<u64>,
+    /// Make ORG/REPO gated: its files are served only with the mock's valid token,
+    /// `hf_mock_token` (repeatable).
+    #[arg(long, value_name = "ORG/REPO")]
+    gated: Vec<String>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -58,6 +62,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let hub = MockHub::start_on(config, args.port, args.cdn_port)?;
     let ids = hub.load_dir_with_threshold(&args.dir, args.lfs_threshold)?;
+    for id in &args.gated {
+        if !ids.contains(id) {
+            return Err(format!("--gated {id}: no such repo in {}", args.dir.display()).into());
+        }
+        hub.update_repo(id, |repo| repo.gated = true);
+    }
     eprintln!(
         "mock_hub: serving {} repo(s): {}; LFS redirects to {}",
         ids.len(),
