@@ -235,8 +235,12 @@ impl ModelFs {
             Node::Repo { repo: repo.clone(), rev: Some(commit.to_string()) }
         });
         let key = inode::hf_key("snapshot", &[&repo.org, &repo.name, commit]);
-        self.inodes
-            .intern(key, || Node::Dir { repo_ino, snap: snap.clone(), view: ViewKind::All, dir: 0 })
+        self.inodes.intern(key, || Node::Dir {
+            repo_ino,
+            snap: snap.clone(),
+            view: ViewKind::All,
+            dir: 0,
+        })
     }
 
     /// Directories above a commit never change inode; a ref can point elsewhere once its
@@ -368,10 +372,7 @@ mod tests {
     fn repo_folders_parse_only_models_with_valid_names() {
         assert_eq!(parse_repo_folder("models--my-org--tiny-model"), Some(repo()));
         assert_eq!(repo_folder(&repo()), "models--my-org--tiny-model");
-        assert_eq!(
-            parse_repo_folder("models--a.b_c--d-e.f"),
-            Some(RepoId::new("a.b_c", "d-e.f"))
-        );
+        assert_eq!(parse_repo_folder("models--a.b_c--d-e.f"), Some(RepoId::new("a.b_c", "d-e.f")));
         for bad in [
             "datasets--org--name",
             "spaces--org--name",
@@ -537,10 +538,7 @@ mod tests {
         let main = read(&offline, &format!("{REPO_DIR}/refs/main")).await.unwrap();
         assert_eq!(main, C1.as_bytes());
         assert_eq!(read(&offline, &config).await.unwrap(), b"{\"v\":1}");
-        assert_eq!(
-            walk(&offline, ".hf-cache/models--my-org--other").await,
-            Err(FsError::NotFound)
-        );
+        assert_eq!(walk(&offline, ".hf-cache/models--my-org--other").await, Err(FsError::NotFound));
     }
 
     #[test]
