@@ -7,10 +7,13 @@
 //! `revalidate` interval for branches, never again for commits) and lists its views; a view
 //! (`all`, or a quant, looked up case-insensitively) is a directory tree over the repo's files.
 //!
+//! `/.hf-cache` shows the same repos in huggingface_hub's cache layout ([`hfcache`]).
+//!
 //! Everything below a repo node belongs to one [`Snapshot`] (one commit). Inode numbers of
 //! views include the commit, so when a branch moves, new lookups get new inodes while open
 //! handles and cached inodes keep reading the old commit: bytes of two commits never mix.
 
+mod hfcache;
 mod inode;
 mod revisions;
 pub(crate) mod snapshot;
@@ -21,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+pub use hfcache::{HfNode, HF_CACHE_DIR};
 pub use inode::{Node, ROOT_INO};
 pub use snapshot::{Child, Snapshot, ViewKind, ALL_VIEW};
 
@@ -181,6 +185,8 @@ pub struct ModelFs {
     inodes: InodeTable,
     slots: Mutex<HashMap<(RepoId, String), Slot>>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Open `/.hf-cache/*/refs/<rev>` files.
+    ref_handles: hfcache::RefHandles,
     evictor: Option<Arc<Evictor>>,
     activity: Option<Arc<dyn FetchActivity>>,
     /// Repo metadata in the shared tier, when there is one.
@@ -219,6 +225,7 @@ impl ModelFs {
             inodes: InodeTable::new(),
             slots: Mutex::default(),
             handles: Mutex::default(),
+            ref_handles: hfcache::RefHandles::default(),
             evictor: None,
             activity: None,
             catalog: std::sync::OnceLock::new(),
@@ -244,6 +251,10 @@ impl ModelFs {
             Err(e) => return Some(Err(e)),
         };
         Some(match &*node {
+            Node::Root if name == HF_CACHE_DIR => {
+                let (ino, node) = self.hf_root();
+                Ok(self.entry(ino, &node))
+            }
             Node::Root => {
                 if !names::valid_org(name) {
                     return Some(Err(FsError::NotFound));
@@ -262,7 +273,8 @@ impl ModelFs {
                 })
                 .ok_or(FsError::NotFound),
             Node::File { .. } => Err(FsError::NotDir),
-            Node::Org { .. } | Node::Repo { .. } => return None,
+            Node::HfCache(HfNode::Ref { .. }) => Err(FsError::NotDir),
+            Node::Org { .. } | Node::Repo { .. } | Node::HfCache(_) => return None,
         })
     }
 
@@ -288,6 +300,10 @@ impl ModelFs {
                 let snap = self.snapshot(repo, rev.as_deref()).await?;
                 let view = snap.find_view(name).ok_or(FsError::NotFound)?;
                 let (ino, node) = self.view_node(parent, &snap, view, name);
+                Ok(self.entry(ino, &node))
+            }
+            Node::HfCache(hf) => {
+                let (ino, node) = self.hf_lookup(hf, name).await?;
                 Ok(self.entry(ino, &node))
             }
             // Answered by `lookup_now`.
@@ -342,6 +358,8 @@ impl ModelFs {
         ];
         match node {
             Node::Root => {
+                let (ino, node) = self.hf_root();
+                out.push(DirEntry { entry: self.entry(ino, &node), name: HF_CACHE_DIR.into() });
                 let orgs: BTreeSet<String> =
                     self.store.repos()?.into_iter().map(|r| r.org).collect();
                 for org in orgs {
@@ -374,6 +392,7 @@ impl ModelFs {
                     out.push(DirEntry { entry: self.entry(ino, &node), name: name.clone() });
                 }
             }
+            Node::HfCache(hf) => self.hf_list(hf, &mut out)?,
             Node::File { .. } => return Err(FsError::NotDir),
         }
         Ok(out)
@@ -417,6 +436,7 @@ impl ModelFs {
         match node {
             Node::Repo { repo, rev } if self.shows_local(repo, rev.as_deref()) => BRANCH_TTL,
             Node::Root | Node::Org { .. } | Node::Repo { .. } => IMMUTABLE_TTL,
+            Node::HfCache(hf) => Self::hf_ttl(hf),
             Node::Dir { repo_ino, .. } | Node::File { repo_ino, .. } => {
                 match self.inodes.get(*repo_ino).as_deref() {
                     Some(Node::Repo { rev: Some(rev), .. }) if names::is_commit(rev) => {
@@ -434,6 +454,7 @@ impl ModelFs {
             Node::File { snap, file, .. } => {
                 (Kind::File, snap.file(*file).map_or(0, |f| f.size), 0o444, 1)
             }
+            Node::HfCache(hf) if hf.is_file() => (Kind::File, Self::hf_size(hf), 0o444, 1),
             _ => (Kind::Dir, 0, 0o555, 2),
         };
         Attr {
@@ -455,6 +476,9 @@ impl ModelFs {
     /// Open a file for reading. Returns the handle number.
     pub fn open(&self, ino: u64, write: bool) -> Result<u64, FsError> {
         let node = self.node(ino)?;
+        if let Node::HfCache(hf) = &*node {
+            return self.hf_open(hf, write);
+        }
         let Node::File { snap, file, .. } = &*node else {
             return Err(FsError::IsDir);
         };
@@ -481,6 +505,9 @@ impl ModelFs {
     }
 
     pub fn release(&self, fh: u64) {
+        if self.hf_release(fh) {
+            return;
+        }
         let Some(handle) = lock(&self.handles).remove(&fh) else { return };
         crate::metrics::get().handle_released();
         if handle.streamed {
@@ -619,6 +646,10 @@ impl ModelFs {
         size: u32,
         reply: &mut dyn FnMut(&[u8]),
     ) -> Result<bool, FsError> {
+        if let Some(bytes) = self.hf_read(fh, offset, size) {
+            reply(&bytes);
+            return Ok(true);
+        }
         let handle = self.handle(fh)?;
         let file = &handle.file;
         let content = file.content();
@@ -662,6 +693,9 @@ impl ModelFs {
     /// Read `size` bytes at `offset` (fewer only at the end of the file), fetching the chunks
     /// that are not stored.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        if let Some(bytes) = self.hf_read(fh, offset, size) {
+            return Ok(bytes);
+        }
         let handle = self.handle(fh)?;
         self.read_ahead(&handle, offset, size);
         let file = &handle.file;
@@ -705,7 +739,7 @@ impl ModelFs {
         let node = self.node(ino)?;
         let mut out: Vec<(&str, String)> = Vec::new();
         match &*node {
-            Node::Root | Node::Org { .. } => {}
+            Node::Root | Node::Org { .. } | Node::HfCache(_) => {}
             Node::File { snap, file, .. } => {
                 let entry = snap.file(*file).ok_or(FsError::NotFound)?;
                 let (status, cached) = self.file_status(entry)?;
@@ -921,7 +955,7 @@ mod tests {
         assert_eq!(names(&w.fs, "org/repo/q4/onnx").await, ["model_q4.onnx", "model_q4.onnx_data"]);
         assert_eq!(names(&w.fs, "org/repo/Q4/onnx").await, ["model_q4.onnx", "model_q4.onnx_data"]);
         assert_eq!(names(&w.fs, "org/repo/all/onnx").await.len(), 3);
-        assert_eq!(names(&w.fs, "").await, ["org"]);
+        assert_eq!(names(&w.fs, "").await, [HF_CACHE_DIR, "org"]);
         assert_eq!(names(&w.fs, "org").await, ["repo"]);
         // Same path, same inode; different spelling of a view, different directory inode.
         assert_eq!(walk(&w.fs, "org/repo/q4").await, walk(&w.fs, "org/repo/q4").await);

@@ -315,6 +315,11 @@ impl Filesystem for FuseAdapter {
                 return reply.error(errno(&e));
             }
         };
+        // A `refs/<rev>` file of the huggingface_hub cache view: what a ref names can change,
+        // so its reads always come here (doc/SEMANTICS.md, "The huggingface_hub cache view").
+        if self.fs.is_ref_handle(fh) {
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+        }
         // A file found bad: its pages go (an open without KEEP_CACHE drops them), and every
         // read of it is EIO.
         if self.fs.is_failed(fh) {

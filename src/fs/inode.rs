@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
+use super::hfcache::HfNode;
 use super::snapshot::{Snapshot, ViewKind};
 use crate::manifest::RepoId;
 
@@ -45,11 +46,18 @@ pub enum Node {
         snap: Arc<Snapshot>,
         file: usize,
     },
+    /// `/.hf-cache` and what it has above a commit ([`super::hfcache`]); from
+    /// `snapshots/<commit>` down, its nodes are `Dir` and `File`.
+    HfCache(HfNode),
 }
 
 impl Node {
     pub fn is_dir(&self) -> bool {
-        !matches!(self, Node::File { .. })
+        match self {
+            Node::File { .. } => false,
+            Node::HfCache(node) => !node.is_file(),
+            _ => true,
+        }
     }
 }
 
@@ -73,6 +81,12 @@ impl InodeTable {
 
     pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
         self.read().by_ino.get(&ino).cloned()
+    }
+
+    /// The node interned under `key`, if it was.
+    pub fn get_key(&self, key: &str) -> Option<Arc<Node>> {
+        let t = self.read();
+        t.by_key.get(key).and_then(|ino| t.by_ino.get(ino).cloned())
     }
 
     /// The inode for `key`, creating it with `make` the first time. `key` must identify the
@@ -163,6 +177,19 @@ pub fn child_key(parent: u64, name: &str) -> String {
     format!("c\0{parent}\0{name}")
 }
 
+/// A node of the huggingface_hub cache view (`kind`: `root`, `repo`, `refs`, `ref`,
+/// `snapshots`, `snapshot`), identified by `parts`: org and repo name, then for a ref its name
+/// and the commit it resolved to, for a snapshot its commit. A ref's commit is in its key
+/// because it is the ref's content: a moved branch is a new inode, as below a view.
+pub fn hf_key(kind: &str, parts: &[&str]) -> String {
+    let mut key = format!("h\0{kind}");
+    for part in parts {
+        key.push('\0');
+        key.push_str(part);
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +248,14 @@ mod tests {
             org_key("q4"),
             repo_key(&RepoId::new("q4", "x"), None),
             repo_key(&RepoId::new("q4", "x"), Some("main")),
+            hf_key("root", &[]),
+            hf_key("repo", &["q4", "x"]),
+            hf_key("refs", &["q4", "x"]),
+            hf_key("snapshots", &["q4", "x"]),
+            hf_key("ref", &["q4", "x", "main", "aaa"]),
+            hf_key("ref", &["q4", "x", "main", "bbb"]),
+            hf_key("snapshot", &["q4", "x", "aaa"]),
+            hf_key("snapshot", &["q4", "x", "bbb"]),
         ];
         let distinct: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(distinct.len(), keys.len());

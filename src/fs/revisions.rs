@@ -172,6 +172,23 @@ impl ModelFs {
         }
     }
 
+    /// Every revision of `repo` resolved in this process, with the snapshot it shows now
+    /// (one being resolved at this instant is left out: the store's record stands for it).
+    pub(super) fn resolved_revisions(&self, repo: &RepoId) -> Vec<(String, Arc<Snapshot>)> {
+        let slots: Vec<(String, Slot)> = lock(&self.slots)
+            .iter()
+            .filter(|((r, _), _)| r == repo)
+            .map(|((_, rev), slot)| (rev.clone(), slot.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|(rev, slot)| {
+                let snap = slot.try_lock().ok()?.resolved.as_ref()?.snap.clone();
+                Some((rev, snap))
+            })
+            .collect()
+    }
+
     /// What a branch last resolved to, in memory or in the store, however old.
     fn last_known(
         &self,
