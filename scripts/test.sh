@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it: formatting, lints, then every unit, property
-# and real-FUSE integration test (the integration tests mount, so run as root with /dev/fuse).
+# and real-FUSE integration test (the integration tests mount, so run as root with /dev/fuse),
+# then the Python package's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# The Python package: wheel build, install, pytest.
+bash scripts/test_python.sh

@@ -127,6 +127,12 @@ fn an_adapter_imported_while_mounted_is_served_at_once_and_follows_reimport_and_
     assert!(asked.is_empty(), "the Hub was asked about an imported repo: {asked:?}");
     let status = ok(modelfs(&["status"], &store));
     assert!(status.contains("adapters/lora-1 (imported, local)"), "{status}");
+    // In the huggingface_hub cache view too, by repo id.
+    let hf = m.path(".hf-cache/models--adapters--lora-1");
+    let commit = std::fs::read_to_string(hf.join("refs/main")).unwrap();
+    assert!(said.contains(&format!("-> {}", &commit[..12])), "{said} / {commit}");
+    let in_view = hf.join(format!("snapshots/{commit}/adapter_model.safetensors"));
+    assert!(same_tensors(&in_view, &job.join("adapter_model.safetensors")));
 
     // Never evicted, whatever the bound.
     ok(modelfs(&["gc", "--max-cache-size", "1"], &store));

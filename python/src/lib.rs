@@ -197,7 +197,8 @@ impl NativeFile {
     fn seek(&mut self, offset: i64, whence: i32) -> PyResult<u64> {
         let to = match whence {
             0 => SeekFrom::Start(
-                u64::try_from(offset).map_err(|_| PyValueError::new_err("negative seek position"))?,
+                u64::try_from(offset)
+                    .map_err(|_| PyValueError::new_err("negative seek position"))?,
             ),
             1 => SeekFrom::Current(offset),
             2 => SeekFrom::End(offset),

@@ -8,7 +8,6 @@ scripts/test_python.sh).
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +99,3 @@ def disk(repos):
     """The source files of a repo on disk."""
     return lambda repo, path="": repos / repo / path
 
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(ROOT / "python" / ".pytest_cache", ignore_errors=True)

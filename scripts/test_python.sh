@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The Python package's tests (doc/LIBRARY.md): build and install the wheel from python/
+# exactly as the README says (`pip install ./python`: maturin, abi3, in pip's isolated build
+# environment), build the mock Hub the tests start, then run pytest on python/tests.
+# Called by scripts/test.sh; runs on its own too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=python3
+pip_install() {
+    if ! $py -m pip install -q "$@" 2>/tmp/modelfs-pip.log; then
+        if grep -q externally-managed /tmp/modelfs-pip.log; then
+            $py -m pip install -q --break-system-packages "$@"
+        else
+            cat /tmp/modelfs-pip.log >&2
+            exit 1
+        fi
+    fi
+}
+# --force-reinstall: the version does not change with the sources, the build must.
+pip_install --force-reinstall --no-deps ./python
+cargo build -q --example mock_hub
+# From another directory, so that `import modelfs` is the installed wheel, not python/modelfs.
+cd python/tests
+MODELFS_MOCK_HUB="$OLDPWD/target/debug/examples/mock_hub" $py -m pytest -q -p no:cacheprovider .
