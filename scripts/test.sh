@@ -4,8 +4,10 @@
 # then the Python package's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo fmt --check
+cargo fmt --all --check
 cargo clippy --all-targets -- -D warnings
+# The Python package's crate (a workspace member outside the default ones).
+cargo clippy -p modelfs-python --all-targets -- -D warnings
 cargo test --all-targets
 # The Python package: wheel build, install, pytest.
 bash scripts/test_python.sh
