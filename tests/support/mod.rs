@@ -6,5 +6,6 @@ pub mod metrics;
 pub mod mock_hub;
 pub mod models;
 pub mod mount;
+pub mod python;
 pub mod s3_proxy;
 pub mod tier;
