@@ -231,8 +231,9 @@ pub struct MountArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_cache_size: Option<u64>,
     /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /readyz) over HTTP
-    /// on this address, e.g. 127.0.0.1:9100. Off when absent.
-    #[arg(long, value_name = "ADDR")]
+    /// on this address: a port alone (9100) is loopback, 127.0.0.1:9100; any other interface
+    /// only when named (0.0.0.0:9100). Off when absent.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<SocketAddr>,
     /// A tier shared by every node: s3://BUCKET/PREFIX (credentials, region and endpoint
     /// from the AWS_* environment) or file:///DIR (a shared filesystem). Read before the Hub;
@@ -282,6 +283,8 @@ pub struct MountArgs {
 #[derive(Debug, Clone)]
 pub struct MountConfig {
     pub mountpoint: PathBuf,
+    /// Who may read what (`uid`, `gid`, `mode`, `restrict_gated`, `[[repo]]` entries).
+    pub access: crate::access::AccessPolicy,
     pub store: PathBuf,
     /// `None`: the Hub client takes `$HF_ENDPOINT`, else its default (it warns about an
     /// unusable `$HF_ENDPOINT` and falls back, as huggingface_hub does).
@@ -358,6 +361,7 @@ impl MountArgs {
             Some(l) => (Some(l.path), l.file),
             None => (None, ConfigFile::default()),
         };
+        let access = f.access_policy();
         let store = absolute(
             &self
                 .store
@@ -393,8 +397,9 @@ impl MountArgs {
             .filter(|v| tracing_subscriber::EnvFilter::builder().parse(v).is_ok())
             .or(f.log_filter)
             .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_string());
-        let pinned = f.repos.iter().filter(|r| r.pin).map(|r| r.id.clone()).collect();
+        let pinned = f.repos.iter().filter(|r| r.pin).filter_map(|r| r.repo().cloned()).collect();
         MountConfig {
+            access,
             mountpoint: self.mountpoint.clone(),
             endpoint,
             offline,
@@ -471,6 +476,7 @@ impl MountConfig {
             log_filter: self.log_filter.clone(),
             revalidate: self.revalidate,
             load_plans: self.load_plans,
+            access: self.access.clone(),
         }
     }
 
@@ -594,7 +600,7 @@ impl std::fmt::Display for StoreOrigin {
 impl StoreConfig {
     /// Repos the file pins against eviction.
     pub fn pinned(&self) -> Vec<crate::manifest::RepoId> {
-        self.file.repos.iter().filter(|r| r.pin).map(|r| r.id.clone()).collect()
+        self.file.repos.iter().filter(|r| r.pin).filter_map(|r| r.repo().cloned()).collect()
     }
 }
 
@@ -674,6 +680,16 @@ pub fn default_store(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
 }
 
 /// huggingface_hub's reading of boolean environment variables.
+/// `--metrics-addr`: `HOST:PORT`, or a port alone (or `:PORT`), which binds to loopback: what
+/// the endpoint exposes is for this host unless the operator says otherwise.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse().map_err(|_| format!("{s:?} is not HOST:PORT or a port"))
+}
+
 pub(crate) fn truthy(v: &str) -> bool {
     matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "on" | "yes" | "true")
 }
@@ -712,6 +728,17 @@ mod tests {
         assert!(parse_size("8X").is_err());
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn a_metrics_port_alone_is_loopback() {
+        let loopback = Ok("127.0.0.1:9100".parse().unwrap());
+        assert_eq!(parse_metrics_addr("9100"), loopback);
+        assert_eq!(parse_metrics_addr(":9100"), loopback);
+        assert_eq!(parse_metrics_addr("0.0.0.0:9100"), Ok("0.0.0.0:9100".parse().unwrap()));
+        assert_eq!(parse_metrics_addr("[::1]:9100"), Ok("[::1]:9100".parse().unwrap()));
+        assert!(parse_metrics_addr("localhost").is_err());
+        assert!(parse_metrics_addr("99999").is_err());
     }
 
     #[test]

@@ -82,16 +82,34 @@ pub struct ConfigFile {
     /// `RUST_LOG` syntax, e.g. `"modelfs=debug,info"`; `RUST_LOG` itself wins when set.
     #[serde(default, deserialize_with = "log_filter")]
     pub log_filter: Option<String>,
+    /// Owner, group and file mode of every repo's nodes unless a `[[repo]]` entry says
+    /// otherwise (doc/OPERATIONS.md, "Who may read what").
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    #[serde(default, deserialize_with = "crate::access::mode")]
+    pub mode: Option<u16>,
+    /// Gated and private repos that no `[[repo]]` entry names are readable by the mount's
+    /// uid alone.
+    pub restrict_gated: Option<bool>,
     #[serde(default, rename = "repo")]
     pub repos: Vec<RepoEntry>,
+}
+
+impl ConfigFile {
+    /// The access rules the file sets (everything readable by all when it sets none).
+    pub fn access_policy(&self) -> crate::access::AccessPolicy {
+        let default = crate::access::Grant { uid: self.uid, gid: self.gid, mode: self.mode };
+        let rules = self.repos.iter().map(|r| (r.id.clone(), r.grant())).collect();
+        crate::access::AccessPolicy::new(default, rules, self.restrict_gated.unwrap_or(false))
+    }
 }
 
 /// One `[[repo]]` table: a repo the mount pins against eviction and/or downloads at start.
 #[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RepoEntry {
-    #[serde(deserialize_with = "repo_id")]
-    pub id: RepoId,
+    /// A repo, or (for an entry that only sets `uid`, `gid`, `mode`) a glob such as `myteam/*`.
+    pub id: crate::access::RepoSelector,
     #[serde(default = "default_revision", deserialize_with = "revision")]
     pub revision: String,
     /// Quant views to pull (e.g. `q4f16`, `Q4_K_M`); every file when empty.
@@ -106,13 +124,29 @@ pub struct RepoEntry {
     /// Where its bytes are kept: `none`, `local` or `shared` (the mount's when absent).
     #[serde(default)]
     pub profile: Option<crate::profile::Profile>,
+    /// Owner, group and file mode of its nodes.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    #[serde(default, deserialize_with = "crate::access::mode")]
+    pub mode: Option<u16>,
+}
+
+impl RepoEntry {
+    /// The one repo it names; `None` for a glob.
+    pub fn repo(&self) -> Option<&RepoId> {
+        self.id.exact()
+    }
+
+    pub fn grant(&self) -> crate::access::Grant {
+        crate::access::Grant { uid: self.uid, gid: self.gid, mode: self.mode }
+    }
 }
 
 /// The `[[repo]]` entries of `repos` that name a profile, with it.
 pub fn named_profiles(
     repos: &[RepoEntry],
 ) -> impl Iterator<Item = (RepoId, crate::profile::Profile)> + '_ {
-    repos.iter().filter_map(|r| Some((r.id.clone(), r.profile?)))
+    repos.iter().filter_map(|r| Some((r.repo()?.clone(), r.profile?)))
 }
 
 /// A configuration file that was found and read, with where it came from.
@@ -160,7 +194,23 @@ pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, ConfigError> {
     })?;
     let mut seen = std::collections::HashSet::new();
     for r in &file.repos {
-        if !seen.insert((&r.id, &r.revision)) {
+        let is_default_revision = r.revision == DEFAULT_REVISION;
+        let only_access = r.quants.is_empty()
+            && !r.pin
+            && !r.pull_on_start
+            && r.profile.is_none()
+            && is_default_revision;
+        if r.repo().is_none() && !only_access {
+            return Err(ConfigError::Invalid {
+                path: name,
+                message: format!(
+                    "[[repo]] {}: a glob can only set uid, gid and mode (revision, quants, pin, \
+                     pull_on_start and profile need one repo id)",
+                    r.id
+                ),
+            });
+        }
+        if !seen.insert((r.id.to_string(), &r.revision)) {
             return Err(ConfigError::Invalid {
                 path: name,
                 message: format!("[[repo]] {}@{} appears twice", r.id, r.revision),
@@ -209,12 +259,6 @@ fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
     Ok(Some(s))
 }
 
-fn repo_id<'de, D: Deserializer<'de>>(d: D) -> Result<RepoId, D::Error> {
-    let s = String::deserialize(d)?;
-    RepoId::parse(&s)
-        .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not a repo id (org/name)")))
-}
-
 fn revision<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     if crate::names::valid_revision(&s) {
@@ -239,6 +283,8 @@ pub struct LiveSettings {
     pub revalidate: std::time::Duration,
     /// Whether load plans run.
     pub load_plans: bool,
+    /// Who may read what.
+    pub access: crate::access::AccessPolicy,
 }
 
 #[cfg(test)]
@@ -308,23 +354,49 @@ mod tests {
             f.repos,
             vec![
                 RepoEntry {
-                    id: RepoId::new("org", "a"),
+                    id: crate::access::RepoSelector::Exact(RepoId::new("org", "a")),
                     revision: "v1.0".into(),
                     quants: vec!["q4f16".into(), "fp16".into()],
                     pin: true,
                     pull_on_start: true,
                     profile: Some(crate::profile::Profile::None),
+                    uid: None,
+                    gid: None,
+                    mode: None,
                 },
                 RepoEntry {
-                    id: RepoId::new("org", "b"),
+                    id: crate::access::RepoSelector::Exact(RepoId::new("org", "b")),
                     revision: "main".into(),
                     quants: vec![],
                     pin: false,
                     pull_on_start: false,
                     profile: None,
+                    uid: None,
+                    gid: None,
+                    mode: None,
                 },
             ]
         );
+    }
+
+    #[test]
+    fn access_keys_parse_and_globs_set_access_only() {
+        let text = "uid = 10\nrestrict_gated = true\n\n[[repo]]\nid = \"team/*\"\ngid = 1234\nmode = 0o440\n\n[[repo]]\nid = \"team/base\"\npin = true\n";
+        let f = parse(text, Path::new("c.toml")).unwrap();
+        let p = f.access_policy();
+        assert!(p.restrict_gated);
+        assert_eq!(p.default.uid, Some(10));
+        assert_eq!(p.rules.len(), 1, "an entry that sets no access is no rule");
+        let o = p.owner(Some(&RepoId::new("team", "x")), Some(true), (0, 0));
+        assert_eq!((o.uid, o.gid, o.mode), (10, 1234, 0o440));
+        for bad in [
+            "[[repo]]\nid = \"team/*\"\npin = true\n",
+            "[[repo]]\nid = \"team/*\"\nrevision = \"v1\"\n",
+            "[[repo]]\nid = \"a/b\"\nmode = 0o1777\n",
+            "[[repo]]\nid = \"team\"\nmode = 0o440\n",
+        ] {
+            assert!(parse(bad, Path::new("c.toml")).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -417,6 +417,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         let mut fs = ModelFs::new(fs_config, store, source, origin, cfg.read_timeout, limits);
         fs.set_evictor(evictor.clone());
         fs.set_profiles(Arc::new(profiles));
+        fs.set_access(cfg.access.clone());
         if let Some(url) = &cfg.tier {
             let tier = crate::tier::ObjectTier::from_url(url)?;
             fs.set_tier(crate::tier::TierClient::new(Arc::new(tier), tier_store));
@@ -462,6 +463,7 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     registration.note_passthrough(&passthrough.describe());
     rt.spawn(publish_traffic(registration.record_path().to_path_buf()));
     crate::fuse::invalidate_failed_files(&fs, session.notifier());
+    crate::fuse::invalidate_on_access_change(&fs, session.notifier());
     let signal_ready = ready.clone();
     let signal_own = own.clone();
     let signal_pid_file = pid_file.clone();
@@ -728,6 +730,10 @@ async fn reload_on_hangup(
             fs.set_load_plans(after.load_plans);
             changed.push("load_plans");
         }
+        if after.access != before.access {
+            fs.set_access(after.access.clone());
+            changed.push("access");
+        }
         if after.log_filter != before.log_filter {
             match logging.set_filter(&after.log_filter) {
                 Ok(()) => changed.push("log_filter"),
@@ -758,6 +764,7 @@ async fn reload_on_hangup(
         running.pinned = after.pinned;
         running.log_filter = after.log_filter;
         running.revalidate = after.revalidate;
+        running.access = after.access;
         let restart = running.needs_restart(&new);
         let file = running.config_file.as_deref().map(|p| p.display().to_string());
         tracing::info!(
@@ -779,7 +786,7 @@ async fn reload_on_hangup(
 fn spawn_pulls_on_start(cfg: &MountConfig) {
     let profiles = cfg.profiles().unwrap_or_default();
     let (streamed, repos): (Vec<_>, Vec<_>) =
-        cfg.pull_on_start().cloned().partition(|r| profiles.streams(&r.id));
+        cfg.pull_on_start().cloned().partition(|r| r.repo().is_some_and(|id| profiles.streams(id)));
     for repo in streamed {
         tracing::warn!(repo = %repo.id, "profile none stores nothing: pull_on_start ignored");
     }
@@ -813,7 +820,9 @@ fn spawn_pulls_on_start(cfg: &MountConfig) {
             if let Some(config) = &config {
                 cmd.arg("--config").arg(config);
             }
-            if let Some(tier) = tier.as_ref().filter(|_| profiles.shares(&repo.id)) {
+            if let Some(tier) =
+                tier.as_ref().filter(|_| repo.repo().is_some_and(|id| profiles.shares(id)))
+            {
                 cmd.arg("--tier").arg(tier);
             }
             tracing::info!(repo = %target, quants = ?repo.quants, "pulling on start");

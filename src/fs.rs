@@ -203,6 +203,14 @@ pub struct ModelFs {
     /// The runtime current at construction (the daemon's): where work that a FUSE thread
     /// must not wait for is spawned.
     runtime: Option<tokio::runtime::Handle>,
+    /// Who may read what ([`crate::access`]); replaced at SIGHUP.
+    access: std::sync::RwLock<Arc<crate::access::AccessPolicy>>,
+    /// Whether the Hub said a repo is gated or private, as last told in this process (`false`
+    /// for imported repos); what `restrict_gated` goes by.
+    restricted: Arc<Mutex<HashMap<RepoId, bool>>>,
+    /// Told every inode number when the access rules change, so that the kernel drops the
+    /// attributes it cached (the FUSE edge's notifier).
+    on_access_change: std::sync::OnceLock<Arc<dyn Fn(Vec<u64>) + Send + Sync>>,
 }
 
 impl ModelFs {
@@ -235,6 +243,59 @@ impl ModelFs {
             prefetch,
             mounted_at: SystemTime::now(),
             runtime,
+            access: Default::default(),
+            restricted: Arc::default(),
+            on_access_change: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Apply access rules (at start, and at SIGHUP): every node reports its new owner, group
+    /// and mode from now on, and the kernel is told to forget the attributes it cached.
+    pub fn set_access(&self, policy: crate::access::AccessPolicy) {
+        {
+            let mut current = self.access.write().unwrap_or_else(|p| p.into_inner());
+            if **current == policy {
+                return;
+            }
+            *current = Arc::new(policy);
+        }
+        if let Some(hook) = self.on_access_change.get() {
+            hook(self.inodes.find(|_| true));
+        }
+    }
+
+    /// Where [`ModelFs::set_access`] sends the inode numbers whose attributes changed.
+    pub fn set_on_access_change(&self, hook: Arc<dyn Fn(Vec<u64>) + Send + Sync>) {
+        let _ = self.on_access_change.set(hook);
+    }
+
+    /// Note what the Hub said of `repo`: gated or private, or not.
+    pub(crate) fn note_restricted(&self, repo: &RepoId, restricted: bool) {
+        lock(&self.restricted).insert(repo.clone(), restricted);
+    }
+
+    /// Whether this process knows if `repo` is restricted: under `restrict_gated` a stored ref
+    /// is not enough to show the repo to others until the Hub has said (or it is imported).
+    fn restriction_known(&self, repo: &RepoId) -> bool {
+        lock(&self.restricted).contains_key(repo)
+    }
+
+    fn restrict_gated(&self) -> bool {
+        self.access.read().unwrap_or_else(|p| p.into_inner()).restrict_gated
+    }
+
+    /// The repo whose rules decide `node`'s owner and mode; `None` above repos.
+    fn repo_of(&self, node: &Node) -> Option<RepoId> {
+        match node {
+            Node::Repo { repo, .. } => Some(repo.clone()),
+            Node::Dir { repo_ino, .. } | Node::File { repo_ino, .. } => {
+                match self.inodes.get(*repo_ino).as_deref() {
+                    Some(Node::Repo { repo, .. }) => Some(repo.clone()),
+                    _ => None,
+                }
+            }
+            Node::HfCache(hf) => hf.repo().cloned(),
+            Node::Root | Node::Org { .. } => None,
         }
     }
 
@@ -452,12 +513,22 @@ impl ModelFs {
     }
 
     fn attr(&self, ino: u64, node: &Node) -> Attr {
-        let (kind, size, perm, nlink) = match node {
+        let (kind, size, nlink) = match node {
             Node::File { snap, file, .. } => {
-                (Kind::File, snap.file(*file).map_or(0, |f| f.size), 0o444, 1)
+                (Kind::File, snap.file(*file).map_or(0, |f| f.size), 1)
             }
-            Node::HfCache(hf) if hf.is_file() => (Kind::File, Self::hf_size(hf), 0o444, 1),
-            _ => (Kind::Dir, 0, 0o555, 2),
+            Node::HfCache(hf) if hf.is_file() => (Kind::File, Self::hf_size(hf), 1),
+            _ => (Kind::Dir, 0, 2),
+        };
+        let owner = {
+            let policy = self.access.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let repo = if policy.is_open() { None } else { self.repo_of(node) };
+            let restricted = repo.as_ref().and_then(|r| lock(&self.restricted).get(r).copied());
+            policy.owner(repo.as_ref(), restricted, (self.config.uid, self.config.gid))
+        };
+        let perm = match kind {
+            Kind::File => owner.mode,
+            Kind::Dir => crate::access::dir_mode(owner.mode),
         };
         Attr {
             ino,
@@ -466,8 +537,8 @@ impl ModelFs {
             blocks: size.div_ceil(512),
             perm,
             nlink,
-            uid: self.config.uid,
-            gid: self.config.gid,
+            uid: owner.uid,
+            gid: owner.gid,
             blksize: BLKSIZE,
             mtime: self.mounted_at,
         }

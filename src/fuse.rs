@@ -173,6 +173,30 @@ pub fn invalidate_failed_files(fs: &Arc<ModelFs>, notifier: fuser::Notifier) {
     }));
 }
 
+/// When the access rules change (SIGHUP), make the kernel forget the attributes it cached of
+/// every inode, so that the next permission check asks for the new owner and mode. An offset
+/// of -1 keeps the page cache: the bytes did not change, only who may read them.
+pub fn invalidate_on_access_change(fs: &Arc<ModelFs>, notifier: fuser::Notifier) {
+    let notifier = Arc::new(notifier);
+    fs.set_on_access_change(Arc::new(move |inodes| {
+        let notifier = notifier.clone();
+        // A thread of its own, as for bad files: the kernel may wait on a request this
+        // process has to answer.
+        let spawned = std::thread::Builder::new().name("modelfs-inval".into()).spawn(move || {
+            for ino in inodes {
+                if let Err(e) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+                    if e.raw_os_error() != Some(libc::ENOENT) {
+                        tracing::warn!(ino, error = %e, "cached attributes not invalidated");
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the invalidation of cached attributes");
+        }
+    }));
+}
+
 fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino),

@@ -9,6 +9,7 @@
 //! describe themselves ([`formats`]); [`plan`] and [`loads`] turn that into fetches in the
 //! order loaders read, once a program shows it is loading a file.
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod commands;

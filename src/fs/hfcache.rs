@@ -55,6 +55,17 @@ impl HfNode {
     pub fn is_file(&self) -> bool {
         matches!(self, HfNode::Ref { .. })
     }
+
+    /// The repo it belongs to (`None` for the view's root): its access rules apply.
+    pub fn repo(&self) -> Option<&RepoId> {
+        match self {
+            HfNode::Root => None,
+            HfNode::Repo { repo }
+            | HfNode::Refs { repo }
+            | HfNode::Ref { repo, .. }
+            | HfNode::Snapshots { repo } => Some(repo),
+        }
+    }
 }
 
 /// `models--ORG--NAME` → the repo. Org and repo names never contain `--` (nor start or end

@@ -249,6 +249,8 @@ impl ModelFs {
             self.store.get_ref(repo, rev)?.ok_or(FsError::NotFound)?.commit
         };
         let manifest = self.store.manifest(repo, &commit)?.ok_or(FsError::NotFound)?;
+        // Imported: no one's secret on the Hub (access rules may still restrict it).
+        self.note_restricted(repo, false);
         let snap = reuse_or_new(previous, manifest);
         *state = SlotState {
             resolved: Some(Resolved { snap: snap.clone(), checked, local: true }),
@@ -345,6 +347,7 @@ impl ModelFs {
             return Ok(Some(manifest));
         }
         let TierManifest { manifest, restricted, .. } = found.manifest;
+        self.note_restricted(repo, restricted);
         let store = self.store.clone();
         let (owner, name) = (repo.clone(), rev.to_owned());
         let kept = manifest.clone();
@@ -379,16 +382,17 @@ impl ModelFs {
     fn revalidate_in_background(&self, slot: Slot, repo: &RepoId, rev: &str, known: Arc<Snapshot>) {
         let (store, source) = (self.store.clone(), self.source.clone());
         let catalog = self.catalog.get().filter(|_| self.shares(repo)).cloned();
+        let restricted = self.restricted.clone();
         let (repo, rev) = (repo.clone(), rev.to_string());
         tokio::spawn(async move {
+            let (store, source) = (store.as_ref(), source.as_ref());
             let answer =
-                fetch_manifest(store.as_ref(), source.as_ref(), catalog.as_ref(), &repo, &rev)
-                    .await;
+                fetch_manifest(store, source, catalog.as_ref(), &restricted, &repo, &rev).await;
             let mut state = slot.lock().await;
             state.revalidating = false;
             match answer {
                 Ok(m) => {
-                    record_ref(store.as_ref(), &repo, &rev, &m.commit);
+                    record_ref(store, &repo, &rev, &m.commit);
                     tracing::info!(repo = %repo, rev = %rev, commit = %m.commit, "revalidated after the Hub came back");
                     let snap = reuse_or_new(Some(known), m);
                     state.resolved =
@@ -416,7 +420,10 @@ impl ModelFs {
             self.store.get_ref(repo, rev)?
         };
         let fresh = |r: &RefRecord| now.saturating_sub(r.resolved_at) < self.revalidate().as_secs();
-        if let Some(r) = stored_ref.as_ref().filter(|r| self.config.offline || fresh(r)) {
+        // Under `restrict_gated`, a repo is shown to others only once the Hub has said it is
+        // public: a stored ref does not say, so the Hub is asked once per process.
+        let said = !self.restrict_gated() || self.restriction_known(repo);
+        if let Some(r) = stored_ref.as_ref().filter(|r| self.config.offline || (fresh(r) && said)) {
             if let Some(m) = self.store.manifest(repo, &r.commit)? {
                 return Ok(reuse_or_new(previous, m));
             }
@@ -428,7 +435,8 @@ impl ModelFs {
             };
         }
         let catalog = self.catalog.get().filter(|_| self.shares(repo));
-        match fetch_manifest(self.store.as_ref(), self.source.as_ref(), catalog, repo, rev).await {
+        let (store, source) = (self.store.as_ref(), self.source.as_ref());
+        match fetch_manifest(store, source, catalog, &self.restricted, repo, rev).await {
             Ok(m) => {
                 if !names::is_commit(rev) {
                     record_ref(self.store.as_ref(), repo, rev, &m.commit);
@@ -479,15 +487,19 @@ impl ModelFs {
 
 /// Resolve `rev` on the Hub and get the manifest of its commit: from the store if it is
 /// there (a commit's contents never change), else from the tree listing (then stored). What
-/// the Hub confirmed is published to the shared tier, if there is one.
+/// the Hub confirmed is published to the shared tier, if there is one, and whether the repo is
+/// restricted noted in `restricted`.
 async fn fetch_manifest(
     store: &dyn ChunkStore,
     source: &dyn RepoSource,
     catalog: Option<&Arc<TierCatalog>>,
+    restricted: &std::sync::Mutex<std::collections::HashMap<RepoId, bool>>,
     repo: &RepoId,
     rev: &str,
 ) -> Result<Manifest, HubError> {
     let info = source.resolve(repo, rev).await?;
+    // What `restrict_gated` goes by (crate::access).
+    lock(restricted).insert(repo.clone(), info.restricted);
     let publish = |m: &Manifest| {
         if let Some(catalog) = catalog {
             catalog.publish(m, rev, info.restricted);
