@@ -136,7 +136,7 @@ say "units: no mount-namespace options; env example: only known variables"
 
 # --- 2. Kubernetes ------------------------------------------------------------------------
 manifests=(deploy/k8s/*.yaml)
-[ "${#manifests[@]}" -ge 3 ] || fail "expected sidecar-pod.yaml, daemonset.yaml, secret-example.yaml"
+[ "${#manifests[@]}" -ge 4 ] || fail "expected csi.yaml, daemonset.yaml, secret-example.yaml, sidecar-pod.yaml"
 for v in "$K8S_MIN" ""; do
     if ! out=$($py -m kubernetes_validate --strict --quiet ${v:+-k "$v"} "${manifests[@]}" 2>&1); then
         printf '%s\n' "$out" >&2
@@ -205,6 +205,9 @@ for path in sys.argv[1:]:
                         err(where, f"{e['name']} as a literal value; use valueFrom.secretKeyRef")
                 argv = (c.get("command") or []) + (c.get("args") or [])
                 if not argv or not argv[0].endswith("modelfs") or argv[1:2] != ["mount"]:
+                    # The CSI node plugin's command line is parsed by the binary too.
+                    if argv and argv[0].endswith("modelfs") and argv[1:2] == ["csi"]:
+                        print(json.dumps(argv[1:]))
                     for m in c.get("volumeMounts", []):
                         hp = (volumes[m["name"]].get("hostPath") or {}).get("path")
                         if hp:
@@ -279,6 +282,37 @@ for where, hp, m in host_mounts:
                 err(where, f"hostPath {hp} without mountPropagation: HostToContainer")
             if m["mountPath"] != path:
                 err(where, f"hostPath {hp} mounted at {m['mountPath']}, not {path}")
+# The CSI driver: one name everywhere, and the pods that use it run without privilege.
+drivers, used = set(), []
+for path in sys.argv[1:]:
+    with open(path) as f:
+        for doc in (d for d in yaml.safe_load_all(f) if d):
+            if doc["kind"] == "CSIDriver":
+                drivers.add(doc["metadata"]["name"])
+            if doc["kind"] == "PersistentVolume" and "csi" in doc["spec"]:
+                used.append((f"{path} PersistentVolume/{doc['metadata']['name']}", doc["spec"]["csi"]["driver"]))
+            for spec in pod_specs(doc):
+                where = f"{path} {doc['kind']}/{doc['metadata']['name']}"
+                csi_vols = [v for v in spec.get("volumes", []) if "csi" in v]
+                for v in csi_vols:
+                    used.append((where, v["csi"]["driver"]))
+                    if not v["csi"].get("readOnly"):
+                        err(where, f"csi volume {v['name']} must be readOnly")
+                if csi_vols:
+                    if any("hostPath" in v for v in spec.get("volumes", [])):
+                        err(where, "a pod using the CSI driver needs no hostPath")
+                    if not (spec.get("securityContext") or {}).get("runAsNonRoot"):
+                        err(where, "the CSI example pod must run as non-root")
+                    for c in spec["containers"]:
+                        sc = c.get("securityContext") or {}
+                        if sc.get("privileged") or sc.get("allowPrivilegeEscalation", True):
+                            err(f"{where} container {c['name']}", "must not be privileged nor escalate")
+for where, d in used:
+    if d not in drivers:
+        err(where, f"driver {d} is not a CSIDriver in deploy/k8s ({sorted(drivers)})")
+if drivers and not used:
+    errors.append("a CSIDriver without an example volume")
+
 if not node_dirs or not host_mounts:
     errors.append("expected a DaemonSet mounting below a hostPath and a consumer of it")
 

@@ -67,6 +67,22 @@ pub enum Command {
     Import(ImportArgs),
     /// Remove a repo `modelfs import` made (its files go unless another repo has them).
     Remove(RemoveArgs),
+    /// Serve the Kubernetes CSI node plugin (Identity and Node services) on a unix socket,
+    /// publishing volumes from the node's modelfs mount by read-only bind mounts.
+    Csi(CsiArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CsiArgs {
+    /// The socket the kubelet's node-driver-registrar points at: unix:///PATH or /PATH.
+    #[arg(long, default_value = "unix:///csi/csi.sock", value_name = "ENDPOINT")]
+    pub endpoint: String,
+    /// The node-wide modelfs mount volumes are published from.
+    #[arg(long, default_value = "/models", value_name = "DIR")]
+    pub mount: PathBuf,
+    /// The node's name as Kubernetes knows it [default: $NODE_NAME, else the hostname].
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
 }
 
 /// Options every store command shares.

@@ -77,6 +77,8 @@ pub enum CommandError {
     Tier(#[from] crate::tier::TierError),
     #[error(transparent)]
     Import(#[from] crate::import::ImportError),
+    #[error(transparent)]
+    Csi(#[from] crate::csi::CsiError),
     #[error("{repo} is imported here, but {} of it did not reach the tier (see the log); \
              import it again to retry", human_bytes(*missing))]
     TierIncomplete { repo: String, missing: u64 },
@@ -149,6 +151,42 @@ pub fn import(args: ImportArgs) -> Result<(), CommandError> {
 
 pub fn remove(args: RemoveArgs) -> Result<(), CommandError> {
     import::run_remove(args)
+}
+
+/// `modelfs csi`: serve the CSI node plugin until SIGTERM or SIGINT.
+pub fn csi(args: crate::cli::CsiArgs) -> Result<(), CommandError> {
+    let socket = crate::csi::socket_path(&args.endpoint)?;
+    let node_id = args
+        .node_id
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()))
+        .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "unknown".into());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)?;
+    rt.block_on(async {
+        let plugin = crate::csi::Plugin::new(args.mount, node_id);
+        plugin.serve(&socket, shutdown_signal()).await
+    })?;
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// `modelfs gc`: evict least recently used files until the store is under the bound (the

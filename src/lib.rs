@@ -14,6 +14,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod csi;
 pub mod daemon;
 pub mod evict;
 pub mod fetch;

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => modelfs::commands::gc(args).map_err(Into::into),
         Command::Import(args) => modelfs::commands::import(args).map_err(Into::into),
         Command::Remove(args) => modelfs::commands::remove(args).map_err(Into::into),
+        Command::Csi(args) => modelfs::commands::csi(args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

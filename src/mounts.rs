@@ -44,6 +44,9 @@ pub struct MountEntry {
     pub parent: u32,
     /// `st_dev` of files in this mount: (major, minor).
     pub dev: (u32, u32),
+    /// The directory of the filesystem mounted here: `/` for a whole mount, the subtree for a
+    /// bind mount (what the CSI plugin checks a published volume by).
+    pub root: PathBuf,
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -74,12 +77,12 @@ fn parse_line(line: &str) -> Option<MountEntry> {
     let parent = head.next()?.parse().ok()?;
     let (major, minor) = head.next()?.split_once(':')?;
     let dev = (major.parse().ok()?, minor.parse().ok()?);
-    let _root = head.next()?;
+    let root = PathBuf::from(unescape(head.next()?));
     let mount_point = PathBuf::from(unescape(head.next()?));
     let mut tail = tail.split(' ');
     let fstype = unescape(tail.next()?);
     let source = unescape(tail.next()?);
-    Some(MountEntry { id, parent, dev, mount_point, fstype, source })
+    Some(MountEntry { id, parent, dev, root, mount_point, fstype, source })
 }
 
 /// mountinfo writes space, tab, newline and backslash in paths as `\ooo` octal escapes.

@@ -27,9 +27,9 @@ fn deployment_artefacts_pass_check_deploy() {
     for expected in [
         "systemd-analyze verify: modelfs.service, modelfs@mnt-models.service: no messages",
         "units: no mount-namespace options; env example: only known variables",
-        "kubernetes-validate --strict: deploy/k8s/daemonset.yaml deploy/k8s/secret-example.yaml deploy/k8s/sidecar-pod.yaml",
+        "kubernetes-validate --strict: deploy/k8s/csi.yaml deploy/k8s/daemonset.yaml deploy/k8s/secret-example.yaml deploy/k8s/sidecar-pod.yaml",
         "manifests: privileges, propagation, probes, preStop, token and store rules hold",
-        "check_deploy: 7 modelfs command lines parsed by the binary",
+        "check_deploy: 9 modelfs command lines parsed by the binary",
     ] {
         assert!(
             stdout.contains(expected),
@@ -38,4 +38,16 @@ fn deployment_artefacts_pass_check_deploy() {
     }
     let last = stdout.lines().last().unwrap_or_default();
     assert!(last.starts_with("check_deploy: ok ("), "last line: {last:?}");
+}
+
+/// The manifests name the driver as the plugin says it is (GetPluginInfo), or the kubelet
+/// would never route a volume to it.
+#[test]
+fn the_csi_manifests_name_the_plugins_driver() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/deploy/k8s/csi.yaml")).unwrap();
+    let name = modelfs::csi::DRIVER_NAME;
+    assert!(text.contains(&format!("kind: CSIDriver\nmetadata:\n  name: {name}\n")), "CSIDriver");
+    assert!(text.contains(&format!("driver: {name}\n")), "volumes");
+    assert!(text.contains(&format!("/var/lib/kubelet/plugins/{name}/csi.sock")), "registrar");
 }
