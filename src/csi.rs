@@ -264,9 +264,21 @@ fn publish(mount: &Path, source: &Path, target: &Path) -> Result<(), VolumeError
         )));
     }
     let root = Path::new("/").join(source.strip_prefix(mount).unwrap_or(source));
+    let live = mounted_at(mount)?.map(|m| m.dev);
     if let Some(existing) = mounted_at(target)? {
         if existing.is_modelfs() && existing.root == root {
-            return Ok(());
+            if Some(existing.dev) == live {
+                return Ok(());
+            }
+            // A bind of a modelfs mount that has since been replaced (the daemon restarted):
+            // dead, it would answer ENOTCONN. Detach it and bind the live one.
+            nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+                VolumeError::Internal(format!(
+                    "detaching the stale mount at {}: {e}",
+                    target.display()
+                ))
+            })?;
+            return publish(mount, source, target);
         }
         return Err(VolumeError::Taken(format!(
             "{} is already a mount of {} {}",
@@ -395,6 +407,9 @@ impl Node for Plugin {
             .into());
         }
         let source = volume_source(&self.mount, &req.volume_context)?;
+        // Without the node's mount, the directory below it would be bound instead.
+        let ready = Plugin::new(self.mount.clone(), String::new());
+        blocking(move || ready.mount_ready()).await?;
         let mount = self.mount.clone();
         let (volume, shown) = (req.volume_id.clone(), source.clone());
         blocking(move || publish(&mount, &source, &target)).await?;

@@ -76,6 +76,13 @@ pub struct SourceFile {
     pub disk: PathBuf,
     pub path: String,
     pub size: u64,
+    /// What is opened: `disk`, or for a symlink its target, checked to be inside the tree.
+    open: PathBuf,
+    /// The file the walk checked: what is opened must still be it, so that swapping a file
+    /// for a link to something outside (or a FIFO) between the check and the read fails the
+    /// import instead of storing what it points at.
+    dev: u64,
+    ino: u64,
 }
 
 /// What an import did.
@@ -118,9 +125,15 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), I
         let disk = entry.path();
         let meta = std::fs::symlink_metadata(&disk).map_err(|e| ImportError::io(&disk, e))?;
         let kind = meta.file_type();
-        let size = if kind.is_dir() {
+        use std::os::unix::fs::MetadataExt;
+        let (open, checked) = if kind.is_dir() {
             if !SKIPPED_DIRS.iter().any(|d| entry.file_name() == *d) {
-                walk_into(root, &disk, out)?;
+                // Still inside the tree (not swapped for a link since it was listed).
+                let real = disk.canonicalize().map_err(|e| ImportError::io(&disk, e))?;
+                if !real.starts_with(root) {
+                    return Err(ImportError::LinkOutside { path: disk, target: real });
+                }
+                walk_into(root, &real, out)?;
             }
             continue;
         } else if kind.is_symlink() {
@@ -135,12 +148,13 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), I
             if !meta.is_file() {
                 return Err(ImportError::SpecialFile { path: disk, kind: special_kind(&meta) });
             }
-            meta.len()
+            (target, meta)
         } else if kind.is_file() {
-            meta.len()
+            (disk.clone(), meta)
         } else {
             return Err(ImportError::SpecialFile { path: disk, kind: special_kind(&meta) });
         };
+        let (size, dev, ino) = (checked.len(), checked.dev(), checked.ino());
         let path = disk
             .strip_prefix(root)
             .ok()
@@ -148,7 +162,7 @@ fn walk_into(root: &Path, dir: &Path, out: &mut Vec<SourceFile>) -> Result<(), I
             .filter(|p| names::valid_repo_path(p))
             .map(str::to_owned)
             .ok_or_else(|| ImportError::BadPath(disk.clone()))?;
-        out.push(SourceFile { disk, path, size });
+        out.push(SourceFile { disk, path, size, open, dev, ino });
     }
     Ok(())
 }
@@ -213,29 +227,17 @@ pub fn import(
     let sources = walk(dir)?;
     let mut entries = Vec::with_capacity(sources.len());
     let mut stored_bytes = 0;
-    let mut added: Vec<ContentId> = Vec::new();
     let mut done = 0u64;
     for source in &sources {
-        let stored = hash_and_store(store, source, &mut |n| {
+        // A failure half-way leaves the files stored so far as unreferenced cache, for
+        // eviction: removing them here could remove a file another import, running at the
+        // same time, has just named.
+        let (hash, wrote) = hash_and_store(store, source, &mut |n| {
             done += n;
             progress(done)
-        });
-        match stored {
-            Ok((hash, wrote)) => {
-                if wrote > 0 {
-                    added.push(hash.content_id());
-                }
-                stored_bytes += wrote;
-                entries.push(FileEntry { path: source.path.clone(), size: source.size, hash });
-            }
-            Err(e) => {
-                // Leave the store as it was: what this import alone added goes again.
-                for content in &added {
-                    let _ = store.evict_file(content);
-                }
-                return Err(e);
-            }
-        }
+        })?;
+        stored_bytes += wrote;
+        entries.push(FileEntry { path: source.path.clone(), size: source.size, hash });
     }
     let commit = commit_of(&entries);
     let manifest = Manifest::build(repo.clone(), commit.clone(), None, entries);
@@ -307,8 +309,7 @@ fn sha256_of(
     visit: &mut ChunkVisitor<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<[u8; 32], ImportError> {
-    let mut file =
-        std::fs::File::open(&source.disk).map_err(|e| ImportError::io(&source.disk, e))?;
+    let mut file = open_checked(source)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; chunk_size.min(source.size.max(1)) as usize];
     let mut total = 0u64;
@@ -332,6 +333,25 @@ fn sha256_of(
         return Err(ImportError::Changed(source.disk.clone()));
     }
     Ok(h.finalize().into())
+}
+
+/// Open the file the walk checked: no link followed, no wait on a FIFO, and the same file
+/// (device and inode) as then, or [`ImportError::Changed`].
+fn open_checked(source: &SourceFile) -> Result<std::fs::File, ImportError> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&source.open)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => ImportError::Changed(source.disk.clone()),
+            _ => ImportError::io(&source.disk, e),
+        })?;
+    let meta = file.metadata().map_err(|e| ImportError::io(&source.disk, e))?;
+    if !meta.is_file() || meta.dev() != source.dev || meta.ino() != source.ino {
+        return Err(ImportError::Changed(source.disk.clone()));
+    }
+    Ok(file)
 }
 
 /// Read until `buf` is full or the file ends; the bytes read.
@@ -507,6 +527,28 @@ mod tests {
         assert_eq!(paths, ["alias.bin", "real.bin"]);
         assert_eq!(report.manifest.files[0].hash, report.manifest.files[1].hash);
         assert_eq!(report.stored_bytes, 5, "one content, stored once");
+    }
+
+    /// A file swapped, after the walk checked it, for a link to something outside the tree or
+    /// for a FIFO is not read: the import fails instead of storing its bytes (or hanging).
+    #[test]
+    fn a_file_swapped_after_the_walk_is_not_read() {
+        let store = MemoryStore::new(1000);
+        let outside = tree(&[("secret", b"not yours")]);
+        let dir = tree(&[("a.bin", b"checked bytes")]);
+        let sources = walk(dir.path()).unwrap();
+        let a = dir.path().join("a.bin");
+        std::fs::remove_file(&a).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), &a).unwrap();
+        let e = hash_and_store(&store, &sources[0], &mut |_| {}).unwrap_err();
+        assert!(matches!(e, ImportError::Changed(_)), "{e}");
+        // A FIFO in its place: neither a hang nor a read.
+        std::fs::remove_file(&a).unwrap();
+        let path = std::ffi::CString::new(a.clone().into_os_string().into_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let e = hash_and_store(&store, &sources[0], &mut |_| {}).unwrap_err();
+        assert!(matches!(e, ImportError::Changed(_)), "{e}");
+        assert_eq!(store.files().unwrap(), vec![]);
     }
 
     #[test]

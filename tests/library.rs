@@ -164,7 +164,15 @@ fn each_failure_has_its_kind() {
 fn a_progress_callback_that_says_stop_stops_the_download() {
     let hub = hub_with(MockConfig { cdn_rate: Some(4 << 20), ..MockConfig::default() });
     let dir = temp_dir("library-stop");
-    let cache = open(&hub, &dir.join("store"));
+    // Two chunks in flight at a time: a stop leaves most of the quant's 6 chunks unfetched.
+    let cache = ModelCache::open(CacheOptions {
+        store: Some(dir.join("store")),
+        endpoint: Some(hub.endpoint()),
+        max_connections: 2,
+        chunk_size: Some(1 << 20),
+        ..CacheOptions::default()
+    })
+    .unwrap();
     let calls = Arc::new(AtomicU64::new(0));
     let counted = calls.clone();
     let e = cache
@@ -174,6 +182,8 @@ fn a_progress_callback_that_says_stop_stops_the_download() {
     let status = cache.get_manifest(REPO).unwrap();
     let fp32 = &status.quants["fp32"];
     assert!(fp32.cached_bytes < fp32.total_bytes, "it went on to the end");
+    // Stopped cleanly: nothing is left counted as in flight.
+    assert_ne!(fp32.status, QuantStatus::Downloading, "{fp32:?}");
     // Stopped cleanly: a second download finishes it.
     cache.download_quant(REPO, "fp32", |_, _| true).unwrap();
     assert_eq!(cache.get_manifest(REPO).unwrap().quants["fp32"].status, QuantStatus::Downloaded);

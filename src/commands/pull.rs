@@ -230,7 +230,7 @@ pub async fn pull_into(
                 .await
                 .map_err(|e| CommandError::Internal(e.to_string()))?;
             if progress.stopped() {
-                // Chunks in flight end as they are (a chunk is stored whole or not at all).
+                // Chunks in flight end (a chunk is stored whole or not at all).
                 while tasks.join_next().await.is_some() {}
                 progress.finish();
                 return Err(CommandError::Cancelled);
@@ -245,9 +245,10 @@ pub async fn pull_into(
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         if progress.stopped() {
-            // Chunks in flight are dropped where they are: each is stored whole or not at
-            // all, and a chunk fetch that other readers wait on is driven on by them.
-            tasks.abort_all();
+            // Chunks in flight end (each is stored whole or not at all); the others see the
+            // stop and start nothing. Not aborted: a fetch dropped half-way would leave its
+            // file counted as in flight in this process's lease (`downloading` everywhere)
+            // for as long as the process lives, which for a library is long.
             while tasks.join_next().await.is_some() {}
             progress.finish();
             return Err(CommandError::Cancelled);
@@ -408,6 +409,9 @@ async fn fetch_chunk(
     index: u64,
     permit: OwnedSemaphorePermit,
 ) -> Option<(String, Result<(), String>)> {
+    if ctx.progress.stopped() {
+        lock(&f.failure).get_or_insert_with(|| "stopped".into());
+    }
     if lock(&f.failure).is_none() {
         match ctx.fetcher.chunk(&f.file, index).await {
             Ok(bytes) => {

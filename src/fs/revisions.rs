@@ -223,13 +223,25 @@ impl ModelFs {
                     self.adopt_import(found.manifest.manifest, rev).await?;
                 }
                 Ok(None) if !names::is_commit(rev) => {
-                    // Removed where it was imported: gone here too (what is stored of it is an
-                    // ordinary cached file now, left to eviction).
-                    tracing::info!(repo = %repo, rev, "an imported repo was removed from the tier");
+                    // The tier has no such branch: a name never imported (`@typo`, a `main`
+                    // the import never had) is only absent. A branch this node had is gone
+                    // where it was imported; the repo goes with its last branch (what is
+                    // stored of it is an ordinary cached file now, left to eviction).
                     let store = self.store.clone();
-                    let owner = repo.clone();
-                    blocking(move || store.remove_repo(&owner).map(drop)).await?;
-                    *state = SlotState::default();
+                    let (owner, name) = (repo.clone(), rev.to_owned());
+                    let removed = blocking(move || {
+                        let refs = store.refs(&owner)?;
+                        let last = refs.len() == 1 && refs[0].0 == name;
+                        if last {
+                            store.remove_repo(&owner)?;
+                        }
+                        Ok(last)
+                    })
+                    .await?;
+                    if removed {
+                        tracing::info!(repo = %repo, rev, "an imported repo was removed from the tier");
+                        *state = SlotState::default();
+                    }
                     return Err(FsError::NotFound);
                 }
                 Ok(_) => {}
@@ -262,11 +274,20 @@ impl ModelFs {
     /// Keep another node's import, found in the tier, as this node's own copy of it: the
     /// manifest, the ref, and a record that it is the tier's (so the Hub is never asked and
     /// the tier is asked again where it points).
-    async fn adopt_import(&self, manifest: Manifest, rev: &str) -> Result<(), FsError> {
+    ///
+    /// Never over a repo this store holds from the Hub (an import elsewhere under a name this
+    /// node knows as the Hub's): `false`, and nothing is written.
+    async fn adopt_import(&self, manifest: Manifest, rev: &str) -> Result<bool, FsError> {
         let store = self.store.clone();
         let rev = rev.to_owned();
         blocking(move || {
             let repo = manifest.repo.clone();
+            let hubs = store.local(&repo)?.is_none()
+                && (!store.refs(&repo)?.is_empty() || !store.commits(&repo)?.is_empty());
+            if hubs {
+                tracing::warn!(repo = %repo, "an import in the tier under the name of a Hub repo this node holds: ignored");
+                return Ok(false);
+            }
             store.put_manifest(&manifest)?;
             if store.local(&repo)?.is_none() {
                 let record =
@@ -280,7 +301,7 @@ impl ModelFs {
                 };
                 store.put_ref(&repo, &rev, &record)?;
             }
-            Ok(())
+            Ok(true)
         })
         .await
     }
@@ -298,7 +319,9 @@ impl ModelFs {
         match catalog.lookup(repo, rev).await {
             Ok(Some(found)) if found.manifest.imported => {
                 let manifest = found.manifest.manifest;
-                self.adopt_import(manifest.clone(), rev).await?;
+                if !self.adopt_import(manifest.clone(), rev).await? {
+                    return Ok(None);
+                }
                 tracing::info!(repo = %repo, rev, commit = %manifest.commit, "an imported repo, found in the tier");
                 Ok(Some(manifest))
             }
@@ -343,8 +366,7 @@ impl ModelFs {
         };
         if found.manifest.imported {
             let manifest = found.manifest.manifest;
-            self.adopt_import(manifest.clone(), rev).await?;
-            return Ok(Some(manifest));
+            return Ok(self.adopt_import(manifest.clone(), rev).await?.then_some(manifest));
         }
         let TierManifest { manifest, restricted, .. } = found.manifest;
         self.note_restricted(repo, restricted);
@@ -524,9 +546,9 @@ async fn fetch_manifest(
 }
 
 /// Run store writes off the async workers.
-async fn blocking(
-    f: impl FnOnce() -> Result<(), crate::store::StoreError> + Send + 'static,
-) -> Result<(), FsError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, FsError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| FsError::Io(e.to_string()))?
@@ -752,5 +774,33 @@ mod tests {
         assert_eq!(read(&fs, "org/repo/all/config.json").await.unwrap(), b"{\"imported\": 2}");
         store.remove_repo(&repo()).unwrap();
         assert_eq!(read(&fs, "org/repo/all/config.json").await.unwrap(), b"{}");
+    }
+
+    /// Another node's import, known here from the tier: a lookup of a branch it never had
+    /// (`main` of an import made as `v1`, a typo) is only `ENOENT`, and forgets nothing.
+    #[tokio::test]
+    async fn a_branch_the_tier_never_had_does_not_drop_an_import() {
+        let (hub, tier) = (hub(), Arc::new(object_store::memory::InMemory::new()));
+        let adapter = RepoId::new("team", "adapter");
+        // Node A imports as `v1` and writes it to the tier.
+        let a_store: Arc<dyn ChunkStore> = Arc::new(MemoryStore::new(1000));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("adapter_config.json"), b"{}").unwrap();
+        let report =
+            crate::import::import(a_store.as_ref(), dir.path(), &adapter, "v1", &mut |_| {})
+                .unwrap();
+        let object_tier = Arc::new(ObjectTier::new(tier.clone(), "cluster"));
+        let catalog = TierCatalog::new(TierClient::new(object_tier, a_store));
+        catalog.publish_import(&report.manifest, "v1").await.unwrap();
+        // Node B finds it through the tier (the Hub has no such repo).
+        let b = node(&hub, &tier);
+        let snap = b.snapshot(&adapter, Some("v1")).await.unwrap();
+        assert_eq!(snap.manifest.commit, report.commit);
+        assert!(b.store.local(&adapter).unwrap().is_some());
+        assert_eq!(b.snapshot(&adapter, None).await.unwrap_err(), FsError::NotFound);
+        assert_eq!(b.snapshot(&adapter, Some("typo")).await.unwrap_err(), FsError::NotFound);
+        assert!(b.store.local(&adapter).unwrap().is_some(), "the import was dropped");
+        assert_eq!(b.store.refs(&adapter).unwrap().len(), 1);
+        assert!(b.snapshot(&adapter, Some("v1")).await.is_ok());
     }
 }
