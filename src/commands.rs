@@ -161,32 +161,11 @@ pub fn csi(args: crate::cli::CsiArgs) -> Result<(), CommandError> {
         .or_else(|| std::env::var("NODE_NAME").ok().filter(|v| !v.is_empty()))
         .or_else(|| nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()))
         .unwrap_or_else(|| "unknown".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(CommandError::Runtime)?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let plugin = crate::csi::Plugin::new(args.mount, node_id);
-        plugin.serve(&socket, shutdown_signal()).await
+        plugin.serve(&socket, crate::daemon::wait_for_shutdown_signal()).await
     })?;
     Ok(())
-}
-
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 /// `modelfs gc`: evict least recently used files until the store is under the bound (the
@@ -261,6 +240,16 @@ pub fn disk_usage(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The runtime of a command that does a little async work (the tier, the CSI server): two
+/// workers, as a command never has much in flight.
+fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)
 }
 
 /// Run a store call off the async workers (store calls are synchronous and may touch disk).

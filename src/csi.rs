@@ -148,26 +148,25 @@ impl Plugin {
             }
         }
     }
+}
 
-    /// Whether the node's modelfs mount is there and answers.
-    fn mount_ready(&self) -> Result<(), VolumeError> {
-        let top = crate::mounts::top_mount_at(&self.mount)
-            .map_err(|e| VolumeError::Unavailable(format!("reading mountinfo: {e}")))?;
-        match top {
-            Some(m) if m.is_modelfs() => {
-                nix::sys::statfs::statfs(&self.mount).map(drop).map_err(|e| {
-                    VolumeError::Unavailable(format!(
-                        "the modelfs mount at {} does not answer: {e}",
-                        self.mount.display()
-                    ))
-                })
-            }
-            _ => Err(VolumeError::NotReady(format!(
-                "no modelfs mount at {} (start `modelfs mount {}` first)",
-                self.mount.display(),
-                self.mount.display()
+/// The node's modelfs mount at `mount`, if it is there and answers.
+fn mount_ready(mount: &Path) -> Result<crate::mounts::MountEntry, VolumeError> {
+    let top = crate::mounts::top_mount_at(mount)
+        .map_err(|e| VolumeError::Unavailable(format!("reading mountinfo: {e}")))?;
+    match top {
+        Some(m) if m.is_modelfs() => match nix::sys::statfs::statfs(mount) {
+            Ok(_) => Ok(m),
+            Err(e) => Err(VolumeError::Unavailable(format!(
+                "the modelfs mount at {} does not answer: {e}",
+                mount.display()
             ))),
-        }
+        },
+        _ => Err(VolumeError::NotReady(format!(
+            "no modelfs mount at {} (start `modelfs mount {}` first)",
+            mount.display(),
+            mount.display()
+        ))),
     }
 }
 
@@ -244,7 +243,9 @@ fn mounted_at(target: &Path) -> Result<Option<crate::mounts::MountEntry>, Volume
 }
 
 /// Bind-mount `source` read-only at `target` (created if missing), or find it there already.
+/// Without the node's mount, the directory below it would be bound instead: not ready.
 fn publish(mount: &Path, source: &Path, target: &Path) -> Result<(), VolumeError> {
+    let live = mount_ready(mount)?.dev;
     use nix::mount::MsFlags;
     let meta = std::fs::metadata(source).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => VolumeError::NotFound(format!(
@@ -264,10 +265,9 @@ fn publish(mount: &Path, source: &Path, target: &Path) -> Result<(), VolumeError
         )));
     }
     let root = Path::new("/").join(source.strip_prefix(mount).unwrap_or(source));
-    let live = mounted_at(mount)?.map(|m| m.dev);
     if let Some(existing) = mounted_at(target)? {
         if existing.is_modelfs() && existing.root == root {
-            if Some(existing.dev) == live {
+            if existing.dev == live {
                 return Ok(());
             }
             // A bind of a modelfs mount that has since been replaced (the daemon restarted):
@@ -366,8 +366,7 @@ impl Identity for Plugin {
         _: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
         let mount = self.mount.clone();
-        let plugin = Plugin::new(mount, String::new());
-        blocking(move || plugin.mount_ready()).await?;
+        blocking(move || mount_ready(&mount).map(drop)).await?;
         Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
     }
 }
@@ -407,9 +406,6 @@ impl Node for Plugin {
             .into());
         }
         let source = volume_source(&self.mount, &req.volume_context)?;
-        // Without the node's mount, the directory below it would be bound instead.
-        let ready = Plugin::new(self.mount.clone(), String::new());
-        blocking(move || ready.mount_ready()).await?;
         let mount = self.mount.clone();
         let (volume, shown) = (req.volume_id.clone(), source.clone());
         blocking(move || publish(&mount, &source, &target)).await?;

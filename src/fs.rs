@@ -941,7 +941,7 @@ pub fn pieces(file_size: u64, chunk_size: u64, offset: u64, size: u32) -> Vec<Pi
 mod tests {
     use super::*;
     use crate::fetch::{verify_file, Verdict};
-    use crate::fs::testing::{names, read_all, walk};
+    use crate::fs::testing::{names, offline, read_all, walk};
     use crate::hub::memory::MemoryHub;
     use crate::hub::{LinkEstimate, RemoteFile};
     use crate::store::memory::MemoryStore;
@@ -1227,14 +1227,7 @@ mod tests {
         assert!(matches!(walk(&w.fs, "org/other").await, Err(FsError::Io(_))));
 
         // A new mount over the same store, with no Hub at all.
-        let offline = ModelFs::new(
-            FsConfig { offline: true, ..FsConfig::default() },
-            w.store.clone(),
-            Arc::new(crate::hub::OfflineHub),
-            Arc::new(crate::hub::OfflineHub),
-            Duration::from_secs(1),
-            PrefetchLimits::NONE,
-        );
+        let offline = offline(w.store.clone());
         assert_eq!(read_all(&offline, "org/repo/all/config.json").await.unwrap(), data(1, 10));
         assert!(matches!(
             read_all(&offline, "org/repo/all/onnx/model.onnx").await,

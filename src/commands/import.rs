@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{human_bytes, plural, resolve, short, CommandError};
+use super::{human_bytes, plural, resolve, runtime, short, CommandError};
 use crate::cli::{ImportArgs, RemoveArgs};
 use crate::fetch::FileRef;
 use crate::hub::RemoteFile;
@@ -57,14 +57,6 @@ pub fn run_remove(args: RemoveArgs) -> Result<(), CommandError> {
 
 fn parse_repo(s: &str) -> Result<RepoId, CommandError> {
     RepoId::parse(s).ok_or_else(|| CommandError::BadTarget(s.to_string()))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, CommandError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(CommandError::Runtime)
 }
 
 /// Every chunk of the import, then its manifest and ref: the ref last, so that a node that

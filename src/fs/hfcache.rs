@@ -308,7 +308,7 @@ impl ModelFs {
 mod tests {
     use super::*;
     use crate::fetch::PrefetchLimits;
-    use crate::fs::testing::{names, read_all, walk};
+    use crate::fs::testing::{names, offline, read_all, walk};
     use crate::fs::{FsConfig, Kind};
     use crate::hub::memory::MemoryHub;
     use crate::store::memory::MemoryStore;
@@ -513,14 +513,7 @@ mod tests {
         let config = format!("{REPO_DIR}/snapshots/{C1}/config.json");
         assert_eq!(read_all(&w.fs, &config).await.unwrap(), b"{\"v\":1}");
         assert_eq!(w.store.refs(&repo()).unwrap().len(), 1);
-        let offline = ModelFs::new(
-            FsConfig { offline: true, ..FsConfig::default() },
-            w.store.clone(),
-            Arc::new(crate::hub::OfflineHub),
-            Arc::new(crate::hub::OfflineHub),
-            Duration::from_secs(1),
-            PrefetchLimits::NONE,
-        );
+        let offline = offline(w.store.clone());
         assert_eq!(names(&offline, HF_CACHE_DIR).await, ["models--my-org--tiny-model"]);
         assert_eq!(names(&offline, &format!("{REPO_DIR}/refs")).await, ["main"]);
         assert_eq!(names(&offline, &format!("{REPO_DIR}/snapshots")).await, [C1]);

@@ -1,7 +1,24 @@
 //! Helpers the kernel-free tests of the filesystem core share: walking a path as the kernel
 //! would (one lookup per component), reading a whole file, listing a directory.
 
-use super::{FsError, ModelFs, ROOT_INO};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{FsConfig, FsError, ModelFs, ROOT_INO};
+use crate::fetch::PrefetchLimits;
+use crate::store::ChunkStore;
+
+/// A new mount over `store` with no Hub at all: what a restart offline serves.
+pub(crate) fn offline(store: Arc<dyn ChunkStore>) -> ModelFs {
+    ModelFs::new(
+        FsConfig { offline: true, ..FsConfig::default() },
+        store,
+        Arc::new(crate::hub::OfflineHub),
+        Arc::new(crate::hub::OfflineHub),
+        Duration::from_secs(1),
+        PrefetchLimits::NONE,
+    )
+}
 
 /// The inode of `path` (relative to the root; empty components skipped).
 pub(crate) async fn walk(fs: &ModelFs, path: &str) -> Result<u64, FsError> {
