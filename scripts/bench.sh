@@ -23,6 +23,9 @@
 #               or `small` (about 1/8 of that, to check the section quickly)
 #   BENCH_TIER_SCALE  `full` (default: the tier rows read the 1 GiB file) or `small` (a
 #               128 MiB file of its own)
+#   BENCH_KEEP_PAGE_REPORTING  set: leave the VM's free page reporting as it is (by default
+#               the bench turns it off for its run and restores it at exit; see "Memory" in
+#               doc/BENCHMARKS.md)
 #   BENCH_BIN_DIR  take `modelfs` and `examples/mock_hub` from this directory (e.g. another
 #               worktree's target/release) instead of building them here; the coalescing
 #               rows' probe (scripts/bench/cold_probe.sh) still builds in this tree
@@ -91,6 +94,9 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null
     done
+    if [ -n "${PAGE_REPORTING_WAS:-}" ]; then
+        echo "$PAGE_REPORTING_WAS" >"$PAGE_REPORTING"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -421,6 +427,35 @@ median_of() { # KEY -> median seconds
 }
 
 # ---------------------------------------------------------------------------------------------
+# Memory: free page reporting
+# ---------------------------------------------------------------------------------------------
+# On a VM with virtio-balloon free page reporting, every free block of 2^order pages is handed
+# back to the host, and the next write to it waits for the host to back it again: on the
+# benchmark VM a 1 GiB numpy copy took 9.5 s that way and 0.4 s once reporting was off. Every
+# cold row allocates gigabytes that the round before freed (page cache of deleted stores and
+# caches, loaders' arrays), so with reporting on the rows measure the host, in a different
+# amount per contender (a loader's arrays are fresh memory on every run). An order above the
+# largest the buddy allocator has (10) means no block is ever reported; restored at exit.
+PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+PAGE_REPORTING_WAS=""
+fresh_copy_secs() { # seconds for numpy to copy 1 GiB into fresh memory
+    python3 -c 'import time, numpy as np; a = np.ones(1 << 30, np.uint8); t = time.time(); b = a.copy(); print(f"{time.time() - t:.2f}")'
+}
+if [ -w "$PAGE_REPORTING" ] && [ -z "${BENCH_KEEP_PAGE_REPORTING:-}" ]; then
+    PAGE_REPORTING_WAS=$(cat "$PAGE_REPORTING")
+    echo 11 >"$PAGE_REPORTING"
+    # Memory reported before now is still the host's: back 8 GiB (more than any round frees
+    # and takes again) once, so the first rounds do not pay for it either.
+    log "free page reporting off for this run (order $PAGE_REPORTING_WAS -> 11); backing 8 GiB once"
+    python3 -c 'import numpy as np; np.ones(8 << 30, np.uint8)'
+    MEMORY_NOTE="free page reporting turned off for the run (order $PAGE_REPORTING_WAS -> 11), 8 GiB backed first; a 1 GiB copy into fresh memory then took $(fresh_copy_secs) s"
+elif [ -e "$PAGE_REPORTING" ]; then
+    MEMORY_NOTE="free page reporting left on (order $(cat "$PAGE_REPORTING")): a 1 GiB copy into fresh memory took $(fresh_copy_secs) s, and cold rows include the host backing memory again"
+else
+    MEMORY_NOTE="no free page reporting"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------
 
@@ -428,7 +463,7 @@ median_of() { # KEY -> median seconds
     echo "## Machine"
     echo
     echo "- CPUs: $(nproc) ($(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo))"
-    echo "- memory: $(free -h | awk '/^Mem:/{print $2 " total, " $7 " available"}')"
+    echo "- memory: $(free -h | awk '/^Mem:/{print $2 " total, " $7 " available"}'); $MEMORY_NOTE"
     echo "- kernel: $(uname -srm)"
     echo "- disk of $W: $(df -hP "$W" | awk 'NR==2{print $1 ", " $2 " (" $4 " free)"}')"
     echo "- nginx $(nginx -v 2>&1 | sed 's|.*/||'), $(rclone version 2>/dev/null | head -n1), curl $(curl -V | awk 'NR==1{print $2}'), huggingface_hub $(python3 -c 'import huggingface_hub as h; print(h.__version__)')"

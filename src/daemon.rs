@@ -458,12 +458,17 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
         gid: nix::unistd::getegid().as_raw(),
     };
     let passthrough = adapter.passthrough();
+    let kernel_pages = adapter.kernel_pages();
     let (session, own) = start_session(adapter, &mp, &how, options)?;
     // The session has answered INIT: passthrough is decided.
     registration.note_passthrough(&passthrough.describe());
     rt.spawn(publish_traffic(registration.record_path().to_path_buf()));
     crate::fuse::invalidate_failed_files(&fs, session.notifier());
     crate::fuse::invalidate_on_access_change(&fs, session.notifier());
+    // Best effort: without it, loaders' page faults are answered by reads, as before.
+    if let Err(e) = fs.push_planned_chunks(kernel_pages(session.notifier())) {
+        tracing::warn!(error = %e, "cannot start pushing planned chunks to the page cache");
+    }
     let signal_ready = ready.clone();
     let signal_own = own.clone();
     let signal_pid_file = pid_file.clone();

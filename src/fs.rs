@@ -15,6 +15,7 @@
 
 mod hfcache;
 mod inode;
+pub mod pages;
 mod revisions;
 pub(crate) mod snapshot;
 #[cfg(test)]
@@ -643,6 +644,27 @@ impl ModelFs {
             }
             _ => false,
         })
+    }
+
+    /// Push the chunks load plans store into the kernel's page cache (`fs::pages`), for the
+    /// inodes `pages` serves through it. Set once the kernel has answered INIT.
+    pub fn push_planned_chunks(
+        self: &Arc<Self>,
+        pages: Arc<dyn pages::KernelPages>,
+    ) -> std::io::Result<()> {
+        let weak = Arc::downgrade(self);
+        let inodes_of: pages::InodesOf = Arc::new(move |content| {
+            weak.upgrade().map_or_else(Vec::new, |fs| fs.inodes_of(content))
+        });
+        let loads = Arc::downgrade(&self.loads);
+        let on_pushed: pages::OnPushed = Box::new(move |content, index| {
+            if let Some(loads) = loads.upgrade() {
+                loads.pushed(content, index);
+            }
+        });
+        let pusher = pages::Pusher::start(self.store.clone(), inodes_of, pages, on_pushed)?;
+        self.loads.set_pusher(pusher);
+        Ok(())
     }
 
     /// Called with a content the moment this process finds it bad (a whole-file hash

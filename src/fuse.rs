@@ -20,6 +20,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use crate::fs::pages::KernelPages;
 use crate::fs::{Attr, DirEntry, Entry, FsError, Kind, ModelFs, XATTR_PREFIX};
 
 /// Read-ahead the kernel may do on its own (from the page cache's point of view): 1 MiB
@@ -60,12 +61,19 @@ pub struct FuseAdapter {
     rt: Handle,
     passthrough: Arc<Passthrough>,
     /// Backing files handed to the kernel: one per inode while any handle on it is open.
-    backing: Mutex<BackingCache>,
+    backing: Arc<Mutex<BackingCache>>,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<ModelFs>, rt: Handle) -> Self {
-        Self { fs, rt, passthrough: Arc::new(Passthrough::default()), backing: Mutex::default() }
+        Self { fs, rt, passthrough: Arc::new(Passthrough::default()), backing: Arc::default() }
+    }
+
+    /// The kernel's page cache of this mount's inodes, for `ModelFs::push_planned_chunks`:
+    /// `notifier` is the session's, which exists only once the adapter is in a session.
+    pub fn kernel_pages(&self) -> impl FnOnce(fuser::Notifier) -> Arc<dyn KernelPages> {
+        let backing = self.backing.clone();
+        move |notifier| Arc::new(NotifiedPages { notifier, backing })
     }
 
     /// Whether verified files are served by FUSE passthrough, decided when the kernel's
@@ -138,6 +146,28 @@ impl BackingCache {
                 }
             }
         }
+    }
+}
+
+/// [`KernelPages`] by FUSE notifications: `FUSE_NOTIFY_STORE` fills an inode's page cache,
+/// `FUSE_NOTIFY_INVAL_INODE` empties it. Only inodes with handles opened through the page
+/// cache take pushes: a passed-through inode's reads never look at its own page cache.
+struct NotifiedPages {
+    notifier: fuser::Notifier,
+    backing: Arc<Mutex<BackingCache>>,
+}
+
+impl KernelPages for NotifiedPages {
+    fn served_through_cache(&self, ino: u64) -> bool {
+        lock(&self.backing).cached.contains_key(&ino)
+    }
+
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.notifier.store(INodeNo(ino), offset, data)
+    }
+
+    fn forget(&self, ino: u64) -> std::io::Result<()> {
+        self.notifier.inval_inode(INodeNo(ino), 0, 0)
     }
 }
 

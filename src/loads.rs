@@ -18,12 +18,13 @@
 use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::runtime::Handle;
 
 use crate::fetch::{ChunkFetcher, FileRef};
 use crate::formats::{self, FormatError, Layout};
+use crate::fs::pages::{Pusher, Stored};
 use crate::fs::snapshot::Snapshot;
 use crate::manifest::ContentId;
 use crate::plan::{LoadPlan, PlanFormat, Walk};
@@ -137,6 +138,9 @@ pub struct Loads {
     store: Arc<dyn ChunkStore>,
     runtime: Option<Handle>,
     inner: Mutex<Inner>,
+    /// Where each chunk a plan stored goes next: the kernel's page cache, on a mount whose
+    /// kernel takes pushes (`fs::pages`).
+    pusher: OnceLock<Pusher>,
 }
 
 impl Loads {
@@ -148,7 +152,22 @@ impl Loads {
             store,
             runtime,
             inner: Mutex::default(),
+            pusher: OnceLock::new(),
         })
+    }
+
+    /// Push every chunk a plan stores into the kernel's page cache (once; later calls are
+    /// ignored).
+    pub fn set_pusher(&self, pusher: Pusher) {
+        let _ = self.pusher.set(pusher);
+    }
+
+    /// Chunk `index` of `content` is in the kernel's page cache: the loader's faults read it
+    /// there and never tell this process, so it counts as delivered, not as unread.
+    pub fn pushed(&self, content: &ContentId, index: u64) {
+        if let Some(load) = lock(&self.inner).files.get_mut(content) {
+            load.fetched.remove(&index);
+        }
     }
 
     /// Turn plans on or off (config `load_plans`, reloadable); plans running go on.
@@ -409,7 +428,7 @@ impl Loads {
             "load plan started"
         );
         let content = file.content();
-        let (this, recorder) = (self.clone(), self.clone());
+        let (this, recorder, pushed) = (self.clone(), self.clone(), file.clone());
         self.fetcher
             .fetch_in_order(
                 file,
@@ -422,6 +441,10 @@ impl Loads {
                     crate::metrics::get().plan_fetched(bytes);
                     if let Some(load) = lock(&recorder.inner).files.get_mut(&content) {
                         load.fetched.insert(index);
+                    }
+                    // After the record above: a push that lands counts the chunk delivered.
+                    if let Some(pusher) = recorder.pusher.get() {
+                        pusher.offer(Stored::of(&pushed, index));
                     }
                 },
             )

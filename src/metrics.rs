@@ -134,6 +134,7 @@ pub struct Metrics {
     load_plans: Family<Label, Counter>,
     plan_fetched_bytes: Counter,
     plan_unread_bytes: Counter,
+    plan_pushed_bytes: Counter,
     demand_fetched_bytes: Counter,
     tier_fetched_bytes: Counter,
     tier_stored_bytes: Counter,
@@ -269,6 +270,13 @@ impl Metrics {
             Unit::Bytes,
             plan_fetched_bytes.clone(),
         );
+        let plan_pushed_bytes = Counter::default();
+        r.register_with_unit(
+            "plan_pushed",
+            "Bytes of load-plan chunks put into the kernel's page cache before a page fault asked for them",
+            Unit::Bytes,
+            plan_pushed_bytes.clone(),
+        );
         let demand_fetched_bytes = Counter::default();
         r.register_with_unit(
             "demand_fetched",
@@ -394,6 +402,7 @@ impl Metrics {
             load_plans,
             plan_fetched_bytes,
             plan_unread_bytes,
+            plan_pushed_bytes,
             demand_fetched_bytes,
             tier_fetched_bytes,
             tier_stored_bytes,
@@ -455,6 +464,11 @@ impl Metrics {
     /// A load plan's request stored `bytes`.
     pub fn plan_fetched(&self, bytes: u64) {
         self.plan_fetched_bytes.inc_by(bytes);
+    }
+
+    /// `bytes` of a plan's chunk went into the kernel's page cache (`fs::pages`).
+    pub fn plan_pushed(&self, bytes: u64) {
+        self.plan_pushed_bytes.inc_by(bytes);
     }
 
     /// `bytes` a plan fetched were never read.
@@ -833,6 +847,7 @@ mod tests {
             "# TYPE modelfs_build info",
             "# TYPE modelfs_load_plans counter",
             "# TYPE modelfs_plan_fetched_bytes counter",
+            "# TYPE modelfs_plan_pushed_bytes counter",
             "# TYPE modelfs_plan_unread_bytes counter",
             "# TYPE modelfs_demand_fetched_bytes counter",
         ] {

@@ -113,6 +113,54 @@ fn a_safetensors_loader_gets_its_tensors_fetched_ahead_in_name_order() {
     m.stop();
 }
 
+/// The bytes of reads the daemon answered (from the store, or after fetching them).
+fn served(addr: &str) -> f64 {
+    sample(addr, "modelfs_read_bytes_total{source=\"store\"}")
+        + sample(addr, "modelfs_read_bytes_total{source=\"network\"}")
+}
+
+#[test]
+fn what_a_plan_stores_is_pushed_into_the_page_cache_so_mapped_reads_never_reach_the_daemon() {
+    let tensors = layers(24, 2 * MIB, 40);
+    let (data, ranges) = models::safetensors(&tensors);
+    let size = data.len() as u64;
+    let hub = hub(vec![MockFile::lfs("model.safetensors", data.clone())]);
+    let store = temp_dir("plans-push");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let path = m.path("plans/model/all/model.safetensors");
+    let f = File::open(&path).unwrap();
+    // The loader starts: the header and three tensors in name order, past the trigger.
+    let order = sorted_order(&tensors);
+    walk(&f, &data, ranges[0].start, &ranges, &order[..3]);
+    wait_for("the plan to store the file and push what it stored", SETTLE, || {
+        let (fetched, pushed) = (
+            sample(&addr, "modelfs_plan_fetched_bytes_total"),
+            sample(&addr, "modelfs_plan_pushed_bytes_total"),
+        );
+        cached(&path) == size && fetched > 0.0 && pushed >= fetched
+    });
+    let pushed = sample(&addr, "modelfs_plan_pushed_bytes_total");
+    assert!(pushed > size as f64 / 2.0, "pushed {pushed} of {size}:\n{}", m.log());
+    // Then it maps the file and copies every tensor out, as safe_open does.
+    let before = served(&addr);
+    // SAFETY: the file is read-only and nothing truncates it while mapped.
+    let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+    for &i in &order {
+        let r = ranges[i].start as usize..ranges[i].end as usize;
+        assert!(map[r.clone()] == data[r], "tensor {i} through the map");
+    }
+    // Only pages no push and no earlier read put there may fault through to the daemon.
+    let through = served(&addr) - before;
+    eprintln!(
+        "pushed {pushed} bytes; the mapped walk of {size} bytes had {through} served by reads"
+    );
+    assert!(through <= size as f64 - pushed, "{through} bytes through reads after {pushed} pushed");
+    drop(map);
+    drop(f);
+    m.stop();
+}
+
 #[test]
 fn a_peek_at_the_header_and_one_tensor_fetches_only_their_chunks() {
     // Small tensors in the middle of the file, between large ones: the peek reads one.
