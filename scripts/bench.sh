@@ -94,8 +94,8 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$pid" 2>/dev/null
     done
-    if [ -n "${PAGE_REPORTING_WAS:-}" ]; then
-        echo "$PAGE_REPORTING_WAS" >"$PAGE_REPORTING"
+    if [ -n "${PAGE_REPORTING_WAS:-}" ] && echo "$PAGE_REPORTING_WAS" >"$PAGE_REPORTING"; then
+        rm -f "$PAGE_REPORTING_SAVED"
     fi
 }
 trap cleanup EXIT
@@ -437,22 +437,42 @@ median_of() { # KEY -> median seconds
 # amount per contender (a loader's arrays are fresh memory on every run). An order above the
 # largest the buddy allocator has (10) means no block is ever reported; restored at exit.
 PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+# The order found before any run of ours changed it: a run killed before its cleanup leaves 11
+# behind, and the next run must still restore what the machine had.
+PAGE_REPORTING_SAVED="$W/page_reporting_order.orig"
 PAGE_REPORTING_WAS=""
 fresh_copy_secs() { # seconds for numpy to copy 1 GiB into fresh memory
     python3 -c 'import time, numpy as np; a = np.ones(1 << 30, np.uint8); t = time.time(); b = a.copy(); print(f"{time.time() - t:.2f}")'
 }
-if [ -w "$PAGE_REPORTING" ] && [ -z "${BENCH_KEEP_PAGE_REPORTING:-}" ]; then
-    PAGE_REPORTING_WAS=$(cat "$PAGE_REPORTING")
-    echo 11 >"$PAGE_REPORTING"
-    # Memory reported before now is still the host's: back 8 GiB (more than any round frees
-    # and takes again) once, so the first rounds do not pay for it either.
-    log "free page reporting off for this run (order $PAGE_REPORTING_WAS -> 11); backing 8 GiB once"
-    python3 -c 'import numpy as np; np.ones(8 << 30, np.uint8)'
-    MEMORY_NOTE="free page reporting turned off for the run (order $PAGE_REPORTING_WAS -> 11), 8 GiB backed first; a 1 GiB copy into fresh memory then took $(fresh_copy_secs) s"
-elif [ -e "$PAGE_REPORTING" ]; then
-    MEMORY_NOTE="free page reporting left on (order $(cat "$PAGE_REPORTING")): a 1 GiB copy into fresh memory took $(fresh_copy_secs) s, and cold rows include the host backing memory again"
-else
+order_now=$(cat "$PAGE_REPORTING" 2>/dev/null || echo -1)
+if [ "$order_now" = -1 ]; then
+    # No such parameter, or reporting inactive (no balloon that reports).
     MEMORY_NOTE="no free page reporting"
+elif [ -n "${BENCH_KEEP_PAGE_REPORTING:-}" ] || [ ! -w "$PAGE_REPORTING" ]; then
+    MEMORY_NOTE="free page reporting left on (order $order_now): a 1 GiB copy into fresh memory took $(fresh_copy_secs) s, and cold rows include the host backing memory again"
+else
+    [ -s "$PAGE_REPORTING_SAVED" ] || echo "$order_now" >"$PAGE_REPORTING_SAVED"
+    original=$(cat "$PAGE_REPORTING_SAVED")
+    # 11 is above the largest block the buddy allocator has, so nothing is ever reported; a
+    # kernel that refuses it takes 10 (only 4 MiB blocks go back); one that refuses both
+    # keeps its own.
+    for order in 11 10; do
+        if echo "$order" 2>/dev/null >"$PAGE_REPORTING"; then
+            PAGE_REPORTING_WAS=$original
+            break
+        fi
+    done
+    if [ -n "$PAGE_REPORTING_WAS" ]; then
+        # Memory reported before now is still the host's: back some once (half of what is
+        # available, at most 8 GiB: more than any round frees and takes again), so the first
+        # rounds do not pay for it either.
+        back_gib=$(awk '/^MemAvailable:/{g = int($2 / 1048576 / 2); print (g > 8 ? 8 : g)}' /proc/meminfo)
+        log "free page reporting order $original -> $order for this run; backing ${back_gib} GiB once"
+        python3 -c "import numpy as np; np.ones($back_gib << 30, np.uint8)"
+        MEMORY_NOTE="free page reporting order $original -> $order for the run, $back_gib GiB backed first; a 1 GiB copy into fresh memory then took $(fresh_copy_secs) s"
+    else
+        MEMORY_NOTE="free page reporting left on (order $order_now: the kernel refused 11 and 10); a 1 GiB copy into fresh memory took $(fresh_copy_secs) s"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------

@@ -272,6 +272,11 @@ pub struct MountArgs {
     /// [default: the config file's `load_plans`, else plans on].
     #[arg(long)]
     pub no_load_plans: bool,
+    /// Do not copy the chunks load plans store into the kernel's page cache; mapped loaders'
+    /// page faults are then answered by reads [default: the config file's `push_pages`, else
+    /// on]. The pushed pages are charged to modelfs's memory cgroup, not the loader's.
+    #[arg(long)]
+    pub no_push_pages: bool,
     /// Detach from the terminal once the mount answers, logging to --log-file and writing
     /// --pid-file.
     #[arg(long)]
@@ -318,6 +323,9 @@ pub struct MountConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Prefetch model files' tensors in loader order once a program walks them.
     pub load_plans: bool,
+    /// Push what load plans store into the kernel's page cache (doc/DESIGN.md, "Pushing
+    /// planned chunks into the page cache").
+    pub push_pages: bool,
     pub tier: Option<String>,
     pub profile: Option<crate::profile::Profile>,
     /// Read-only stores under the store, asked in this order.
@@ -444,6 +452,7 @@ impl MountArgs {
             max_cache_size: self.max_cache_size.or(f.max_cache_size),
             metrics_addr: self.metrics_addr.or(f.metrics_addr),
             load_plans: !self.no_load_plans && f.load_plans.unwrap_or(true),
+            push_pages: !self.no_push_pages && f.push_pages.unwrap_or(true),
             tier: self.tier.clone().or(f.tier),
             profile: self.profile.or(f.profile),
             store_ro: if self.store_ro.is_empty() { f.store_ro } else { self.store_ro.clone() },
@@ -515,6 +524,7 @@ impl MountConfig {
             ("threads", self.threads != new.threads),
             ("metrics_addr", self.metrics_addr != new.metrics_addr),
             ("tier", self.tier != new.tier),
+            ("push_pages", self.push_pages != new.push_pages),
             ("profile", self.profile != new.profile),
             ("store_ro", self.store_ro != new.store_ro),
             ("repo.profile", profiles(self) != profiles(new)),
@@ -937,6 +947,9 @@ mod tests {
             Cli::try_parse_from(["modelfs", "mount", "/m", "--daemon", "--foreground"]).is_err()
         );
         assert!(!resolve(&["/m", "--no-load-plans"], None, &[]).load_plans);
+        assert!(resolve(&["/m"], None, &[]).push_pages, "pushes are on unless turned off");
+        assert!(!resolve(&["/m", "--no-push-pages"], None, &[]).push_pages);
+        assert!(!resolve(&["/m"], Some("push_pages = false"), &[]).push_pages);
         // --offline beats HF_HUB_OFFLINE=0.
         let c = resolve(&["/m", "--offline"], None, &[("HF_HUB_OFFLINE", "0")]);
         assert!(c.offline);

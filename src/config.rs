@@ -68,6 +68,9 @@ pub struct ConfigFile {
     pub metrics_addr: Option<SocketAddr>,
     /// Prefetch model files' tensors in loader order (doc/SEMANTICS.md, "Cold start").
     pub load_plans: Option<bool>,
+    /// Copy what load plans store into the kernel's page cache (doc/DESIGN.md, "Pushing
+    /// planned chunks into the page cache").
+    pub push_pages: Option<bool>,
     /// The shared tier, `s3://BUCKET/PREFIX` or `file:///DIR`.
     pub tier: Option<String>,
     /// Where repos' bytes are kept unless their `[[repo]]` entry says otherwise.

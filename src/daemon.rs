@@ -466,8 +466,10 @@ fn serve(cfg: MountConfig, readiness: Readiness, logging: Logging) -> Result<(),
     crate::fuse::invalidate_failed_files(&fs, session.notifier());
     crate::fuse::invalidate_on_access_change(&fs, session.notifier());
     // Best effort: without it, loaders' page faults are answered by reads, as before.
-    if let Err(e) = fs.push_planned_chunks(kernel_pages(session.notifier())) {
-        tracing::warn!(error = %e, "cannot start pushing planned chunks to the page cache");
+    if cfg.push_pages {
+        if let Err(e) = fs.push_planned_chunks(kernel_pages(session.notifier())) {
+            tracing::warn!(error = %e, "cannot start pushing planned chunks to the page cache");
+        }
     }
     let signal_ready = ready.clone();
     let signal_own = own.clone();

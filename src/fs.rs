@@ -636,6 +636,14 @@ impl ModelFs {
         }
     }
 
+    /// The content the file inode `ino` shows.
+    pub fn content_of(&self, ino: u64) -> Option<crate::manifest::ContentId> {
+        match &*self.inodes.get(ino)? {
+            Node::File { snap, file, .. } => snap.file(*file).map(|f| f.hash.content_id()),
+            _ => None,
+        }
+    }
+
     /// Every inode that shows `content` (at any commit, in any view).
     pub fn inodes_of(&self, content: &crate::manifest::ContentId) -> Vec<u64> {
         self.inodes.find(|node| match node {
@@ -653,16 +661,15 @@ impl ModelFs {
         pages: Arc<dyn pages::KernelPages>,
     ) -> std::io::Result<()> {
         let weak = Arc::downgrade(self);
-        let inodes_of: pages::InodesOf = Arc::new(move |content| {
-            weak.upgrade().map_or_else(Vec::new, |fs| fs.inodes_of(content))
-        });
+        let content_of: pages::ContentOf =
+            Arc::new(move |ino| weak.upgrade().and_then(|fs| fs.content_of(ino)));
         let loads = Arc::downgrade(&self.loads);
         let on_pushed: pages::OnPushed = Box::new(move |content, index| {
             if let Some(loads) = loads.upgrade() {
                 loads.pushed(content, index);
             }
         });
-        let pusher = pages::Pusher::start(self.store.clone(), inodes_of, pages, on_pushed)?;
+        let pusher = pages::Pusher::start(self.store.clone(), content_of, pages, on_pushed)?;
         self.loads.set_pusher(pusher);
         Ok(())
     }

@@ -158,8 +158,8 @@ struct NotifiedPages {
 }
 
 impl KernelPages for NotifiedPages {
-    fn served_through_cache(&self, ino: u64) -> bool {
-        lock(&self.backing).cached.contains_key(&ino)
+    fn cached_inodes(&self) -> Vec<u64> {
+        lock(&self.backing).cached.keys().copied().collect()
     }
 
     fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {

@@ -273,7 +273,7 @@ impl Metrics {
         let plan_pushed_bytes = Counter::default();
         r.register_with_unit(
             "plan_pushed",
-            "Bytes of load-plan chunks put into the kernel's page cache before a page fault asked for them",
+            "Bytes of load-plan chunks handed to the kernel's page cache, once per inode open through it",
             Unit::Bytes,
             plan_pushed_bytes.clone(),
         );

@@ -162,6 +162,23 @@ fn what_a_plan_stores_is_pushed_into_the_page_cache_so_mapped_reads_never_reach_
 }
 
 #[test]
+fn no_push_pages_leaves_planned_chunks_to_reads() {
+    let tensors = layers(12, 2 * MIB, 60);
+    let (data, ranges) = models::safetensors(&tensors);
+    let hub = hub(vec![MockFile::lfs("model.safetensors", data.clone())]);
+    let store = temp_dir("plans-no-push");
+    let args = [&ARGS[..], &["--no-push-pages"]].concat();
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path("plans/model/all/model.safetensors")).unwrap();
+    walk(&f, &data, ranges[0].start, &ranges, &sorted_order(&tensors));
+    assert!(sample(&addr, "modelfs_plan_fetched_bytes_total") > 0.0, "{}", m.log());
+    assert_eq!(sample(&addr, "modelfs_plan_pushed_bytes_total"), 0.0, "{}", m.log());
+    drop(f);
+    m.stop();
+}
+
+#[test]
 fn a_peek_at_the_header_and_one_tensor_fetches_only_their_chunks() {
     // Small tensors in the middle of the file, between large ones: the peek reads one.
     let mut tensors = layers(8, 3 * MIB, 10);

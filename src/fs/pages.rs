@@ -15,11 +15,15 @@
 //! page only once it can lock it, and a page a reader waits on stays locked until that read is
 //! answered, so a push must never be made by a thread that answers reads. A full queue drops
 //! the push, not the bytes: the read path serves them as before. Only checked bytes are pushed
-//! (read back from the store through its crcs), and a content found bad while its chunk was
-//! being pushed has its pages dropped again here, as `ModelFs::set_on_failed` drops them for
-//! every other page.
+//! (read back from the store through its crcs, a piece at a time), and a content found bad
+//! while its chunk was being pushed has its pages dropped again here, as
+//! `ModelFs::set_on_failed` drops them for every other page.
+//!
+//! Pages the kernel creates for a push are charged to this process's memory cgroup, not the
+//! loader's (doc/OPERATIONS.md, "Memory"); `push_pages = false` turns pushing off.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -32,23 +36,29 @@ use crate::store::{chunk_len, ChunkStore, FileState};
 /// any plan keeps in flight, so a drop means the kernel is not taking pushes at all.
 const QUEUE: usize = 64;
 
+/// Bytes read back from the store and pushed at once: the store lends a buffer this large to
+/// the pushing thread (not a whole chunk, which `--chunk-size` can make 1 GiB), as the
+/// verifier reads in 1 MiB pieces for the same reason.
+const PIECE: usize = 1 << 20;
+
 /// What the FUSE edge offers this module: the kernel's page cache of the mount's inodes.
 pub trait KernelPages: Send + Sync {
-    /// Whether `ino` has handles open whose reads go through the kernel's page cache (not
-    /// passed through to a backing file, whose own page cache the kernel reads instead).
-    fn served_through_cache(&self, ino: u64) -> bool;
+    /// The inodes with handles open whose reads go through the kernel's page cache (not
+    /// passed through to a backing file, whose own page cache the kernel reads instead): a
+    /// handful at a time, the files programs have open.
+    fn cached_inodes(&self) -> Vec<u64>;
 
-    /// Put `data` into the page cache of `ino` at `offset`. `ENOENT`: the kernel does not
-    /// have the inode (nothing holds it open), so there is nothing to fill.
+    /// Put `data` into the page cache of `ino` at `offset`. An inode the kernel no longer
+    /// has (its last handle closed meanwhile) is not an error: there is nothing to fill.
     fn store(&self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()>;
 
     /// Drop every cached page of `ino`.
     fn forget(&self, ino: u64) -> io::Result<()>;
 }
 
-/// Every inode that shows a content (`ModelFs::inodes_of`).
-pub type InodesOf = Arc<InodesOfFn>;
-pub type InodesOfFn = dyn Fn(&ContentId) -> Vec<u64> + Send + Sync;
+/// The content an inode shows, if it is a file (`ModelFs::content_of`).
+pub type ContentOf = Arc<ContentOfFn>;
+pub type ContentOfFn = dyn Fn(u64) -> Option<ContentId> + Send + Sync;
 
 /// Told of each chunk pushed into at least one inode's page cache.
 pub type OnPushed = Box<dyn Fn(&ContentId, u64) + Send>;
@@ -70,21 +80,23 @@ impl Stored {
 /// The sending half: cheap to call from any task, never blocks.
 pub struct Pusher {
     queue: SyncSender<Stored>,
+    /// The thread has gone (it panicked): said once.
+    gone: AtomicBool,
 }
 
 impl Pusher {
     /// Start the pushing thread. It ends when the `Pusher` is dropped.
     pub fn start(
         store: Arc<dyn ChunkStore>,
-        inodes_of: InodesOf,
+        content_of: ContentOf,
         pages: Arc<dyn KernelPages>,
         on_pushed: OnPushed,
     ) -> io::Result<Pusher> {
         let (queue, jobs) = mpsc::sync_channel(QUEUE);
         std::thread::Builder::new()
             .name("modelfs-push".into())
-            .spawn(move || run(jobs, &*store, &*inodes_of, &*pages, &on_pushed))?;
-        Ok(Pusher { queue })
+            .spawn(move || run(jobs, &*store, &*content_of, &*pages, &on_pushed))?;
+        Ok(Pusher { queue, gone: AtomicBool::new(false) })
     }
 
     /// Push `chunk` when the thread gets to it; dropped (debug line) when the queue is full.
@@ -94,7 +106,13 @@ impl Pusher {
             Err(TrySendError::Full(c)) => {
                 tracing::debug!(content = %c.content, index = c.index, "page push queue full; the chunk is left to reads")
             }
-            Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Disconnected(_)) => {
+                if !self.gone.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the page push thread has stopped; planned chunks are left to reads"
+                    );
+                }
+            }
         }
     }
 }
@@ -102,12 +120,12 @@ impl Pusher {
 fn run(
     jobs: Receiver<Stored>,
     store: &dyn ChunkStore,
-    inodes_of: &InodesOfFn,
+    content_of: &ContentOfFn,
     pages: &dyn KernelPages,
     on_pushed: &OnPushed,
 ) {
     for chunk in jobs {
-        let pushed = push(store, inodes_of, pages, chunk);
+        let pushed = push(store, content_of, pages, chunk);
         if pushed > 0 {
             crate::metrics::get().plan_pushed(pushed);
             on_pushed(&chunk.content, chunk.index);
@@ -119,13 +137,14 @@ fn run(
 /// through the cache; the bytes pushed (once per inode).
 pub fn push(
     store: &dyn ChunkStore,
-    inodes_of: &InodesOfFn,
+    content_of: &ContentOfFn,
     pages: &dyn KernelPages,
     chunk: Stored,
 ) -> u64 {
-    let inodes: Vec<u64> = inodes_of(&chunk.content)
+    let inodes: Vec<u64> = pages
+        .cached_inodes()
         .into_iter()
-        .filter(|&ino| pages.served_through_cache(ino))
+        .filter(|&ino| content_of(ino) == Some(chunk.content))
         .collect();
     if inodes.is_empty() {
         return 0;
@@ -134,34 +153,37 @@ pub fn push(
     let len = chunk_len(chunk.size, cs, chunk.index) as usize;
     let offset = chunk.index * cs;
     let mut pushed = 0;
-    let mut to_inodes = |bytes: &[u8]| {
-        for &ino in &inodes {
-            match pages.store(ino, offset, bytes) {
-                Ok(()) => pushed += bytes.len() as u64,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    tracing::debug!(ino, offset, error = %e, "chunk not pushed to the page cache")
+    for at in (0..len).step_by(PIECE) {
+        let piece = at..(at + PIECE).min(len);
+        let mut to_inodes = |bytes: &[u8]| {
+            for &ino in &inodes {
+                match pages.store(ino, offset + at as u64, bytes) {
+                    Ok(()) => pushed += bytes.len() as u64,
+                    Err(e) => {
+                        tracing::debug!(ino, offset, error = %e, "chunk not pushed to the page cache")
+                    }
                 }
             }
-        }
-    };
-    match store.visit_chunk(&chunk.content, chunk.index, 0..len, &mut to_inodes) {
-        Ok(true) => {}
-        // Evicted or dropped since the plan stored it: nothing checked to push.
-        Ok(false) => return 0,
-        Err(e) => {
-            tracing::debug!(content = %chunk.content, index = chunk.index, error = %e, "chunk to push not read");
-            return 0;
+        };
+        match store.visit_chunk(&chunk.content, chunk.index, piece, &mut to_inodes) {
+            Ok(true) => {}
+            // Evicted or dropped since the plan stored it: nothing checked to push.
+            Ok(false) => break,
+            Err(e) => {
+                tracing::debug!(content = %chunk.content, index = chunk.index, error = %e, "chunk to push not read");
+                break;
+            }
         }
     }
-    // Found bad between the read above and the push: the failure's own invalidation may have
-    // run before the push landed, so drop the pages again.
-    if matches!(store.file_record(&chunk.content), Ok(Some(r)) if r.state == FileState::Failed) {
+    // Found bad between the reads above and the pushes: the failure's own invalidation may
+    // have run before the pushes landed, so drop the pages again; so too when the store cannot
+    // say.
+    let bad =
+        !matches!(store.file_record(&chunk.content), Ok(Some(r)) if r.state != FileState::Failed);
+    if bad && pushed > 0 {
         for &ino in &inodes {
             if let Err(e) = pages.forget(ino) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::warn!(ino, error = %e, "pages of a bad file not invalidated");
-                }
+                tracing::warn!(ino, error = %e, "pages of a bad file not invalidated");
             }
         }
         return 0;
@@ -179,21 +201,22 @@ mod tests {
     /// The kernel's page cache, as far as pushes go: the bytes each inode holds.
     #[derive(Default)]
     struct Pages {
-        cached: HashSet<u64>,
+        cached: Vec<u64>,
+        /// The inodes the kernel still has; a push to another is dropped without an error,
+        /// as fuser reports the kernel's ENOENT.
         known: HashSet<u64>,
         held: Mutex<Vec<(u64, u64, Vec<u8>)>>,
         forgotten: Mutex<Vec<u64>>,
     }
 
     impl KernelPages for Pages {
-        fn served_through_cache(&self, ino: u64) -> bool {
-            self.cached.contains(&ino)
+        fn cached_inodes(&self) -> Vec<u64> {
+            self.cached.clone()
         }
         fn store(&self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()> {
-            if !self.known.contains(&ino) {
-                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            if self.known.contains(&ino) {
+                self.held.lock().unwrap().push((ino, offset, data.to_vec()));
             }
-            self.held.lock().unwrap().push((ino, offset, data.to_vec()));
             Ok(())
         }
         fn forget(&self, ino: u64) -> io::Result<()> {
@@ -216,16 +239,18 @@ mod tests {
         let store = MemoryStore::new(CS);
         let size = 2 * CS + 100;
         let (content, bytes) = stored_file(&store, size);
-        // 1 and 2 are open through the cache; 3 is passed through; 2 the kernel has dropped.
-        let pages = Pages {
-            cached: HashSet::from([1, 2]),
-            known: HashSet::from([1, 3]),
-            ..Pages::default()
+        // 1, 2 and 3 show the content, 4 another. 1, 2 and 4 are open through the cache (3 is
+        // passed through); 2 the kernel has dropped since.
+        let pages =
+            Pages { cached: vec![1, 2, 4], known: HashSet::from([1, 3, 4]), ..Pages::default() };
+        let content_of = move |ino: u64| match ino {
+            1..=3 => Some(content),
+            _ => Some(ContentId([8; 32])),
         };
-        let inodes_of = move |c: &ContentId| if *c == content { vec![1, 2, 3] } else { vec![] };
         // The last chunk: short, and pushed at its offset, never past the end of the file.
-        let pushed = push(&store, &inodes_of, &pages, Stored { content, size, index: 2 });
-        assert_eq!(pushed, 100);
+        let pushed = push(&store, &content_of, &pages, Stored { content, size, index: 2 });
+        // Counted for 1 and 2: the kernel does not say that it had dropped 2.
+        assert_eq!(pushed, 200);
         let held = pages.held.lock().unwrap();
         assert_eq!(*held, vec![(1, 2 * CS, bytes[2 * CS as usize..].to_vec())]);
     }
@@ -235,23 +260,28 @@ mod tests {
         let store = MemoryStore::new(CS);
         let size = 3 * CS;
         let (content, _) = stored_file(&store, size);
-        let pages =
-            Pages { cached: HashSet::from([1]), known: HashSet::from([1]), ..Pages::default() };
-        let inodes_of = |_: &ContentId| vec![1];
+        let pages = Pages { cached: vec![1], known: HashSet::from([1]), ..Pages::default() };
+        let content_of = move |_: u64| Some(content);
+        // Another content, which no open inode shows.
         let other = ContentId([9; 32]);
-        assert_eq!(push(&store, &inodes_of, &pages, Stored { content: other, size, index: 0 }), 0);
+        assert_eq!(push(&store, &content_of, &pages, Stored { content: other, size, index: 0 }), 0);
+        // A chunk this content does not have stored.
+        assert_eq!(
+            push(&store, &content_of, &pages, Stored { content, size: 9 * CS, index: 8 }),
+            0
+        );
         assert!(pages.held.lock().unwrap().is_empty());
 
         // Found bad while its chunk was being pushed (the record says failed, the chunk is
         // still readable): what the push put there is dropped again.
         store.set_file_state(&content, FileState::Failed).unwrap();
-        assert_eq!(push(&store, &inodes_of, &pages, Stored { content, size, index: 1 }), 0);
+        assert_eq!(push(&store, &content_of, &pages, Stored { content, size, index: 1 }), 0);
         assert_eq!(pages.held.lock().unwrap().len(), 1);
         assert_eq!(*pages.forgotten.lock().unwrap(), vec![1]);
 
         // Discarded as bad (its chunks gone): nothing to push at all.
         store.discard_file(&content, FileState::Failed).unwrap();
-        assert_eq!(push(&store, &inodes_of, &pages, Stored { content, size, index: 0 }), 0);
+        assert_eq!(push(&store, &content_of, &pages, Stored { content, size, index: 0 }), 0);
         assert_eq!(pages.held.lock().unwrap().len(), 1);
     }
 
@@ -260,17 +290,14 @@ mod tests {
         let store = Arc::new(MemoryStore::new(CS));
         let size = 2 * CS;
         let (content, bytes) = stored_file(&store, size);
-        let pages = Arc::new(Pages {
-            cached: HashSet::from([5]),
-            known: HashSet::from([5]),
-            ..Pages::default()
-        });
+        let pages =
+            Arc::new(Pages { cached: vec![5], known: HashSet::from([5]), ..Pages::default() });
         let (told, delivered) = mpsc::channel();
         let on_pushed: OnPushed = Box::new(move |c: &ContentId, index| {
             let _ = told.send((*c, index));
         });
         let pusher =
-            Pusher::start(store, Arc::new(move |_: &ContentId| vec![5]), pages.clone(), on_pushed)
+            Pusher::start(store, Arc::new(move |_: u64| Some(content)), pages.clone(), on_pushed)
                 .unwrap();
         pusher.offer(Stored { content, size, index: 1 });
         pusher.offer(Stored { content, size, index: 0 });
