@@ -24,8 +24,8 @@
 #   BENCH_TIER_SCALE  `full` (default: the tier rows read the 1 GiB file) or `small` (a
 #               128 MiB file of its own)
 #   BENCH_KEEP_PAGE_REPORTING  set: leave the VM's free page reporting as it is (by default
-#               the bench turns it off for its run and restores it at exit; see "Memory" in
-#               doc/BENCHMARKS.md)
+#               the bench turns it off for its run and restores it at exit; see "Memory: free
+#               page reporting" in doc/BENCHMARKS.md)
 #   BENCH_BIN_DIR  take `modelfs` and `examples/mock_hub` from this directory (e.g. another
 #               worktree's target/release) instead of building them here; the coalescing
 #               rows' probe (scripts/bench/cold_probe.sh) still builds in this tree
@@ -434,8 +434,7 @@ median_of() { # KEY -> median seconds
 # benchmark VM a 1 GiB numpy copy took 9.5 s that way and 0.4 s once reporting was off. Every
 # cold row allocates gigabytes that the round before freed (page cache of deleted stores and
 # caches, loaders' arrays), so with reporting on the rows measure the host, in a different
-# amount per contender (a loader's arrays are fresh memory on every run). An order above the
-# largest the buddy allocator has (10) means no block is ever reported; restored at exit.
+# amount per contender (a loader's arrays are fresh memory on every run). Restored at exit.
 PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
 # The order found before any run of ours changed it: a run killed before its cleanup leaves 11
 # behind, and the next run must still restore what the machine had.

@@ -638,20 +638,12 @@ impl ModelFs {
 
     /// The content the file inode `ino` shows.
     pub fn content_of(&self, ino: u64) -> Option<crate::manifest::ContentId> {
-        match &*self.inodes.get(ino)? {
-            Node::File { snap, file, .. } => snap.file(*file).map(|f| f.hash.content_id()),
-            _ => None,
-        }
+        file_content(&*self.inodes.get(ino)?)
     }
 
     /// Every inode that shows `content` (at any commit, in any view).
     pub fn inodes_of(&self, content: &crate::manifest::ContentId) -> Vec<u64> {
-        self.inodes.find(|node| match node {
-            Node::File { snap, file, .. } => {
-                snap.file(*file).is_some_and(|f| f.hash.content_id() == *content)
-            }
-            _ => false,
-        })
+        self.inodes.find(|node| file_content(node) == Some(*content))
     }
 
     /// Push the chunks load plans store into the kernel's page cache (`fs::pages`), for the
@@ -918,6 +910,14 @@ impl ModelFs {
         out.push(("status", status.to_string()));
         out.push(("progress", format!("{cached}/{total}")));
         Ok(())
+    }
+}
+
+/// The content a file node shows; `None` for directories and the root.
+fn file_content(node: &Node) -> Option<crate::manifest::ContentId> {
+    match node {
+        Node::File { snap, file, .. } => snap.file(*file).map(|f| f.hash.content_id()),
+        _ => None,
     }
 }
 

@@ -428,7 +428,7 @@ impl Loads {
             "load plan started"
         );
         let content = file.content();
-        let (this, recorder, pushed) = (self.clone(), self.clone(), file.clone());
+        let (this, recorder, size) = (self.clone(), self.clone(), file.remote.size);
         self.fetcher
             .fetch_in_order(
                 file,
@@ -444,7 +444,7 @@ impl Loads {
                     }
                     // After the record above: a push that lands counts the chunk delivered.
                     if let Some(pusher) = recorder.pusher.get() {
-                        pusher.offer(Stored::of(&pushed, index));
+                        pusher.offer(Stored { content, size, index });
                     }
                 },
             )

@@ -20,14 +20,13 @@
 //! `ModelFs::set_on_failed` drops them for every other page.
 //!
 //! Pages the kernel creates for a push are charged to this process's memory cgroup, not the
-//! loader's (doc/OPERATIONS.md, "Memory"); `push_pages = false` turns pushing off.
+//! loader's (doc/OPERATIONS.md, "Memory accounting"); `push_pages = false` turns pushing off.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use crate::fetch::FileRef;
 use crate::manifest::ContentId;
 use crate::store::{chunk_len, ChunkStore, FileState};
 
@@ -69,12 +68,6 @@ pub struct Stored {
     pub content: ContentId,
     pub size: u64,
     pub index: u64,
-}
-
-impl Stored {
-    pub fn of(file: &FileRef, index: u64) -> Stored {
-        Stored { content: file.content(), size: file.remote.size, index }
-    }
 }
 
 /// The sending half: cheap to call from any task, never blocks.
