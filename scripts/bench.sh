@@ -2,7 +2,7 @@
 # Benchmark modelfs against what users would pick instead (issue 4), on one machine, in one
 # run, against one origin on 127.0.0.1, and print one markdown table of medians and ratios.
 #
-#   sudo ./scripts/bench.sh                  # ~15-25 min; needs root, /dev/fuse, ~9 GiB free
+#   ./scripts/bench.sh                  # ~15-25 min; needs root, /dev/fuse, ~9 GiB free
 #
 # The origin: nginx serves the generated files as /files/<org>/<repo>/<path> (autoindex, for
 # curl and rclone) and the same bytes as /lfs/<sha256> (the "CDN"); the bundled mock Hub
@@ -30,8 +30,8 @@
 #               worktree's target/release) instead of building them here; the coalescing
 #               rows' probe (scripts/bench/cold_probe.sh) still builds in this tree
 #
-#   sudo BENCH_ONLY=loaders BENCH_LOADER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh   # ~3 min
-#   sudo BENCH_ONLY=tier BENCH_TIER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh        # ~2 min
+#   BENCH_ONLY=loaders BENCH_LOADER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh   # ~3 min
+#   BENCH_ONLY=tier BENCH_TIER_SCALE=small BENCH_RUNS=1 ./scripts/bench.sh        # ~2 min
 #
 # Installs what it uses when missing: nginx and rclone (apt-get), huggingface_hub and, for the
 # tier rows, moto[server] (pip, the versions pinned in tests/python/requirements.txt).

@@ -3,8 +3,8 @@
 # project's S3 server over a directory, in Rust) in place of moto's (Python), which the
 # default suite uses. tests/support/tier.rs starts whichever MODELFS_TEST_S3 names.
 #
-#   sudo ./scripts/test_s3s.sh              # installs s3s-fs if missing, then the suites
-#   sudo ./scripts/test_s3s.sh -- --nocapture   # extra arguments go to cargo test
+#   ./scripts/test_s3s.sh              # installs s3s-fs if missing, then the suites
+#   ./scripts/test_s3s.sh -- --nocapture   # extra arguments go to cargo test
 #
 # s3s-fs is installed with `cargo install` into the cargo bin dir ($CARGO_HOME/bin), built
 # from source once per machine (86 s on the quiet 2-core VM, 2 min 10 s with two other builds

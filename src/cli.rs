@@ -230,7 +230,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// Most bytes read-ahead may hold in flight (each parallel fetch buffers its chunks
-    /// until they are stored), e.g. 256M [default: 40M].
+    /// until they are stored), e.g. 256M [default: 32M].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub max_inflight_bytes: Option<u64>,
     /// Longest read-ahead request. When --max-inflight-bytes allows more chunks in flight than

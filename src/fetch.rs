@@ -21,6 +21,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+mod split;
 mod verify;
 
 pub use verify::{verify_file, Verdict};
@@ -96,6 +97,8 @@ pub struct ChunkFetcher {
     prefetch_slots: Arc<Semaphore>,
     /// Most chunks one read-ahead request asks for (see [`PrefetchLimits::run_chunks`]).
     run_chunks: u64,
+    /// Requests one chunk's transfer is split into (see [`PrefetchLimits::parts`]).
+    parts: u64,
     /// Where read-ahead fetches run; the FUSE threads that trigger them are not on the runtime.
     runtime: Option<Handle>,
     /// Keeps the store under its bound and makes room when it is full; without one a full
@@ -128,7 +131,7 @@ const UNSTORED_CHUNKS: u64 = 4;
 
 /// What the memory cache may hold when a repo's profile is `none` (nothing stored; see
 /// [`crate::profile`]): the chunks read-ahead fetched and the reader has not reached yet,
-/// besides those it is reading. 64 MiB holds read-ahead's default 40 MiB in flight with room
+/// besides those it is reading. 64 MiB holds read-ahead's default 32 MiB in flight with room
 /// for the chunks being read, and keeps such a mount's RSS near 128 MiB.
 pub const STREAM_CACHE_BYTES: u64 = 64 << 20;
 
@@ -187,17 +190,22 @@ pub struct PrefetchLimits {
     /// connections share a per-connection cap, and each chunk is stored and served as soon
     /// as it lands rather than when the whole run has (measured in doc/BENCHMARKS.md).
     pub run_chunks: u64,
+    /// Parallel requests one chunk's range is split into (see `fetch/split.rs`). More than
+    /// one only when memory, not connections, is the bound: the chunk buffers memory allows
+    /// then carry `parts` connections each, so a per-connection cap is paid `parts` times
+    /// over instead of once, for the same bytes in memory.
+    pub parts: u64,
 }
 
 impl PrefetchLimits {
     /// No read-ahead: for one-shot processes (`status`, `pull`, which fetch what they choose
     /// themselves) and tests of demand reads.
     pub const NONE: PrefetchLimits =
-        PrefetchLimits { max_in_flight: 1, max_window: 0, run_chunks: 1 };
+        PrefetchLimits { max_in_flight: 1, max_window: 0, run_chunks: 1, parts: 1 };
 
     /// From the operator's budgets: as many bytes in flight as memory allows, over at most
     /// `max_connections` requests, each at most `max_request_bytes` long (and at least one
-    /// chunk).
+    /// chunk), or, when memory allows fewer chunks than connections, each chunk over several.
     pub fn new(
         chunk_size: u64,
         max_inflight_bytes: u64,
@@ -210,7 +218,9 @@ impl PrefetchLimits {
         let longest = (max_request_bytes / chunk_size).max(1);
         let run_chunks = (by_memory / connections).clamp(1, longest);
         let max_in_flight = (by_memory / run_chunks).min(connections).max(1) as usize;
-        Self { max_in_flight, max_window: MAX_WINDOW, run_chunks }
+        // Connections memory leaves unused go to splitting each chunk's transfer.
+        let parts = if run_chunks == 1 { (connections / max_in_flight as u64).max(1) } else { 1 };
+        Self { max_in_flight, max_window: MAX_WINDOW, run_chunks, parts }
     }
 }
 
@@ -225,13 +235,15 @@ impl Default for PrefetchLimits {
     }
 }
 
-/// Default bound on read-ahead memory: 5 chunks of 8 MiB. Five parallel ranges fill a link
-/// whose CDN caps each connection at a fifth of its capacity (250 MB/s at a 50 MB/s cap), and
-/// 40 MiB keeps the daemon's peak RSS under 128 MiB while streaming. Measured on the
-/// benchmark's capped origin (`scripts/bench/cold_probe.sh`, 134 MB/s per connection): 64,
-/// 48, 40 and 32 MiB gave a peak RSS of 140-155, 120-150, 98-116 and 98-106 MiB, and the
-/// same cold time within noise from 48 MiB down to 40 (3.2 and 3.3 s; 32 MiB: 3.5 s).
-pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 40 << 20;
+/// Default bound on read-ahead memory: 4 chunks of 8 MiB, each split over 4 of the 16
+/// connections (`fetch/split.rs`), so read-ahead fills a link whose CDN caps each connection
+/// at a sixteenth of it (640 MB/s at a 40 MB/s cap) and the daemon's peak RSS stays under
+/// 128 MiB while streaming. Measured with `scripts/bench/cold_probe.sh` (1 GiB, 3 runs each,
+/// free page reporting off), split transfers: 40 MiB (5 chunks over 3 connections each) took
+/// 2.21 s capped at 40 MB/s with a VmHWM of 118-159 MiB, and 1.85 s uncapped (99-111 MiB);
+/// 32 MiB took 1.92 s capped (93-105 MiB) and 1.74 s uncapped (102-108 MiB). Before chunks
+/// were split, 64, 48, 40 and 32 MiB gave 140-155, 120-150, 98-116 and 98-106 MiB.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: u64 = 32 << 20;
 
 /// Default cap on one coalesced read-ahead request: 64 MiB holds a connection for about a
 /// second at 64 MB/s, so a reader who stops early wastes at most that, and a failed request
@@ -264,6 +276,7 @@ impl ChunkFetcher {
             verified_in_background: Mutex::default(),
             prefetch_slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             run_chunks: limits.run_chunks.max(1),
+            parts: limits.parts.max(1),
             runtime: Handle::try_current().ok(),
             evictor: OnceLock::new(),
             store_failing: false.into(),
@@ -669,8 +682,12 @@ impl ChunkFetcher {
                             chunks = run.end - run.start, attempt, "fetching chunk");
             let bytes = tokio::time::timeout_at(
                 deadline,
-                crate::metrics::get()
-                    .timed_fetch(self.origin.fetch_range(&file.remote, start..end)),
+                crate::metrics::get().timed_fetch(split::fetch_split(
+                    &*self.origin,
+                    &file.remote,
+                    start..end,
+                    split::part_count(self.parts, expected),
+                )),
             )
             .await
             .map_err(|_| FetchError::Timeout(self.read_timeout))??;
@@ -1217,7 +1234,19 @@ mod tests {
     }
 
     fn trickle(chunks: u64, gap: Duration) -> (Arc<ChunkFetcher>, Arc<Trickle>, FileRef) {
-        let data: Bytes = (0..chunks * CS).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>().into();
+        let limits =
+            PrefetchLimits { max_in_flight: 1, max_window: 64 * CS, run_chunks: 4, parts: 1 };
+        trickle_over(CS, chunks, gap, limits)
+    }
+
+    /// `chunks` chunks of `cs` bytes behind a [`Trickle`], fetched within `limits`.
+    fn trickle_over(
+        cs: u64,
+        chunks: u64,
+        gap: Duration,
+        limits: PrefetchLimits,
+    ) -> (Arc<ChunkFetcher>, Arc<Trickle>, FileRef) {
+        let data: Bytes = (0..chunks * cs).map(|i| (i * 7 % 253) as u8).collect::<Vec<_>>().into();
         let file = FileRef {
             remote: RemoteFile {
                 repo: crate::manifest::RepoId::new("org", "repo"),
@@ -1229,8 +1258,7 @@ mod tests {
         };
         let origin =
             Arc::new(Trickle { data, gap, fail_after: Mutex::new(None), asked: Mutex::default() });
-        let store = Arc::new(crate::store::memory::MemoryStore::new(CS));
-        let limits = PrefetchLimits { max_in_flight: 1, max_window: 64 * CS, run_chunks: 4 };
+        let store = Arc::new(crate::store::memory::MemoryStore::new(cs));
         let fetcher = ChunkFetcher::new(store, origin.clone(), Duration::from_secs(10), limits);
         (fetcher, origin, file)
     }
@@ -1278,6 +1306,26 @@ mod tests {
         assert_eq!(*lock(&origin.asked), [0..4 * CS, 2 * CS..3 * CS]);
     }
 
+    #[tokio::test]
+    async fn a_chunk_crosses_over_its_parts_and_is_stored_whole() {
+        const BIG: u64 = 4 << 20;
+        let limits = PrefetchLimits { max_in_flight: 1, max_window: 0, run_chunks: 1, parts: 3 };
+        let (fetcher, origin, file) = trickle_over(BIG, 3, Duration::ZERO, limits);
+        let store = fetcher.store().clone();
+        let got = fetcher.chunk(&file, 1).await.unwrap();
+        assert_eq!(got, origin.data.slice(BIG as usize..2 * BIG as usize));
+        let asked = lock(&origin.asked).clone();
+        assert_eq!(asked.len(), 3, "three parts: {asked:?}");
+        assert_eq!((asked[0].start, asked[2].end), (BIG, 2 * BIG));
+        assert!(asked.windows(2).all(|w| w[0].end == w[1].start), "{asked:?}");
+        // Stored whole: the next read asks the origin nothing.
+        let mut out = Vec::new();
+        assert!(store.read_chunk(&file.content(), 1, 0..BIG as usize, &mut out).unwrap());
+        assert_eq!(&out[..], &got[..]);
+        fetcher.chunk(&file, 1).await.unwrap();
+        assert_eq!(lock(&origin.asked).len(), 3);
+    }
+
     #[test]
     fn runs_grow_with_the_time_to_first_byte() {
         const MIB: u64 = 1 << 20;
@@ -1299,14 +1347,16 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let default = PrefetchLimits::default();
         assert_eq!(
-            (default.max_in_flight, default.run_chunks),
-            (5, 1),
-            "40M of 8M chunks over 16 connections"
+            (default.max_in_flight, default.run_chunks, default.parts),
+            (4, 1, 4),
+            "32M of 8M chunks over 16 connections: each chunk over 4"
         );
         let few = PrefetchLimits::new(8 * MIB, 256 * MIB, 4, DEFAULT_MAX_REQUEST_BYTES);
-        assert_eq!((few.max_in_flight, few.run_chunks), (4, 8), "32 chunks over 4 connections");
+        assert_eq!((few.max_in_flight, few.run_chunks, few.parts), (4, 8, 1), "32 chunks over 4");
         let off = PrefetchLimits::new(8 * MIB, 256 * MIB, 4, 8 * MIB);
-        assert_eq!((off.max_in_flight, off.run_chunks), (4, 1), "requests of one chunk");
+        assert_eq!((off.max_in_flight, off.run_chunks, off.parts), (4, 1, 1), "one chunk each");
+        let wide = PrefetchLimits::new(8 * MIB, 128 * MIB, 16, DEFAULT_MAX_REQUEST_BYTES);
+        assert_eq!((wide.max_in_flight, wide.parts), (16, 1), "a chunk per connection");
     }
 
     proptest! {
@@ -1320,8 +1370,9 @@ mod tests {
             longest in 0u64..(1 << 30),
         ) {
             let l = PrefetchLimits::new(cs, inflight, conns, longest);
-            prop_assert!(l.max_in_flight >= 1 && l.run_chunks >= 1);
-            prop_assert!(l.max_in_flight <= conns.max(1));
+            prop_assert!(l.max_in_flight >= 1 && l.run_chunks >= 1 && l.parts >= 1);
+            prop_assert!(l.max_in_flight as u64 * l.parts <= conns.max(1) as u64);
+            prop_assert!(l.parts == 1 || l.run_chunks == 1, "split runs");
             prop_assert!(l.max_in_flight as u64 * l.run_chunks * cs <= inflight.max(cs));
             prop_assert!(l.run_chunks * cs <= longest.max(cs));
         }

@@ -1091,7 +1091,8 @@ mod tests {
 
     #[tokio::test]
     async fn sequential_reads_fetch_ahead_and_random_reads_do_not() {
-        let limits = PrefetchLimits { max_in_flight: 4, max_window: 4 * CS, run_chunks: 1 };
+        let limits =
+            PrefetchLimits { max_in_flight: 4, max_window: 4 * CS, run_chunks: 1, parts: 1 };
         let w = world_with(FsConfig::default(), limits);
         w.hub.add_repo(
             RepoId::new("org", "big"),
@@ -1144,7 +1145,8 @@ mod tests {
     #[tokio::test]
     async fn coalesced_read_ahead_asks_one_range_per_run_and_readers_join_it() {
         // Memory for 8 chunks over 2 connections: runs of 4 adjacent chunks per request.
-        let limits = PrefetchLimits { max_in_flight: 2, max_window: 8 * CS, run_chunks: 4 };
+        let limits =
+            PrefetchLimits { max_in_flight: 2, max_window: 8 * CS, run_chunks: 4, parts: 1 };
         let w = world_with(FsConfig::default(), limits);
         let want = data(9, 20_000);
         w.hub.add_repo(

@@ -63,7 +63,7 @@ fn profile_none_stores_nothing_and_stays_within_its_memory_bound() {
     }
     assert_eq!(listing(&store), before, "the store directory changed");
     assert_eq!(getfattr(&path, "user.modelfs.cached_bytes").unwrap(), "0");
-    // 64 MiB of memory cache and 40 MiB of read-ahead in flight, over the daemon's own
+    // 64 MiB of memory cache and 32 MiB of read-ahead in flight, over the daemon's own
     // footprint and the allocator's slack (142 MiB measured reading 256 MiB, 164 MiB reading
     // 512 MiB): half the file, whatever its size.
     let peak = peak_rss(m.pid());

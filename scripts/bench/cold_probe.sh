@@ -4,12 +4,12 @@
 # median of PROBE_RUNS runs each, interleaved. It is the loop to iterate on the cold path with
 # (a minute or two, self-contained, all torn down on exit), where the full benchmark takes ten.
 #
-#     sudo ./scripts/bench/cold_probe.sh
-#     sudo PROBE_CAP=100000000 ./scripts/bench/cold_probe.sh      # nginx limit_rate per connection
-#     sudo MODELFS_ARGS="--max-connections 8" ./scripts/bench/cold_probe.sh
+#     ./scripts/bench/cold_probe.sh
+#     PROBE_CAP=100000000 ./scripts/bench/cold_probe.sh      # nginx limit_rate per connection
+#     MODELFS_ARGS="--max-connections 8" ./scripts/bench/cold_probe.sh
 #     # The mock Hub's own CDN, 30 ms to first byte and 40 MB/s per connection, 4 connections
 #     # with memory for 32 chunks: coalesced requests against one chunk per request.
-#     sudo PROBE_ORIGIN=mock PROBE_FIRST_BYTE_MS=30 PROBE_CAP=40000000 \
+#     PROBE_ORIGIN=mock PROBE_FIRST_BYTE_MS=30 PROBE_CAP=40000000 \
 #         MODELFS_ARGS="--max-connections 4 --max-inflight-bytes 256M" ./scripts/bench/cold_probe.sh
 #     ... MODELFS_ARGS="--max-connections 4 --max-inflight-bytes 256M --max-request-size 8M" ...
 #
@@ -23,7 +23,8 @@
 # as in scripts/bench.sh; mock: the mock Hub's own CDN, which alone can add a time to first
 # byte), PROBE_FIRST_BYTE_MS (mock only: every CDN answer waits this long), PROBE_PERF=record (`perf record -g -a` each mounted read
 # into $PROBE_DIR/log/perf.data.N), MODELFS_ARGS (extra `modelfs mount` flags), MODELFS_BIN
-# (another modelfs binary, for an A/B against a build of another commit).
+# (another modelfs binary, for an A/B against a build of another commit), PROBE_KEEP_PAGE_REPORTING
+# (set: leave the VM's free page reporting on; by default it is off for the probe).
 #
 # Needs root (FUSE), fuse3, nginx, getfattr, openssl. Builds with `cargo build --release`.
 set -euo pipefail
@@ -68,10 +69,21 @@ unmount() {
         MFS=""
     fi
 }
+# Free page reporting off for the probe, as scripts/bench.sh does (its "Memory: free page
+# reporting" says why: with it on, the daemon's CPU and RSS figures include the host backing
+# freed memory again). PROBE_KEEP_PAGE_REPORTING=1 leaves it alone.
+PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
+PAGE_REPORTING_WAS=""
+if [ -z "${PROBE_KEEP_PAGE_REPORTING:-}" ] && [ -w "$PAGE_REPORTING" ] &&
+    [ "$(cat "$PAGE_REPORTING")" != -1 ] && [ "$(cat "$PAGE_REPORTING")" != 11 ]; then
+    PAGE_REPORTING_WAS=$(cat "$PAGE_REPORTING")
+    echo 11 >"$PAGE_REPORTING" 2>/dev/null || PAGE_REPORTING_WAS=""
+fi
 cleanup() {
     unmount
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    [ -z "$PAGE_REPORTING_WAS" ] || echo "$PAGE_REPORTING_WAS" >"$PAGE_REPORTING" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -144,6 +144,9 @@ load_round() {
         sync
         load_timed "load.$fmt.hf_then_disk.$cond" "${LOADER_SUM[$fmt]}" "$fmt" "${LOADER_ARG[$fmt]}" --hub "$ep" "$repo" "$cache"
         rm -rf "$cache"
+        # The loader's own work, its files in memory (warm_loader_origin read them): with
+        # `dd`'s time, the least a loader that reads everything before working can take.
+        load_timed "load.$fmt.memory.$cond" "${LOADER_SUM[$fmt]}" "$fmt" "$DATA/files/$repo/${LOADER_ARG[$fmt]}"
         key="load.$fmt.dd_cold.$cond"
         if [ -z "${SLOW[$key]:-}" ]; then
             fresh_mount "$ep"

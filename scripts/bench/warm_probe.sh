@@ -5,7 +5,7 @@
 # a minute, self-contained (mock Hub on 127.0.0.1, its own store and mount, all torn down on
 # exit), where the full benchmark takes ten.
 #
-#     sudo ./scripts/bench/warm_probe.sh
+#     ./scripts/bench/warm_probe.sh
 #
 # `echo 3 > drop_caches` cannot drop a page that some process has mapped. Two such processes
 # would turn "page cache dropped" into "page cache hot" without a word, so the probe avoids
