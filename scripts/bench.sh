@@ -581,7 +581,7 @@ for case in "150 100000000" "30 40000000"; do
         log "coalescing: first byte $ttfb ms, $((rate / 1000000)) MB/s per connection, $mode"
         line=$(PROBE_DIR="$W/coalesce" PROBE_MIB=256 PROBE_RUNS="$RUNS" PROBE_ORIGIN=mock \
             PROBE_FIRST_BYTE_MS="$ttfb" PROBE_CAP="$rate" MODELFS_ARGS="$COALESCE_ARGS $extra" \
-            timeout "$STEP_TIMEOUT" "$ROOT/scripts/bench/cold_probe.sh" 2>>"$LOGS/coalesce.log" |
+            PROBE_KEEP_PAGE_REPORTING=${BENCH_KEEP_PAGE_REPORTING:-} timeout "$STEP_TIMEOUT" "$ROOT/scripts/bench/cold_probe.sh" 2>>"$LOGS/coalesce.log" |
             grep '^median:' || true)
         secs=$(awk '{print $3}' <<<"$line")
         if [ -n "$secs" ]; then

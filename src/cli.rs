@@ -1,4 +1,4 @@
-//! The command line (SPEC §6): clap definitions, merged with the environment and the
+//! The command line (doc/CONFIGURATION.md): clap definitions, merged with the environment and the
 //! configuration file ([`crate::config`]) into typed configuration, so the rest of the program
 //! sees one resolved value per setting.
 //!
@@ -693,7 +693,8 @@ fn absolute(p: &std::path::Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// `$MODELFS_STORE`, else `$XDG_CACHE_HOME/modelfs`, else `~/.cache/modelfs` (SPEC §4).
+/// `$MODELFS_STORE`, else `$XDG_CACHE_HOME/modelfs`, else `~/.cache/modelfs`
+/// (doc/CONFIGURATION.md).
 pub fn default_store(env: &impl Fn(&str) -> Option<String>) -> PathBuf {
     let nonempty = |k: &str| env(k).filter(|v| !v.is_empty());
     if let Some(dir) = nonempty("MODELFS_STORE") {
@@ -836,7 +837,7 @@ mod tests {
         revalidate = 7
         chunk_size = "1M"
         max_connections = 3
-        max_inflight_bytes = "32M"
+        max_inflight_bytes = "48M"
         threads = 9
         max_cache_size = "2G"
         metrics_addr = "127.0.0.1:9100"
@@ -865,7 +866,7 @@ mod tests {
         assert_eq!(c.revalidate, Duration::from_secs(7));
         assert_eq!(c.chunk_size, 1 << 20);
         assert_eq!(c.max_connections, 3);
-        assert_eq!(c.max_inflight_bytes, 32 << 20);
+        assert_eq!(c.max_inflight_bytes, 48 << 20);
         assert_eq!(c.threads, 9);
         assert_eq!(c.max_cache_size, Some(2 << 30));
         assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));

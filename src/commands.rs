@@ -207,7 +207,7 @@ pub fn render_gc(r: &crate::evict::EvictReport, bound: u64) -> String {
 
 /// The store directory and the configuration file's settings: `--store`, else
 /// `$MODELFS_STORE`, else the file's `store`, else the default every command and the mount
-/// share (SPEC §4).
+/// share (doc/DESIGN.md, "Store format 2").
 fn resolve(args: &StoreArgs) -> Result<StoreConfig, CommandError> {
     Ok(args.resolve(|k| std::env::var(k).ok())?)
 }

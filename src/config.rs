@@ -1,5 +1,5 @@
-//! The configuration file (`--config`, TOML): defaults for every `mount` flag and the repos
-//! to pin and pre-pull (SPEC §6), and the part of the configuration a running mount takes
+//! The configuration file (`--config`, TOML): defaults for every `mount` flag and the repos to pin
+//! and pre-pull (doc/CONFIGURATION.md), and the part of the configuration a running mount takes
 //! again at SIGHUP ([`LiveSettings`]).
 //!
 //! This module only reads and checks the file; merging it with the command line and the

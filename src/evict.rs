@@ -1,5 +1,5 @@
 //! Eviction: keeping the store under `--max-cache-size`, and making room when the disk or the
-//! map is full (SPEC §4).
+//! map is full (doc/DESIGN.md, "Eviction and full disks").
 //!
 //! The unit of eviction is a whole file, least recently used first (`FileRecord::last_access`,
 //! moved on every open and chunk write): a file is either as the Hub has it or absent, never

@@ -1,11 +1,12 @@
 //! Getting one chunk of one file, whether or not it is stored: the single-flight fetch layer
 //! between the filesystem core and the two seams ([`ChunkStore`], [`RangeFetcher`]).
 //!
-//! A chunk that is stored is read from the store. A chunk that is not is fetched with one
-//! range request, checked for length, written to the store, and handed to every reader that
+//! A chunk that is stored is read from the store. A chunk that is not is fetched as one
+//! range (over several parallel requests when connections are spare, `split.rs`), checked
+//! for length, written to the store, and handed to every reader that
 //! asked for it meanwhile: concurrent readers of one chunk share one fetch. When the last
 //! chunk of a file lands, the whole file is checked against the Hub's hash in the background;
-//! a mismatch discards the file and marks it `failed` (SPEC §4).
+//! a mismatch discards the file and marks it `failed` (doc/DESIGN.md, "Integrity").
 //!
 //! Store calls are synchronous and may touch the disk, so on the runtime they run through
 //! `spawn_blocking`; no store transaction is ever held across an `.await`.
@@ -70,6 +71,15 @@ impl FileRef {
 }
 
 type ChunkKey = (ContentId, u64);
+
+/// Who registered a fetch: read-ahead (a load plan's included), which holds its connection
+/// permits, or a reader waiting for the chunk, which holds none (see
+/// `ChunkFetcher::prefetch_slots`).
+#[derive(Clone, Copy, Debug)]
+enum Caller {
+    ReadAhead,
+    Demand,
+}
 /// One chunk's fetch, awaited by every reader of that chunk until it is stored. A `Shared`
 /// future is driven by whoever polls it; if all of them give up, the next caller drives it on.
 type Flight = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
@@ -91,9 +101,12 @@ pub struct ChunkFetcher {
     /// Contents the background pass has checked (tests: which check verified a file).
     #[cfg(test)]
     verified_in_background: Mutex<HashSet<ContentId>>,
-    /// One permit per read-ahead request in flight: bounds the memory that read-ahead holds
-    /// (each request buffers up to `run_chunks` chunks) and the connections it opens. Demand
-    /// reads do not take permits, so a reader never queues behind read-ahead.
+    /// One permit per connection read-ahead may use; a read-ahead request takes `parts` of
+    /// them: bounds the memory that read-ahead holds (each request buffers up to `run_chunks`
+    /// chunks) and the connections it opens. Demand reads take none for their first
+    /// connection, so a reader never queues behind read-ahead, and split their chunk only over
+    /// the permits free at that moment, so splitting never takes `--max-connections` past
+    /// what it was without.
     prefetch_slots: Arc<Semaphore>,
     /// Most chunks one read-ahead request asks for (see [`PrefetchLimits::run_chunks`]).
     run_chunks: u64,
@@ -274,7 +287,9 @@ impl ChunkFetcher {
             verifying: Mutex::default(),
             #[cfg(test)]
             verified_in_background: Mutex::default(),
-            prefetch_slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            prefetch_slots: Arc::new(Semaphore::new(
+                limits.max_in_flight.max(1).saturating_mul(limits.parts.max(1) as usize),
+            )),
             run_chunks: limits.run_chunks.max(1),
             parts: limits.parts.max(1),
             runtime: Handle::try_current().ok(),
@@ -433,9 +448,9 @@ impl ChunkFetcher {
             rt.spawn(async move {
                 // The permit is taken before the flights are registered, so a demand read of a
                 // chunk whose read-ahead is still queued fetches it at once, not after the queue.
-                let Ok(_permit) = this.prefetch_slots.clone().acquire_owned().await else { return };
+                let Ok(_permit) = this.read_ahead_permit().await else { return };
                 let group: Vec<u64> = group.collect();
-                for (run, flights) in this.claim(&file, &group) {
+                for (run, flights) in this.claim(&file, &group, Caller::ReadAhead) {
                     // The permit is held until the run is stored: that bounds the memory.
                     if let Err(e) = run.await {
                         tracing::debug!(path = %file.remote.path, error = %e, "read-ahead fetch failed");
@@ -467,11 +482,11 @@ impl ChunkFetcher {
             if !keep_going() || self.store_failing.load(Ordering::Relaxed) {
                 break;
             }
-            let Ok(permit) = self.prefetch_slots.clone().acquire_owned().await else { break };
+            let Ok(permit) = self.read_ahead_permit().await else { break };
             let (this, file, fetched) = (self.clone(), file.clone(), fetched.clone());
             requests.spawn(async move {
                 let _permit = permit;
-                for (run, flights) in this.claim(&file, &group) {
+                for (run, flights) in this.claim(&file, &group, Caller::ReadAhead) {
                     match run.await {
                         Ok(()) => {
                             for (index, _) in &flights {
@@ -493,6 +508,14 @@ impl ChunkFetcher {
         &self.store
     }
 
+    /// What one read-ahead request holds while in flight: a connection per part.
+    async fn read_ahead_permit(
+        &self,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let n = u32::try_from(self.parts).unwrap_or(u32::MAX);
+        self.prefetch_slots.clone().acquire_many_owned(n).await
+    }
+
     /// The whole of chunk `index` of `file`, from the store or, once for all concurrent
     /// callers, from the Hub.
     pub async fn chunk(self: &Arc<Self>, file: &FileRef, index: u64) -> Result<Bytes, FetchError> {
@@ -505,7 +528,7 @@ impl ChunkFetcher {
         if let Some(kept) = lock(&self.unstored).get(&(content, index)) {
             return Ok(kept);
         }
-        let claimed = self.claim(file, &[index]).pop();
+        let claimed = self.claim(file, &[index], Caller::Demand).pop();
         // Nobody was fetching it: this caller started the fetch, on demand.
         let on_demand = claimed.is_some();
         let flight = match claimed {
@@ -538,6 +561,7 @@ impl ChunkFetcher {
         self: &Arc<Self>,
         file: &FileRef,
         indices: &[u64],
+        caller: Caller,
     ) -> Vec<(RunFlight, Vec<(u64, Flight)>)> {
         let content = file.content();
         let streams = self.streams(file);
@@ -556,7 +580,7 @@ impl ChunkFetcher {
                 run.clone().map(|_| watch::channel(None)).unzip();
             let (this, f, asked) = (self.clone(), file.clone(), run.clone());
             let request: RunFlight =
-                async move { this.fetch_run(&f, asked, slots).await }.boxed().shared();
+                async move { this.fetch_run(&f, asked, slots, caller).await }.boxed().shared();
             let mut flights = Vec::new();
             for (index, slot) in run.zip(receivers) {
                 let flight = chunk_of_run(request.clone(), slot);
@@ -615,6 +639,7 @@ impl ChunkFetcher {
         file: &FileRef,
         run: std::ops::Range<u64>,
         slots: Vec<Slot>,
+        caller: Caller,
     ) -> Result<(), FetchError> {
         self.refuse_failed(file).await?;
         let cs = self.store.chunk_size();
@@ -627,7 +652,7 @@ impl ChunkFetcher {
             return Ok(());
         }
         if run.end - run.start == 1 || whole_file {
-            let chunks = self.fetch_checked(file, run.clone()).await?;
+            let chunks = self.fetch_checked(file, run.clone(), caller).await?;
             self.keep(file, &chunks, whole_file).await;
             self.offer_to_tier(file, &chunks);
             for (slot, (_, bytes)) in slots.iter().zip(chunks) {
@@ -638,9 +663,9 @@ impl ChunkFetcher {
         self.stream(file, run, &slots).await
     }
 
-    /// A file whose bytes did not match the Hub's hash is an integrity failure (EIO), not
-    /// something to fetch and serve again and again (SPEC §3), until it is old enough that the
-    /// origin may have been fixed.
+    /// A file whose bytes did not match the Hub's hash is an integrity failure (EIO), not something
+    /// to fetch and serve again and again (doc/SEMANTICS.md, "Reads"), until it is old enough that
+    /// the origin may have been fixed.
     async fn refuse_failed(&self, file: &FileRef) -> Result<(), FetchError> {
         let store = self.store.clone();
         let content = file.content();
@@ -658,13 +683,14 @@ impl ChunkFetcher {
         Ok(())
     }
 
-    /// Chunks `run` of `file` in one range request, whole, checked for length and, when the
-    /// run is the whole file, against the Hub's hash (fetched again on a mismatch, then the
-    /// file is marked `failed`).
+    /// Chunks `run` of `file` in one range, whole (over several requests when it is split,
+    /// see [`PrefetchLimits::parts`]), checked for length and, when the run is the whole file,
+    /// against the Hub's hash (fetched again on a mismatch, then the file is marked `failed`).
     async fn fetch_checked(
         &self,
         file: &FileRef,
         run: std::ops::Range<u64>,
+        caller: Caller,
     ) -> Result<Vec<(u64, Bytes)>, FetchError> {
         let cs = self.store.chunk_size();
         let size = file.remote.size;
@@ -674,6 +700,18 @@ impl ChunkFetcher {
         // The whole file, checked before anyone sees it: config, tokenizer and other small
         // files, the ones read whole and at once. Larger files are checked once complete.
         let whole_file = start == 0 && end == size;
+        let wanted = split::part_count(self.parts, expected);
+        // Read-ahead holds `parts` permits already; a demand read borrows what is free.
+        let borrowed: Vec<_> = match caller {
+            Caller::ReadAhead => Vec::new(),
+            Caller::Demand => (1..wanted)
+                .map_while(|_| self.prefetch_slots.clone().try_acquire_owned().ok())
+                .collect(),
+        };
+        let parts = match caller {
+            Caller::ReadAhead => wanted,
+            Caller::Demand => 1 + borrowed.len() as u64,
+        };
         let deadline = tokio::time::Instant::now() + self.read_timeout;
         let mut attempt = 0;
         loop {
@@ -686,7 +724,7 @@ impl ChunkFetcher {
                     &*self.origin,
                     &file.remote,
                     start..end,
-                    split::part_count(self.parts, expected),
+                    parts,
                 )),
             )
             .await

@@ -2,9 +2,10 @@
 //! with no kernel in sight. [`crate::fuse`] adapts it to fuser; tests drive it directly with
 //! the in-memory store and Hub.
 //!
-//! Namespace (SPEC §2): `/` lists orgs; `/<org>` is any valid org name (no network) and lists
-//! the repos the store knows; `/<org>/<repo>[@<rev>]` resolves the revision (at most once per
-//! `revalidate` interval for branches, never again for commits) and lists its views; a view
+//! Namespace (doc/SEMANTICS.md, "Paths"): `/` lists orgs; `/<org>` is any valid org name (no
+//! network) and lists the repos the store knows; `/<org>/<repo>[@<rev>]` resolves the revision
+//! (at most once per `revalidate` interval for branches, never again for commits) and lists
+//! its views; a view
 //! (`all`, or a quant, looked up case-insensitively) is a directory tree over the repo's files.
 //!
 //! `/.hf-cache` shows the same repos in huggingface_hub's cache layout ([`hfcache`]).
@@ -58,7 +59,7 @@ pub const BRANCH_TTL: Duration = Duration::from_secs(1);
 /// matches the largest FUSE read the kernel sends.
 const BLKSIZE: u32 = 1 << 20;
 
-/// Every extended attribute lives under this prefix (SPEC §5).
+/// Every extended attribute lives under this prefix (doc/SEMANTICS.md, "Extended attributes").
 pub const XATTR_PREFIX: &str = "user.modelfs.";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1316,9 +1317,10 @@ mod tests {
         }
     }
 
-    /// SPEC offline-first: with the Hub refusing connections, a lookup whose revalidation is
-    /// due answers at once from the last known commit (no waiting out retries), and the
-    /// revalidation finishes in the background when the Hub is back.
+    /// Offline first (doc/SEMANTICS.md, "When the Hub does not answer"): with the Hub refusing
+    /// connections, a lookup whose revalidation is due answers at once from the last known
+    /// commit (no waiting out retries), and the revalidation finishes in the background when
+    /// the Hub is back.
     #[tokio::test]
     async fn an_unreachable_hub_costs_lookups_nothing_and_revalidation_goes_on_behind() {
         let w = world(FsConfig::default());

@@ -591,7 +591,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    // Everything that would change the tree is refused: the mount is read-only (SPEC §3).
+    // Everything that would change the tree is refused: the mount is read-only (doc/SEMANTICS.md,
+    // "Reads").
 
     fn setattr(
         &self,

@@ -1,6 +1,6 @@
-//! Process-wide metrics and the HTTP endpoints of `--metrics-addr` (SPEC §6): `/metrics` in
-//! the OpenMetrics text format (which Prometheus scrapes natively), `/healthz` (the process
-//! answers) and `/readyz` (mounted with the store open).
+//! Process-wide metrics and the HTTP endpoints of `--metrics-addr` (doc/OPERATIONS.md, "Metrics and
+//! health"): `/metrics` in the OpenMetrics text format (which Prometheus scrapes natively),
+//! `/healthz` (the process answers) and `/readyz` (mounted with the store open).
 //!
 //! Metrics are global ([`get`]) rather than threaded through every layer: the places that
 //! count (the FUSE edge, the filesystem core, the fetcher, the Hub client's retry loop, the
@@ -176,7 +176,7 @@ impl Metrics {
         let fetches = Family::<Label, Counter>::default();
         r.register(
             "fetches",
-            "Chunk fetches from the Hub (one range request each, retries included), by result",
+            "Chunk fetches from the Hub (one range, over one or more requests, retries included), by result",
             fetches.clone(),
         );
         let fetch_duration = Histogram::new(FETCH_BUCKETS);
@@ -371,7 +371,7 @@ impl Metrics {
         for reason in RETRY_REASONS {
             drop(retries.get_or_create(&[("reason", reason)]));
         }
-        // The errors a program can see (SPEC §3).
+        // The errors a program can see (doc/SEMANTICS.md, "Reads").
         for errno in ["ENOENT", "EACCES", "EIO", "EROFS"] {
             drop(fuse_errors.get_or_create(&[("errno", errno)]));
         }

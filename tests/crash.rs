@@ -1,8 +1,8 @@
-//! Crash safety (SPEC §4): the daemon, and a `modelfs pull` beside it on the same store, are
-//! killed with SIGKILL at random moments while readers stream and read at random, many fetches
-//! are in flight, chunks and index entries are being written, files verified (and synced) and
-//! evicted. Every restart must clear the dead mount by itself and come up on the same store;
-//! no read, before or after a crash, may return a wrong byte; and at the end every byte of
+//! Crash safety (doc/DESIGN.md, "Crash safety"): the daemon, and a `modelfs pull` beside it on the
+//! same store, are killed with SIGKILL at random moments while readers stream and read at random,
+//! many fetches are in flight, chunks and index entries are being written, files verified (and
+//! synced) and evicted. Every restart must clear the dead mount by itself and come up on the same
+//! store; no read, before or after a crash, may return a wrong byte; and at the end every byte of
 //! every file must read back exactly, from the store alone for what it holds.
 //!
 //! A second test plays a power loss: the data-file writes that were never synced (everything

@@ -1,4 +1,4 @@
-//! The mount as an operator runs it (SPEC §6, issue 6): configuration file errors and
+//! The mount as an operator runs it (doc/CONFIGURATION.md, issue 6): configuration file errors and
 //! precedence, `--daemon` (detach, pid file, log file, readiness reported to the parent),
 //! `sd_notify` through a real datagram socket, SIGHUP reloads, and JSON logs. Each test runs
 //! the real binary against the mock Hub; the precedence matrix itself is unit-tested in

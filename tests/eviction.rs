@@ -1,7 +1,7 @@
-//! Eviction and full disks (issue 5, SPEC §4): `--max-cache-size` keeps the store under its
-//! bound by evicting least recently used whole files, never one that is open; a full disk
-//! turns into eviction and retry, and when nothing can be evicted reads still succeed,
-//! streamed without caching. No read ever returns a wrong byte.
+//! Eviction and full disks (issue 5, doc/DESIGN.md, "Eviction and full disks"): `--max-cache-size`
+//! keeps the store under its bound by evicting least recently used whole files, never one that is
+//! open; a full disk turns into eviction and retry, and when nothing can be evicted reads still
+//! succeed, streamed without caching. No read ever returns a wrong byte.
 
 mod support;
 

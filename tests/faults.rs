@@ -288,6 +288,56 @@ fn each_fault_alone_heals_within_the_budget_or_ends_in_eio_then_recovers() {
     );
 }
 
+/// With 4 MiB chunks a mount splits each chunk's transfer over several range requests (parts
+/// of at least 1 MiB, doc/DESIGN.md "Read-ahead"). A part that breaks off, is reset or comes
+/// back shifted is retried on its own by the Hub client; the chunk it belongs to is still
+/// exact, stored once, and the file verifies. The CDN saw more range requests than chunks:
+/// the parts were really separate requests.
+#[test]
+fn faults_in_the_parts_of_a_split_chunk_heal_and_every_byte_is_right() {
+    const BIG: usize = 4 << 20;
+    let data = bytes(4242, 2 * BIG + BIG / 2 + 12345);
+    let hub = MockHub::start(MockConfig::default());
+    hub.add_repo(MockRepo::new("faults/split", vec![MockFile::lfs("w.bin", data.clone())]));
+    let key = sha256_hex(&data);
+    for fault in [
+        Fault::Truncate { after: 300_000 },
+        Fault::Reset,
+        Fault::WrongContentRange(RangeSkew::Shifted),
+    ] {
+        let mut rule = FaultRule::new(Some(Origin::Cdn), &key, 1, fault);
+        rule.ranged_only = true;
+        hub.inject(rule);
+    }
+    let store = temp_dir("store");
+    let m = Mounted::start(
+        &hub.endpoint(),
+        &store,
+        &["--chunk-size", &BIG.to_string(), "--read-timeout", "20"],
+    );
+    let path = m.path("faults/split/all/w.bin");
+    let got = std::fs::read(&path).unwrap();
+    assert_eq!(wrong_bytes(&got, &data), 0, "wrong bytes through split chunks");
+    assert_eq!(hub.faults_left(&key), 0, "every fault was served");
+    // Requests for less than a chunk, inside the first two (whole) chunks: only parts are.
+    let parts = hub
+        .requests()
+        .iter()
+        .filter(|r| r.origin == Origin::Cdn)
+        .filter_map(|r| {
+            let (a, b) = r.range.as_deref()?.strip_prefix("bytes=")?.split_once('-')?;
+            Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+        })
+        .filter(|&(a, b)| a < 2 * BIG && b + 1 - a < BIG)
+        .count();
+    assert!(parts >= 2 * 2, "{parts} requests for parts of the whole chunks: nothing was split");
+    wait_for("w.bin verified", Duration::from_secs(20), || {
+        status(&path).as_deref() == Some("verified")
+    });
+    m.stop();
+    hub.stop();
+}
+
 /// A repo with a multi-chunk LFS file, a single-chunk git file and a single-chunk LFS file
 /// that each get one answer with a flipped byte, and a clean file; mounted.
 struct WrongBytesFixture {
@@ -361,12 +411,11 @@ fn read_by_chunks(m: &Mounted, path: &str, data: &[u8]) -> (BTreeMap<usize, u8>,
     (wrong, eio)
 }
 
-/// Wrong bytes in a range answer cannot be seen in the answer itself (the Hub publishes one
-/// hash per file, none per range). A chunk that is a whole file is checked against the
-/// file's hash before it is served, and fetched again. A chunk of a larger file is caught
-/// by the file's sha256 once the file is complete: the file is discarded and `failed`, so
-/// nothing wrong stays in the store and it is not served again (SPEC §3: an integrity
-/// failure is EIO).
+/// Wrong bytes in a range answer cannot be seen in the answer itself (the Hub publishes one hash
+/// per file, none per range). A chunk that is a whole file is checked against the file's hash
+/// before it is served, and fetched again. A chunk of a larger file is caught by the file's sha256
+/// once the file is complete: the file is discarded and `failed`, so nothing wrong stays in the
+/// store and it is not served again (doc/SEMANTICS.md, "Reads": an integrity failure is EIO).
 #[test]
 fn wrong_bytes_are_caught_by_the_file_hash_and_never_kept() {
     let WrongBytesFixture { hub, store, m, files } = wrong_bytes_fixture();

@@ -1,10 +1,10 @@
-//! Token hygiene (issue 5, point 6; SPEC §6): the Hub token goes to the Hub's own origin and
-//! nowhere else. A real mount of the `modelfs` binary runs with `HF_TOKEN` set to a marker no
-//! other string contains, at `RUST_LOG=trace`, reads LFS files (bytes from the CDN origin, a
-//! different host) and git files (bytes from the Hub), and is made to fail in the ways that
-//! produce error messages. Then the marker is searched for everywhere it must not be: every
-//! header and URL the CDN received, the daemon's whole log, and every extended attribute of
-//! every file and directory.
+//! Token hygiene (issue 5, point 6; doc/CONFIGURATION.md): the Hub token goes to the Hub's own
+//! origin and nowhere else. A real mount of the `modelfs` binary runs with `HF_TOKEN` set to a
+//! marker no other string contains, at `RUST_LOG=trace`, reads LFS files (bytes from the CDN
+//! origin, a different host) and git files (bytes from the Hub), and is made to fail in the ways
+//! that produce error messages. Then the marker is searched for everywhere it must not be: every
+//! header and URL the CDN received, the daemon's whole log, and every extended attribute of every
+//! file and directory.
 
 mod support;
 

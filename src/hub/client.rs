@@ -2,11 +2,11 @@
 //! file list, and ranges of one file's bytes — with the retry, redirect and auth rules that
 //! make those three calls safe to put under a filesystem.
 //!
-//! Every call has one time budget (`read_timeout`, SPEC §3: "never a hang forever"): attempts
-//! are retried with jittered exponential backoff until it is spent, and each attempt is itself
-//! bounded by what is left of it, so a stalled body cannot outlive the budget. Only answers
-//! that can change on a second try (5xx, 429, resets, timeouts, truncated or mismatched range
-//! bodies) are retried; "no such repo" or "gated" are answered at once.
+//! Every call has one time budget (`read_timeout`, doc/SEMANTICS.md, "Reads": "never a hang
+//! forever"): attempts are retried with jittered exponential backoff until it is spent, and each
+//! attempt is itself bounded by what is left of it, so a stalled body cannot outlive the budget.
+//! Only answers that can change on a second try (5xx, 429, resets, timeouts, truncated or
+//! mismatched range bodies) are retried; "no such repo" or "gated" are answered at once.
 //!
 //! Redirects are followed by hand, not by reqwest, for two reasons: the token must only ever go
 //! to the Hub's own origin (a redirect to the CDN, another host, must not carry it), and the
@@ -46,7 +46,8 @@ use crate::manifest::{FileHash, RepoId};
 /// Where huggingface_hub goes when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// SPEC §3: a read that cannot be answered fails with `EIO` after 60 s by default.
+/// doc/SEMANTICS.md, "Reads": a read that cannot be answered fails with `EIO` after 60 s by
+/// default.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Enough parallel connections per host for read-ahead to fill a fast link (parallel

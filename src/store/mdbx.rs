@@ -109,18 +109,18 @@ pub(super) fn index_options(max_size: isize, growth_step: isize) -> DatabaseOpti
     DatabaseOptions {
         max_readers: Some(MAX_READERS),
         max_tables: Some(MAX_TABLES),
-        // No `exclusive`: several processes open the store at once (SPEC §4). `accede`
-        // lets a process join an environment that another opened with other mode flags
-        // (a different modelfs version) instead of failing to open.
+        // No `exclusive`: several processes open the store at once (doc/DESIGN.md, "Store format
+        // 2"). `accede` lets a process join an environment that another opened with other mode
+        // flags (a different modelfs version) instead of failing to open.
         accede: true,
         mode: Mode::ReadWrite(ReadWriteOptions {
-            // Each commit's pages are flushed before `put_chunk` returns; only the meta page
-            // flush is deferred to the next commit. A kill -9 loses nothing committed (the
-            // page cache has it); a power loss can roll back the last committed transaction,
-            // which is one chunk: the index stays consistent and has lost at most the chunks
-            // in flight and the one just written (SPEC §4). Measured with format 1 on a cold
-            // 1 GiB stream (doc/DESIGN.md): Durable 5.6 s, this 3.1 s, SafeNoSync 2.5 s (but a
-            // power loss could roll back any number of chunks).
+            // Each commit's pages are flushed before `put_chunk` returns; only the meta page flush
+            // is deferred to the next commit. A kill -9 loses nothing committed (the page cache has
+            // it); a power loss can roll back the last committed transaction, which is one chunk:
+            // the index stays consistent and has lost at most the chunks in flight and the one just
+            // written (doc/DESIGN.md, "Store format 2"). Measured with format 1 on a cold 1 GiB
+            // stream (doc/DESIGN.md): Durable 5.6 s, this 3.1 s, SafeNoSync 2.5 s (but a power loss
+            // could roll back any number of chunks).
             sync_mode: SyncMode::NoMetaSync,
             min_size: None,
             max_size: Some(max_size),
