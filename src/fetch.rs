@@ -80,6 +80,7 @@ enum Caller {
     ReadAhead,
     Demand,
 }
+
 /// One chunk's fetch, awaited by every reader of that chunk until it is stored. A `Shared`
 /// future is driven by whoever polls it; if all of them give up, the next caller drives it on.
 type Flight = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
@@ -701,16 +702,15 @@ impl ChunkFetcher {
         // files, the ones read whole and at once. Larger files are checked once complete.
         let whole_file = start == 0 && end == size;
         let wanted = split::part_count(self.parts, expected);
-        // Read-ahead holds `parts` permits already; a demand read borrows what is free.
-        let borrowed: Vec<_> = match caller {
-            Caller::ReadAhead => Vec::new(),
-            Caller::Demand => (1..wanted)
-                .map_while(|_| self.prefetch_slots.clone().try_acquire_owned().ok())
-                .collect(),
-        };
-        let parts = match caller {
-            Caller::ReadAhead => wanted,
-            Caller::Demand => 1 + borrowed.len() as u64,
+        // Read-ahead holds `parts` permits already; a demand read borrows what is free, and
+        // holds it (`_borrowed`) until its fetch is over.
+        let (parts, _borrowed): (u64, Vec<_>) = match caller {
+            Caller::ReadAhead => (wanted, Vec::new()),
+            Caller::Demand => {
+                let free: Vec<_> =
+                    (1..wanted).map_while(|_| self.prefetch_slots.try_acquire().ok()).collect();
+                (1 + free.len() as u64, free)
+            }
         };
         let deadline = tokio::time::Instant::now() + self.read_timeout;
         let mut attempt = 0;

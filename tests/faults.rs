@@ -169,9 +169,7 @@ fn rule_for(case: &Case, path: &str, data: &[u8], times: usize) -> (FaultRule, S
         Origin::Cdn => sha256_hex(data),
         Origin::Hub => format!("/{path}"),
     };
-    let mut rule = FaultRule::new(Some(case.origin), &key, times, case.fault.clone());
-    rule.ranged_only = true;
-    (rule, key)
+    (FaultRule::ranged(Some(case.origin), &key, times, case.fault.clone()), key)
 }
 
 #[test]
@@ -305,9 +303,7 @@ fn faults_in_the_parts_of_a_split_chunk_heal_and_every_byte_is_right() {
         Fault::Reset,
         Fault::WrongContentRange(RangeSkew::Shifted),
     ] {
-        let mut rule = FaultRule::new(Some(Origin::Cdn), &key, 1, fault);
-        rule.ranged_only = true;
-        hub.inject(rule);
+        hub.inject(FaultRule::ranged(Some(Origin::Cdn), &key, 1, fault));
     }
     let store = temp_dir("store");
     let m = Mounted::start(
@@ -378,9 +374,7 @@ fn wrong_bytes_fixture() -> WrongBytesFixture {
         } else {
             (Origin::Cdn, sha256_hex(data))
         };
-        let mut rule = FaultRule::new(Some(origin), &key, 1, Fault::WrongBytes);
-        rule.ranged_only = true;
-        hub.inject(rule);
+        hub.inject(FaultRule::ranged(Some(origin), &key, 1, Fault::WrongBytes));
     }
     WrongBytesFixture { hub, store, m, files }
 }

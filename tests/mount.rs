@@ -539,14 +539,12 @@ fn a_stalled_fetch_blocks_nothing_else_and_ends_in_eio() {
         vec![MockFile::lfs("slow.bin", slow.clone()), MockFile::git("fast.txt", b"fast".to_vec())],
     )]);
     // Every body from the CDN for slow.bin stalls far longer than the read timeout.
-    let mut rule = FaultRule::new(
+    hub.inject(FaultRule::ranged(
         Some(Origin::Cdn),
         &sha256_hex(&slow),
         1000,
         Fault::Stall(Duration::from_secs(60)),
-    );
-    rule.ranged_only = true;
-    hub.inject(rule);
+    ));
     let store = temp_dir("store");
     let m = Mounted::start(
         &hub.endpoint(),

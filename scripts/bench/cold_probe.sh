@@ -74,9 +74,10 @@ unmount() {
 # freed memory again). PROBE_KEEP_PAGE_REPORTING=1 leaves it alone.
 PAGE_REPORTING=/sys/module/page_reporting/parameters/page_reporting_order
 PAGE_REPORTING_WAS=""
+order_now=$(cat "$PAGE_REPORTING" 2>/dev/null || echo -1)
 if [ -z "${PROBE_KEEP_PAGE_REPORTING:-}" ] && [ -w "$PAGE_REPORTING" ] &&
-    [ "$(cat "$PAGE_REPORTING")" != -1 ] && [ "$(cat "$PAGE_REPORTING")" != 11 ]; then
-    PAGE_REPORTING_WAS=$(cat "$PAGE_REPORTING")
+    [ "$order_now" != -1 ] && [ "$order_now" != 11 ]; then
+    PAGE_REPORTING_WAS=$order_now
     echo 11 >"$PAGE_REPORTING" 2>/dev/null || PAGE_REPORTING_WAS=""
 fi
 cleanup() {

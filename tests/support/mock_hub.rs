@@ -426,6 +426,11 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
+    /// A rule for range requests only (chunk fetches): listings and revision calls pass.
+    pub fn ranged(origin: Option<Origin>, path_contains: &str, times: usize, fault: Fault) -> Self {
+        FaultRule { ranged_only: true, ..FaultRule::new(origin, path_contains, times, fault) }
+    }
+
     pub fn new(origin: Option<Origin>, path_contains: &str, times: usize, fault: Fault) -> Self {
         FaultRule {
             origin,
@@ -682,9 +687,7 @@ impl MockHub {
     /// for a test to watch.
     pub fn slow_ranges_of(&self, data: &[u8], each: Duration) {
         let sha = hex::encode(Sha256::digest(data));
-        let mut rule = FaultRule::new(Some(Origin::Cdn), &sha, 100, Fault::Stall(each));
-        rule.ranged_only = true;
-        self.inject(rule);
+        self.inject(FaultRule::ranged(Some(Origin::Cdn), &sha, 100, Fault::Stall(each)));
     }
 
     /// Apply `rule.fault` to the next `rule.times` matching requests. Rules are tried in the
