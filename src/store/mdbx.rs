@@ -468,9 +468,16 @@ impl MdbxStore {
         let Some(header) = header else { return Ok(false) };
         let outcome = READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
-            self.read_checked(content, index, &header, &range, &mut buf).map(|at| {
+            let outcome = self.read_checked(content, index, &header, &range, &mut buf).map(|at| {
                 serve(&buf[range.start - at..range.end - at]);
-            })
+            });
+            if buf.capacity() > MAX_KEPT_BUFFER {
+                // A long read (a whole chunk, not the warm path's): the thread does not keep
+                // its buffer. Emptied first, as `shrink_to` never goes below the length.
+                buf.clear();
+                buf.shrink_to(MAX_KEPT_BUFFER);
+            }
+            outcome
         });
         match outcome {
             Ok(()) => Ok(true),
@@ -509,10 +516,6 @@ impl MdbxStore {
             return Err(Checked::Read(ReadError::Corrupt("the data file does not hold it".into())));
         }
         header.check(cover.start, buf).map_err(Checked::Read)?;
-        if buf.capacity() > MAX_KEPT_BUFFER {
-            // A long read (not the warm path's): do not keep its buffer for the thread.
-            buf.shrink_to(MAX_KEPT_BUFFER);
-        }
         Ok(cover.start)
     }
 
@@ -1103,6 +1106,27 @@ mod tests {
     }
 
     conformance::conformance_tests!(fresh);
+
+    /// A read of a whole chunk uses a chunk-sized buffer, and the thread does not keep it: a
+    /// FUSE thread that once served a chunk (a plan's push, a `pull`) would otherwise hold
+    /// 8 MiB for the daemon's life. A warm-path read keeps its buffer.
+    #[test]
+    fn a_thread_keeps_no_chunk_sized_read_buffer() {
+        let chunk = 4 << 20;
+        let (_dir, store) = fresh(chunk);
+        let id = content(3);
+        let bytes = file_bytes(11, chunk);
+        put_file(&store, &id, &bytes);
+        let kept = || READ_BUF.with(|b| b.borrow().capacity());
+        let mut out = Vec::new();
+        assert!(store.read_chunk(&id, 0, 4096..(1 << 20), &mut out).unwrap());
+        assert_eq!(out[..], bytes[4096..1 << 20]);
+        assert!(kept() >= (1 << 20) - 4096, "the warm path's buffer is kept");
+        out.clear();
+        assert!(store.read_chunk(&id, 0, 0..chunk as usize, &mut out).unwrap());
+        assert_eq!(out[..], bytes[..]);
+        assert!(kept() <= MAX_KEPT_BUFFER, "kept {} bytes after a whole-chunk read", kept());
+    }
 
     /// A damaged leaf deep in a table that opening the environment never reads is found by
     /// the check at open, and the store is refused with what to do; an intact store passes.
