@@ -17,6 +17,7 @@
 
 use crate::lock;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -112,6 +113,10 @@ struct FileLoad {
     file: FileRef,
     /// Chunks this file's plan stored, not yet counted as read or unread.
     fetched: HashSet<u64>,
+    /// Chunks its plan stored while no handle of the file was open (a next shard, planned
+    /// before the loader opened it): the kernel had no inode to push them to then. They are
+    /// handed to the pusher at the file's next read, in the loader's order.
+    backlog: Vec<u64>,
     /// The files whose being open keeps this file's plan going: itself, or every shard of
     /// its checkpoint.
     keepalive: Arc<[ContentId]>,
@@ -227,9 +232,19 @@ impl Loads {
             walk: Walk::default(),
             file: file.clone(),
             fetched: HashSet::new(),
+            backlog: Vec::new(),
             keepalive: Arc::from([content]),
             running: false,
         });
+        if !load.backlog.is_empty() {
+            if let Some(pusher) = self.pusher.get() {
+                let size = file.remote.size;
+                let chunks = take_backlog(load, offset..offset.saturating_add(len), cs);
+                pusher.offer_backlog(
+                    chunks.into_iter().map(|index| Stored { content, size, index }).collect(),
+                );
+            }
+        }
         match &mut load.stage {
             Stage::None | Stage::Parsing => {}
             Stage::Unparsed { had } => {
@@ -439,13 +454,24 @@ impl Loads {
                 },
                 move |index, bytes| {
                     crate::metrics::get().plan_fetched(bytes);
-                    if let Some(load) = lock(&recorder.inner).files.get_mut(&content) {
+                    let Some(pusher) = recorder.pusher.get() else {
+                        if let Some(load) = lock(&recorder.inner).files.get_mut(&content) {
+                            load.fetched.insert(index);
+                        }
+                        return;
+                    };
+                    let mut inner = lock(&recorder.inner);
+                    let open = inner.open.get(&content).is_some_and(|&n| n > 0);
+                    if let Some(load) = inner.files.get_mut(&content) {
                         load.fetched.insert(index);
+                        if !open {
+                            load.backlog.push(index);
+                            return;
+                        }
                     }
+                    drop(inner);
                     // After the record above: a push that lands counts the chunk delivered.
-                    if let Some(pusher) = recorder.pusher.get() {
-                        pusher.offer(Stored { content, size, index });
-                    }
+                    pusher.offer(Stored { content, size, index });
                 },
             )
             .await;
@@ -524,6 +550,7 @@ impl Loads {
                 walk: Walk::default(),
                 file: file.clone(),
                 fetched: HashSet::new(),
+                backlog: Vec::new(),
                 keepalive: keepalive.clone(),
                 running: false,
             });
@@ -626,6 +653,26 @@ impl Format {
             Format::Gguf => LoadPlan::gguf(layout, size),
         }
     }
+}
+
+/// Empty `load`'s backlog, in the order its loader will read the chunks (its plan's, once it
+/// has one), without those the read of `read` has just served or an earlier read touched:
+/// pushing a page the loader is faulting on only races its read.
+fn take_backlog(load: &mut FileLoad, read: Range<u64>, chunk_size: u64) -> Vec<u64> {
+    let mut backlog = std::mem::take(&mut load.backlog);
+    if let Stage::Planned { plan, .. } = &load.stage {
+        let rank: HashMap<u64, usize> =
+            plan.chunks(chunk_size).into_iter().enumerate().map(|(at, i)| (i, at)).collect();
+        backlog.sort_by_key(|i| rank.get(i).copied().unwrap_or(usize::MAX));
+    }
+    let size = load.file.remote.size;
+    let span = |i: u64| i * chunk_size..(i * chunk_size + chunk_size).min(size);
+    backlog.retain(|&i| {
+        let chunk = span(i);
+        let served = chunk.start < read.end && read.start < chunk.end;
+        !served && !load.walk.has_read(chunk)
+    });
+    backlog
 }
 
 /// Count the chunks `load`'s plan fetched that no read touched.

@@ -206,23 +206,35 @@ fn a_peek_at_the_header_and_one_tensor_fetches_only_their_chunks() {
     m.stop();
 }
 
+/// The two shards of a checkpoint (`first` tensors in one, `second` in the other), as named
+/// by their index.
+const SHARDS: [&str; 2] = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+
+/// A two-shard checkpoint of `first` and `second` with its index; the mock Hub serving it and
+/// each shard's bytes and tensor ranges.
+#[allow(clippy::type_complexity)]
+fn two_shards(first: &[T], second: &[T]) -> (MockHub, [(Vec<u8>, Vec<Range<u64>>); 2]) {
+    let shards = [models::safetensors(first), models::safetensors(second)];
+    let [n1, n2] = SHARDS;
+    let mut map: Vec<(String, &str)> = first.iter().map(|t| (t.name.clone(), n1)).collect();
+    map.extend(second.iter().map(|t| (t.name.clone(), n2)));
+    let map: Vec<(&str, &str)> = map.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+    let hub = hub(vec![
+        MockFile::lfs(n1, shards[0].0.clone()),
+        MockFile::lfs(n2, shards[1].0.clone()),
+        MockFile::git("model.safetensors.index.json", models::shard_index(&map)),
+    ]);
+    (hub, shards)
+}
+
 #[test]
 fn the_next_shard_is_fetched_before_the_loader_opens_it() {
     let first = layers(8, 2 * MIB, 20);
     let second: Vec<T> = (8..16)
         .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(20 + i as u64, 2 * MIB)))
         .collect();
-    let (one, one_ranges) = models::safetensors(&first);
-    let (two, _) = models::safetensors(&second);
-    let (n1, n2) = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors");
-    let mut map: Vec<(String, &str)> = first.iter().map(|t| (t.name.clone(), n1)).collect();
-    map.extend(second.iter().map(|t| (t.name.clone(), n2)));
-    let map: Vec<(&str, &str)> = map.iter().map(|(t, s)| (t.as_str(), *s)).collect();
-    let hub = hub(vec![
-        MockFile::lfs(n1, one.clone()),
-        MockFile::lfs(n2, two.clone()),
-        MockFile::git("model.safetensors.index.json", models::shard_index(&map)),
-    ]);
+    let (hub, [(one, one_ranges), (two, _)]) = two_shards(&first, &second);
+    let [n1, n2] = SHARDS;
     let store = temp_dir("plans-shards");
     let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
     let addr = metrics_addr(&m);
@@ -234,6 +246,49 @@ fn the_next_shard_is_fetched_before_the_loader_opens_it() {
     assert_eq!(plans(&addr, "safetensors"), 2.0, "{}", m.log());
     drop(f);
     assert!(std::fs::read(&next).unwrap() == two);
+    m.stop();
+}
+
+#[test]
+fn a_shard_stored_before_it_was_opened_is_pushed_at_its_first_read() {
+    let first = layers(6, 2 * MIB, 80);
+    let second: Vec<T> = (6..18)
+        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(80 + i as u64, 2 * MIB)))
+        .collect();
+    let (hub, [(one, one_ranges), (two, two_ranges)]) = two_shards(&first, &second);
+    let size = two.len() as u64;
+    let [n1, n2] = SHARDS;
+    let store = temp_dir("plans-backlog");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path(&format!("plans/model/all/{n1}"))).unwrap();
+    walk(&f, &one, one_ranges[0].start, &one_ranges, &sorted_order(&first));
+    let next = m.path(&format!("plans/model/all/{n2}"));
+    wait_for("the second shard stored", SETTLE, || cached(&next) == size);
+    // Nothing of it could be pushed: the kernel had no inode for it.
+    let pushed_before = sample(&addr, "modelfs_plan_pushed_bytes_total");
+    // The loader opens it and reads its header; the plan's chunks follow it into the page
+    // cache, all but the header's chunk, which that read has just served.
+    let g = File::open(&next).unwrap();
+    read_range(&g, 0..two_ranges[0].start, &two, "the second shard's header");
+    let chunk = MIB as u64;
+    let header_chunks = two_ranges[0].start.div_ceil(chunk) * chunk;
+    wait_for("the second shard pushed at its first read", SETTLE, || {
+        sample(&addr, "modelfs_plan_pushed_bytes_total") - pushed_before
+            >= (size - header_chunks) as f64
+    });
+    let before = served(&addr);
+    // SAFETY: the file is read-only and nothing truncates it while mapped.
+    let map = unsafe { memmap2::Mmap::map(&g) }.unwrap();
+    for &i in &sorted_order(&second) {
+        let r = two_ranges[i].start as usize..two_ranges[i].end as usize;
+        assert!(map[r.clone()] == two[r], "tensor {i} of the second shard through the map");
+    }
+    let through = served(&addr) - before;
+    eprintln!("the mapped walk of the pushed shard ({size} bytes) had {through} served by reads");
+    assert!(through <= header_chunks as f64, "{through} bytes through reads:\n{}", m.log());
+    drop(map);
+    drop((f, g));
     m.stop();
 }
 

@@ -70,9 +70,18 @@ pub struct Stored {
     pub index: u64,
 }
 
+/// What the pushing thread is given: a chunk a plan has just stored, or the chunks a plan
+/// stored while no handle of their file was open (no inode to push to then), handed over in
+/// the loader's order at the file's first read. A backlog is one job, so that a shard's worth
+/// of chunks never overflows the queue.
+enum Job {
+    Chunk(Stored),
+    Backlog(Vec<Stored>),
+}
+
 /// The sending half: cheap to call from any task, never blocks.
 pub struct Pusher {
-    queue: SyncSender<Stored>,
+    queue: SyncSender<Job>,
     /// The thread has gone (it panicked): said once.
     gone: AtomicBool,
 }
@@ -94,10 +103,26 @@ impl Pusher {
 
     /// Push `chunk` when the thread gets to it; dropped (debug line) when the queue is full.
     pub fn offer(&self, chunk: Stored) {
-        match self.queue.try_send(chunk) {
+        self.send(Job::Chunk(chunk));
+    }
+
+    /// Push `chunks`, in this order, when the thread gets to them; dropped as one when the
+    /// queue is full.
+    pub fn offer_backlog(&self, chunks: Vec<Stored>) {
+        if !chunks.is_empty() {
+            self.send(Job::Backlog(chunks));
+        }
+    }
+
+    fn send(&self, job: Job) {
+        match self.queue.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(c)) => {
-                tracing::debug!(content = %c.content, index = c.index, "page push queue full; the chunk is left to reads")
+            Err(TrySendError::Full(job)) => {
+                let (content, chunks) = match &job {
+                    Job::Chunk(c) => (c.content, 1),
+                    Job::Backlog(b) => (b[0].content, b.len()),
+                };
+                tracing::debug!(%content, chunks, "page push queue full; the chunks are left to reads")
             }
             Err(TrySendError::Disconnected(_)) => {
                 if !self.gone.swap(true, Ordering::Relaxed) {
@@ -111,17 +136,23 @@ impl Pusher {
 }
 
 fn run(
-    jobs: Receiver<Stored>,
+    jobs: Receiver<Job>,
     store: &dyn ChunkStore,
     content_of: &ContentOfFn,
     pages: &dyn KernelPages,
     on_pushed: &OnPushed,
 ) {
-    for chunk in jobs {
-        let pushed = push(store, content_of, pages, chunk);
-        if pushed > 0 {
-            crate::metrics::get().plan_pushed(pushed);
-            on_pushed(&chunk.content, chunk.index);
+    for job in jobs {
+        let chunks = match job {
+            Job::Chunk(chunk) => vec![chunk],
+            Job::Backlog(chunks) => chunks,
+        };
+        for chunk in chunks {
+            let pushed = push(store, content_of, pages, chunk);
+            if pushed > 0 {
+                crate::metrics::get().plan_pushed(pushed);
+                on_pushed(&chunk.content, chunk.index);
+            }
         }
     }
 }
@@ -281,7 +312,7 @@ mod tests {
     #[test]
     fn the_thread_pushes_what_it_is_offered_and_ends_with_its_pusher() {
         let store = Arc::new(MemoryStore::new(CS));
-        let size = 2 * CS;
+        let size = 3 * CS;
         let (content, bytes) = stored_file(&store, size);
         let pages =
             Arc::new(Pages { cached: vec![5], known: HashSet::from([5]), ..Pages::default() });
@@ -294,13 +325,19 @@ mod tests {
                 .unwrap();
         pusher.offer(Stored { content, size, index: 1 });
         pusher.offer(Stored { content, size, index: 0 });
+        // A backlog, pushed in the order given, after what was offered before it.
+        let backlog = [2, 0, 1].map(|index| Stored { content, size, index }).to_vec();
+        pusher.offer_backlog(backlog);
+        pusher.offer_backlog(Vec::new());
         // Dropping the pusher closes the queue; the thread drains it first, then ends, which
         // ends the stream of deliveries.
         drop(pusher);
         let delivered: Vec<_> = delivered.iter().collect();
-        assert_eq!(delivered, vec![(content, 1), (content, 0)]);
+        let order = [1, 0, 2, 0, 1].map(|index| (content, index)).to_vec();
+        assert_eq!(delivered, order);
         let held = pages.held.lock().unwrap();
-        assert_eq!(held[0], (5, CS, bytes[CS as usize..].to_vec()));
+        assert_eq!(held[0], (5, CS, bytes[CS as usize..2 * CS as usize].to_vec()));
         assert_eq!(held[1], (5, 0, bytes[..CS as usize].to_vec()));
+        assert_eq!(held[2], (5, 2 * CS, bytes[2 * CS as usize..].to_vec()));
     }
 }
