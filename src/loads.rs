@@ -454,24 +454,23 @@ impl Loads {
                 },
                 move |index, bytes| {
                     crate::metrics::get().plan_fetched(bytes);
-                    let Some(pusher) = recorder.pusher.get() else {
-                        if let Some(load) = lock(&recorder.inner).files.get_mut(&content) {
-                            load.fetched.insert(index);
-                        }
-                        return;
-                    };
+                    let pusher = recorder.pusher.get();
                     let mut inner = lock(&recorder.inner);
                     let open = inner.open.get(&content).is_some_and(|&n| n > 0);
                     if let Some(load) = inner.files.get_mut(&content) {
                         load.fetched.insert(index);
-                        if !open {
+                        // No handle open, so no inode a push could reach: the file's first
+                        // read hands it over.
+                        if !open && pusher.is_some() {
                             load.backlog.push(index);
                             return;
                         }
                     }
                     drop(inner);
                     // After the record above: a push that lands counts the chunk delivered.
-                    pusher.offer(Stored { content, size, index });
+                    if let Some(pusher) = pusher {
+                        pusher.offer(Stored { content, size, index });
+                    }
                 },
             )
             .await;
