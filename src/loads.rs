@@ -665,13 +665,17 @@ fn take_backlog(load: &mut FileLoad, read: Range<u64>, chunk_size: u64) -> Vec<u
         backlog.sort_by_key(|i| rank.get(i).copied().unwrap_or(usize::MAX));
     }
     let size = load.file.remote.size;
-    let span = |i: u64| i * chunk_size..(i * chunk_size + chunk_size).min(size);
     backlog.retain(|&i| {
-        let chunk = span(i);
+        let chunk = chunk_span(size, chunk_size, i);
         let served = chunk.start < read.end && read.start < chunk.end;
         !served && !load.walk.has_read(chunk)
     });
     backlog
+}
+
+/// The bytes of chunk `index` of a file of `size` bytes.
+fn chunk_span(size: u64, chunk_size: u64, index: u64) -> Range<u64> {
+    index * chunk_size..(index * chunk_size + chunk_size).min(size)
 }
 
 /// Count the chunks `load`'s plan fetched that no read touched.
@@ -680,7 +684,7 @@ fn count_unread(load: &FileLoad, chunk_size: u64) {
     let unread: u64 = load
         .fetched
         .iter()
-        .filter(|&&i| !load.walk.has_read(i * chunk_size..(i * chunk_size + chunk_size).min(size)))
+        .filter(|&&i| !load.walk.has_read(chunk_span(size, chunk_size, i)))
         .map(|&i| chunk_len(size, chunk_size, i))
         .sum();
     if unread > 0 {

@@ -210,10 +210,12 @@ fn a_peek_at_the_header_and_one_tensor_fetches_only_their_chunks() {
 /// by their index.
 const SHARDS: [&str; 2] = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
 
+/// A safetensors file's bytes and its tensors' ranges.
+type Shard = (Vec<u8>, Vec<Range<u64>>);
+
 /// A two-shard checkpoint of `first` and `second` with its index; the mock Hub serving it and
-/// each shard's bytes and tensor ranges.
-#[allow(clippy::type_complexity)]
-fn two_shards(first: &[T], second: &[T]) -> (MockHub, [(Vec<u8>, Vec<Range<u64>>); 2]) {
+/// each shard.
+fn two_shards(first: &[T], second: &[T]) -> (MockHub, [Shard; 2]) {
     let shards = [models::safetensors(first), models::safetensors(second)];
     let [n1, n2] = SHARDS;
     let mut map: Vec<(String, &str)> = first.iter().map(|t| (t.name.clone(), n1)).collect();
