@@ -710,6 +710,14 @@ impl ModelFs {
         lock(&self.handles).get(&fh).cloned().ok_or(FsError::BadHandle)
     }
 
+    /// Tell the load plans of an answered read; a file of profile `none` has no plan (see
+    /// `open`).
+    fn after_read(&self, handle: &Handle, offset: u64, len: u64) {
+        if !handle.streamed {
+            self.loads.after_read(&handle.place, &handle.file, offset, len);
+        }
+    }
+
     /// Feed a read to the handle's sequential detector and start the read-ahead it calls for.
     fn read_ahead(&self, handle: &Handle, offset: u64, size: u32) {
         let cs = self.store.chunk_size();
@@ -780,7 +788,7 @@ impl ModelFs {
             let served = pieces.iter().map(|p| p.range.len()).sum();
             crate::metrics::get().read_bytes(crate::metrics::Source::Store, served);
             self.read_ahead(&handle, offset, size);
-            self.loads.after_read(&handle.place, file, offset, size as u64);
+            self.after_read(&handle, offset, size as u64);
         }
         Ok(hit)
     }
@@ -818,7 +826,7 @@ impl ModelFs {
                 crate::metrics::get().read_bytes(crate::metrics::Source::Store, piece.range.len());
             }
         }
-        self.loads.after_read(&handle.place, file, offset, out.len() as u64);
+        self.after_read(&handle, offset, out.len() as u64);
         Ok(out)
     }
 

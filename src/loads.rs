@@ -18,7 +18,7 @@
 use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::runtime::Handle;
@@ -98,6 +98,8 @@ impl Kind {
 enum Stage {
     /// The header is not all stored yet; last tried with this many leading bytes stored.
     Unparsed { had: u64 },
+    /// ONNX data whose plan the next read looks for (a loader reads the model first).
+    Unlooked,
     /// A parse is running on a blocking thread.
     Parsing,
     /// No plan: not a file a plan knows, a malformed header, or nothing names this data.
@@ -122,6 +124,25 @@ struct FileLoad {
     keepalive: Arc<[ContentId]>,
     /// A plan task for it is running.
     running: bool,
+    /// Which load of the file this is: a parse started for an earlier one (closed and
+    /// opened again meanwhile) must not touch this one.
+    id: u64,
+}
+
+impl FileLoad {
+    fn new(stage: Stage, file: FileRef, keepalive: Arc<[ContentId]>) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        FileLoad {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            stage,
+            walk: Walk::default(),
+            file,
+            fetched: HashSet::new(),
+            backlog: Vec::new(),
+            keepalive,
+            running: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -184,6 +205,20 @@ impl Loads {
         *lock(&self.inner).open.entry(*content).or_default() += 1;
     }
 
+    fn active(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed) && self.runtime.is_some()
+    }
+
+    /// Where a file first seen at a read starts: a safetensors or GGUF file waits for its
+    /// header to be stored; ONNX data has its plan looked for at once, from the model.
+    fn first_stage(kind: Option<Kind>) -> Stage {
+        match kind {
+            Some(Kind::Safetensors | Kind::Gguf) => Stage::Unparsed { had: 0 },
+            Some(Kind::MaybeOnnxData) => Stage::Unlooked,
+            None => Stage::None,
+        }
+    }
+
     /// A handle on `content` closed. When that ends a load (none of the files a plan serves is
     /// open), the plan's unread chunks are counted and what was kept of the files is dropped.
     pub fn released(&self, content: &ContentId) {
@@ -213,49 +248,46 @@ impl Loads {
 
     /// A read of `len` bytes at `offset` of the file at `place` was answered.
     pub fn after_read(self: &Arc<Self>, place: &Place, file: &FileRef, offset: u64, len: u64) {
-        if !self.enabled.load(Ordering::Relaxed) || self.runtime.is_none() {
+        if !self.active() {
             return;
         }
         let content = file.content();
         let cs = self.store.chunk_size();
+        let read = offset..offset.saturating_add(len);
         let mut inner = lock(&self.inner);
-        let load = inner.files.entry(content).or_insert_with(|| FileLoad {
-            stage: match Kind::of(place) {
-                Some(Kind::Safetensors | Kind::Gguf) => Stage::Unparsed { had: 0 },
-                // Its plan comes from the model, which a loader has read by now: once.
-                Some(Kind::MaybeOnnxData) => {
-                    self.spawn_parse(place.clone());
-                    Stage::Parsing
-                }
-                None => Stage::None,
-            },
-            walk: Walk::default(),
-            file: file.clone(),
-            fetched: HashSet::new(),
-            backlog: Vec::new(),
-            keepalive: Arc::from([content]),
-            running: false,
+        let load = inner.files.entry(content).or_insert_with(|| {
+            FileLoad::new(Self::first_stage(Kind::of(place)), file.clone(), Arc::from([content]))
         });
         if !load.backlog.is_empty() {
             if let Some(pusher) = self.pusher.get() {
                 let size = file.remote.size;
-                let chunks = take_backlog(load, offset..offset.saturating_add(len), cs);
+                let chunks = take_backlog(load, read.clone(), cs);
                 pusher.offer_backlog(
                     chunks.into_iter().map(|index| Stored { content, size, index }).collect(),
                 );
             }
         }
         match &mut load.stage {
-            Stage::None | Stage::Parsing => {}
+            Stage::None => {}
+            // Counted toward the trigger once the plan is known (`Walk::planned`).
+            Stage::Parsing => load.walk.on_early_read(read),
+            Stage::Unlooked => {
+                // Its plan comes from the model, which a loader has read by now: looked for
+                // this once.
+                load.walk.on_early_read(read);
+                load.stage = Stage::Parsing;
+                self.spawn_parse(place.clone(), load.id);
+            }
             Stage::Unparsed { had } => {
+                load.walk.on_early_read(read);
                 // Parse again only once more of the header is stored than last time.
                 if self.store.has_chunk(&content, *had / cs).unwrap_or(false) {
                     load.stage = Stage::Parsing;
-                    self.spawn_parse(place.clone());
+                    self.spawn_parse(place.clone(), load.id);
                 }
             }
             Stage::Planned { plan, started, chained } => {
-                if !load.walk.on_read(plan, offset..offset.saturating_add(len)) {
+                if !load.walk.on_read(plan, read) {
                     return;
                 }
                 let plan = plan.clone();
@@ -288,7 +320,7 @@ impl Loads {
         }
     }
 
-    fn spawn_parse(self: &Arc<Self>, place: Place) {
+    fn spawn_parse(self: &Arc<Self>, place: Place, id: u64) {
         let Some(rt) = &self.runtime else { return };
         let this = self.clone();
         rt.spawn_blocking(move || {
@@ -297,16 +329,31 @@ impl Loads {
             let outcome = this.plan_from_store(&place, &file);
             let mut inner = lock(&this.inner);
             let Some(load) = inner.files.get_mut(&content) else { return };
+            // Started for an earlier load of the file, or overtaken by `next_shard`, which
+            // plans a shard itself.
+            if load.id != id || load.running || !matches!(load.stage, Stage::Parsing) {
+                return;
+            }
+            let mut start = None;
             load.stage = match outcome {
                 Parsed::Plan(plan) => {
+                    let plan = Arc::new(plan);
+                    // Reads answered while the header was stored and parsed count too.
+                    let walked = load.walk.planned(&plan);
                     tracing::debug!(
                         path = %file.remote.path,
                         format = plan.format.as_str(),
                         tensors = plan.len(),
                         bytes = plan.bytes(),
+                        walked,
                         "load plan ready; it starts when the tensor data is walked"
                     );
-                    Stage::Planned { plan: Arc::new(plan), started: false, chained: false }
+                    let walked = walked && this.active();
+                    if walked {
+                        load.running = true;
+                        start = Some(plan.clone());
+                    }
+                    Stage::Planned { plan, started: walked, chained: walked }
                 }
                 Parsed::Later(had) => Stage::Unparsed { had },
                 Parsed::Never(why) => {
@@ -314,6 +361,14 @@ impl Loads {
                     Stage::None
                 }
             };
+            drop(inner);
+            if let Some(plan) = start {
+                this.spawn_run(
+                    place,
+                    plan,
+                    "its readers walked the tensor data while it was parsed",
+                );
+            }
         });
     }
 
@@ -544,15 +599,10 @@ impl Loads {
             if !inner.alive(&keepalive) {
                 return;
             }
-            let load = inner.files.entry(content).or_insert_with(|| FileLoad {
-                stage: Stage::Parsing,
-                walk: Walk::default(),
-                file: file.clone(),
-                fetched: HashSet::new(),
-                backlog: Vec::new(),
-                keepalive: keepalive.clone(),
-                running: false,
-            });
+            let load = inner
+                .files
+                .entry(content)
+                .or_insert_with(|| FileLoad::new(Stage::Parsing, file.clone(), keepalive.clone()));
             if matches!(load.stage, Stage::Planned { started: true, .. }) || load.running {
                 return;
             }
@@ -572,6 +622,8 @@ impl Loads {
             }
         };
         if let Some(load) = lock(&self.inner).files.get_mut(&content) {
+            // The loader's reads of it so far count toward chaining the shard after it.
+            load.walk.planned(&plan);
             load.stage = Stage::Planned { plan: plan.clone(), started: true, chained: false };
         }
         self.run_plan(&file, &plan, "the loader is one shard behind").await;

@@ -29,6 +29,12 @@ use crate::formats::{Layout, Tensor};
 /// under this, and a loader passes it within its second or third tensor.
 pub const WALK_BYTES: u64 = 2 << 20;
 
+/// Separate ranges a walk records before its plan is known, at most. A loader reads a header
+/// and a few tensors meanwhile (a handful of runs); a reader this scattered before any header
+/// is stored is not walking tensors, and its later reads count as any reads do. The bound
+/// keeps a file whose header is never stored (random reads elsewhere) from growing the set.
+const EARLY_RUNS: usize = 1024;
+
 /// Which loader a plan imitates (a metrics label, and the log line).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PlanFormat {
@@ -136,6 +142,12 @@ impl LoadPlan {
         }
     }
 
+    /// The part of `range` in the tensor data (past the header, before the file's end); empty
+    /// when it has none.
+    fn data_part(&self, range: Range<u64>) -> Range<u64> {
+        range.start.max(self.data_start)..range.end.min(self.file_size)
+    }
+
     /// The regions `range` overlaps, with the bytes of each it covers.
     fn overlaps(&self, range: Range<u64>) -> impl Iterator<Item = (usize, u64)> + '_ {
         let first = self.regions.partition_point(|r| r.end <= range.start);
@@ -179,16 +191,43 @@ pub struct Walk {
 impl Walk {
     /// Record a read of `range`; true when the file's readers have now walked its data.
     pub fn on_read(&mut self, plan: &LoadPlan, range: Range<u64>) -> bool {
-        let range = range.start.max(plan.data_start)..range.end.min(plan.file_size);
-        for new in self.covered.insert(range) {
-            self.total += new.end - new.start;
-            for (region, bytes) in plan.overlaps(new) {
-                let got = self.per_region.entry(region).or_default();
-                *got += bytes;
-                self.most = self.most.max(*got);
-            }
+        for new in self.covered.insert(plan.data_part(range)) {
+            self.count(plan, new);
         }
         self.walked()
+    }
+
+    /// Record a read made before the file's plan is known (its header still being stored or
+    /// parsed, an ONNX model still being read): [`Walk::planned`] counts it once the plan is,
+    /// so a loader that read on meanwhile does not have to walk another tensor's worth first.
+    pub fn on_early_read(&mut self, range: Range<u64>) {
+        if self.covered.runs() < EARLY_RUNS {
+            self.covered.insert(range);
+        }
+    }
+
+    /// The plan is known: count every read recorded so far against it; true when they have
+    /// walked its data. The same reads give the same answer whether they were recorded
+    /// before the plan or after it.
+    pub fn planned(&mut self, plan: &LoadPlan) -> bool {
+        (self.total, self.most) = (0, 0);
+        self.per_region.clear();
+        let read: Vec<Range<u64>> =
+            self.covered.iter().map(|r| plan.data_part(r)).filter(|r| r.start < r.end).collect();
+        for r in read {
+            self.count(plan, r);
+        }
+        self.walked()
+    }
+
+    /// Count `new`, data bytes no read had covered before.
+    fn count(&mut self, plan: &LoadPlan, new: Range<u64>) {
+        self.total += new.end - new.start;
+        for (region, bytes) in plan.overlaps(new) {
+            let got = self.per_region.entry(region).or_default();
+            *got += bytes;
+            self.most = self.most.max(*got);
+        }
     }
 
     /// Whether reads have covered more than [`WALK_BYTES`] outside the tensor most read.
@@ -254,6 +293,16 @@ impl RangeSet {
         self.ranges.range(..range.end).next_back().is_some_and(|(_, &e)| e > range.start)
     }
 
+    /// Separate ranges in the set.
+    pub fn runs(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// The ranges, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        self.ranges.iter().map(|(&s, &e)| s..e)
+    }
+
     /// Bytes in the set.
     pub fn len(&self) -> u64 {
         self.ranges.iter().map(|(s, e)| e - s).sum()
@@ -270,6 +319,17 @@ mod tests {
     use proptest::prelude::*;
 
     const MIB: u64 = 1 << 20;
+
+    /// A 4 KiB header and eight 8 MiB tensors after it, in file order.
+    fn eight_tensors() -> LoadPlan {
+        let layout = Layout {
+            header_len: 4096,
+            tensors: (0..8)
+                .map(|k| tensor(&format!("t{k}"), 4096 + k * 8 * MIB..4096 + (k + 1) * 8 * MIB))
+                .collect(),
+        };
+        LoadPlan::gguf(&layout, 4096 + 64 * MIB)
+    }
 
     fn tensor(name: &str, range: Range<u64>) -> Tensor {
         Tensor { name: name.into(), range }
@@ -433,11 +493,7 @@ mod tests {
         fn the_trigger_counts_bytes_outside_the_most_read_tensor(
             reads in prop::collection::vec((0u64..64 * MIB, 1u64..2 * MIB), 1..60),
         ) {
-            let layout = Layout {
-                header_len: 4096,
-                tensors: (0..8).map(|k| tensor(&format!("t{k}"), 4096 + k * 8 * MIB..4096 + (k + 1) * 8 * MIB)).collect(),
-            };
-            let plan = LoadPlan::gguf(&layout, 4096 + 64 * MIB);
+            let plan = eight_tensors();
             let mut walk = Walk::default();
             let mut bits = RangeSet::default();
             for (start, len) in reads {
@@ -455,6 +511,32 @@ mod tests {
                     .unwrap();
                 prop_assert_eq!(fired, bits.len() - most > WALK_BYTES);
             }
+        }
+
+        /// Reads made before the plan was known count as if they had been made after it: for
+        /// any split of the same reads, the trigger fires at the same read, and what has been
+        /// read is the same.
+        #[test]
+        fn reads_before_the_plan_count_toward_its_trigger(
+            reads in prop::collection::vec((0u64..64 * MIB, 1u64..2 * MIB), 1..40),
+            split in 0usize..40,
+        ) {
+            let plan = eight_tensors();
+            let split = split.min(reads.len());
+            let (mut late, mut early) = (Walk::default(), Walk::default());
+            let mut fired_late = false;
+            for &(start, len) in &reads[..split] {
+                fired_late = late.on_read(&plan, start..start + len);
+                early.on_early_read(start..start + len);
+            }
+            prop_assert_eq!(early.planned(&plan), fired_late);
+            for &(start, len) in &reads[split..] {
+                prop_assert_eq!(early.on_read(&plan, start..start + len), late.on_read(&plan, start..start + len));
+            }
+            for &(start, len) in &reads {
+                prop_assert!(early.has_read(start..start + len));
+            }
+            prop_assert_eq!((early.total, early.most), (late.total, late.most));
         }
     }
 }
