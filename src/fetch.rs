@@ -39,8 +39,9 @@ use crate::tier::TierClient;
 pub enum FetchError {
     #[error(transparent)]
     Hub(#[from] HubError),
+    /// Shared: a flight's error reaches every reader waiting on it, so it must be `Clone`.
     #[error("store: {0}")]
-    Store(String),
+    Store(#[source] Arc<StoreError>),
     #[error("no answer within the read timeout of {0:?}")]
     Timeout(Duration),
     #[error("the Hub sent {got} bytes for chunk {index} of {path}, expected {expected}")]
@@ -53,7 +54,7 @@ pub enum FetchError {
 
 impl From<StoreError> for FetchError {
     fn from(e: StoreError) -> Self {
-        FetchError::Store(e.to_string())
+        FetchError::Store(Arc::new(e))
     }
 }
 

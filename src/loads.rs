@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::runtime::Handle;
 
-use crate::fetch::{ChunkFetcher, FileRef};
+use crate::fetch::{ChunkFetcher, FetchError, FileRef};
 use crate::formats::{self, FormatError, Layout};
 use crate::fs::pages::{Pusher, Stored};
 use crate::fs::snapshot::Snapshot;
@@ -107,6 +107,16 @@ enum Stage {
     /// `started`: the plan has run (or runs). `chained`: the next shard has been started (or
     /// there is none to start).
     Planned { plan: Arc<LoadPlan>, started: bool, chained: bool },
+}
+
+/// What a read sets going, once the loads lock is released.
+enum Next {
+    /// Parse the file's plan (for the load with this id).
+    Parse(u64),
+    /// Run its plan.
+    Run(Arc<LoadPlan>),
+    /// Plan the shard after it.
+    Chain,
 }
 
 struct FileLoad {
@@ -267,44 +277,53 @@ impl Loads {
                 );
             }
         }
-        match &mut load.stage {
-            Stage::None => {}
+        let next = match &mut load.stage {
+            Stage::None => return,
             // Counted toward the trigger once the plan is known (`Walk::planned`).
-            Stage::Parsing => load.walk.on_early_read(read),
+            Stage::Parsing => {
+                load.walk.on_early_read(read);
+                return;
+            }
             Stage::Unlooked => {
                 // Its plan comes from the model, which a loader has read by now: looked for
                 // this once.
                 load.walk.on_early_read(read);
                 load.stage = Stage::Parsing;
-                self.spawn_parse(place.clone(), load.id);
+                Next::Parse(load.id)
             }
             Stage::Unparsed { had } => {
                 load.walk.on_early_read(read);
                 // Parse again only once more of the header is stored than last time.
-                if self.store.has_chunk(&content, *had / cs).unwrap_or(false) {
-                    load.stage = Stage::Parsing;
-                    self.spawn_parse(place.clone(), load.id);
+                if !self.store.has_chunk(&content, *had / cs).unwrap_or(false) {
+                    return;
                 }
+                load.stage = Stage::Parsing;
+                Next::Parse(load.id)
             }
             Stage::Planned { plan, started, chained } => {
                 if !load.walk.on_read(plan, read) {
                     return;
                 }
-                let plan = plan.clone();
                 if !*started {
-                    *started = true;
-                    *chained = true;
-                    load.running = true;
-                    drop(inner);
-                    self.spawn_run(place.clone(), plan, "its readers walked the tensor data");
+                    (*started, *chained, load.running) = (true, true, true);
+                    Next::Run(plan.clone())
                 } else if !*chained {
-                    *chained = true;
-                    load.running = true;
-                    drop(inner);
-                    // Started one shard ahead; now that the loader is here, one more ahead.
-                    self.spawn_next_shard(place.clone());
+                    (*chained, load.running) = (true, true);
+                    Next::Chain
+                } else {
+                    return;
                 }
             }
+        };
+        // Tasks are started with the lock released: they take it themselves.
+        drop(inner);
+        match next {
+            Next::Parse(id) => self.spawn_parse(place.clone(), id),
+            Next::Run(plan) => {
+                self.spawn_run(place.clone(), plan, "its readers walked the tensor data")
+            }
+            // Started one shard ahead; now that the loader is here, one more ahead.
+            Next::Chain => self.spawn_next_shard(place.clone()),
         }
     }
 
@@ -378,7 +397,7 @@ impl Loads {
             Some(Kind::Safetensors) => self.header_from_store(file, Format::Safetensors),
             Some(Kind::Gguf) => self.header_from_store(file, Format::Gguf),
             Some(Kind::MaybeOnnxData) => self.onnx_plan(place, file),
-            None => Parsed::Never("not a model file".into()),
+            None => Parsed::Never(NoPlan::NotAModelFile),
         }
     }
 
@@ -392,7 +411,7 @@ impl Loads {
             match format.parse(&prefix, size) {
                 Ok(layout) => return Parsed::Plan(format.plan(&layout, size)),
                 Err(FormatError::NeedMore(n)) if n > format.max_header() => {
-                    return Parsed::Never(format!("a header of {n} bytes is past the bound"))
+                    return Parsed::Never(NoPlan::HeaderTooLong(n))
                 }
                 Err(FormatError::NeedMore(n)) => {
                     while (prefix.len() as u64) < n {
@@ -403,7 +422,7 @@ impl Loads {
                         }
                     }
                 }
-                Err(e) => return Parsed::Never(e.to_string()),
+                Err(e) => return Parsed::Never(NoPlan::Header(e)),
             }
         }
     }
@@ -443,7 +462,7 @@ impl Loads {
         }
         // ONNX Runtime reads the model before its data; a model not stored by then is not
         // being loaded through this mount.
-        Parsed::Never("no stored ONNX model names this file".into())
+        Parsed::Never(NoPlan::NoOnnxModel)
     }
 
     /// All of `file` from the store, if every chunk of it is there.
@@ -633,7 +652,7 @@ impl Loads {
     /// The plan of a safetensors `file` no reader has opened yet: its header parsed from the
     /// store as for any file, the chunk after the stored prefix fetched until it parses
     /// (stored chunks cost nothing).
-    async fn plan_fetching_header(self: &Arc<Self>, file: &FileRef) -> Result<LoadPlan, String> {
+    async fn plan_fetching_header(self: &Arc<Self>, file: &FileRef) -> Result<LoadPlan, NoPlan> {
         let cs = self.store.chunk_size();
         let mut fetched_after = None;
         loop {
@@ -642,17 +661,17 @@ impl Loads {
                 this.header_from_store(&f, Format::Safetensors)
             })
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(NoPlan::ParseTask)?;
             match parsed {
                 Parsed::Plan(plan) => return Ok(plan),
                 Parsed::Never(why) => return Err(why),
                 Parsed::Later(had) => {
                     // A fetch that did not lengthen the stored prefix: the store cannot keep it.
                     if fetched_after == Some(had) {
-                        return Err("the header's chunks are not stored".into());
+                        return Err(NoPlan::HeaderNotStored);
                     }
                     fetched_after = Some(had);
-                    self.fetcher.chunk(file, had / cs).await.map_err(|e| e.to_string())?;
+                    self.fetcher.chunk(file, had / cs).await.map_err(NoPlan::Fetch)?;
                 }
             }
         }
@@ -674,7 +693,27 @@ enum Parsed {
     Plan(LoadPlan),
     /// More of the header must be stored first; this many leading bytes were.
     Later(u64),
-    Never(String),
+    Never(NoPlan),
+}
+
+/// Why a file has no load plan: a debug line, never an error to its reader.
+#[derive(Debug, thiserror::Error)]
+enum NoPlan {
+    #[error("not a model file")]
+    NotAModelFile,
+    #[error("a header of {0} bytes is past the bound")]
+    HeaderTooLong(u64),
+    #[error(transparent)]
+    Header(FormatError),
+    #[error("no stored ONNX model names this file")]
+    NoOnnxModel,
+    /// A fetch of the next header chunk did not lengthen the stored prefix.
+    #[error("the header's chunks are not stored")]
+    HeaderNotStored,
+    #[error("fetching the header: {0}")]
+    Fetch(#[source] FetchError),
+    #[error("the parse did not finish: {0}")]
+    ParseTask(#[source] tokio::task::JoinError),
 }
 
 #[derive(Clone, Copy)]
