@@ -21,6 +21,8 @@
 #               only the shared tier's rows (section 5, likewise after the curl rows)
 #   BENCH_LOADER_SCALE  `full` (default: 1 GiB safetensors checkpoint, 256+ MiB GGUF and ONNX)
 #               or `small` (about 1/8 of that, to check the section quickly)
+#   BENCH_LOADER_FORMATS  the formats the cold loads run (default "safetensors gguf gguf-split onnx"),
+#               e.g. "gguf onnx" to compare two binaries on the rows a change touches
 #   BENCH_TIER_SCALE  `full` (default: the tier rows read the 1 GiB file) or `small` (a
 #               128 MiB file of its own)
 #   BENCH_KEEP_PAGE_REPORTING  set: leave the VM's free page reporting as it is (by default

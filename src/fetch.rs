@@ -468,15 +468,16 @@ impl ChunkFetcher {
     /// the permits are taken in order, so the plan's first chunks are on the wire first, and
     /// demand reads, which take none, still go before all of it. Before each request
     /// `keep_going` is asked (the program may have closed the file); `fetched` is told each
-    /// chunk this call stored, with its length. Returns once every request is issued and
-    /// finished.
+    /// chunk this call stored, with its length. Returns once every request is issued (or
+    /// `keep_going` said stop): what is still on the wire is the returned [`InFlight`], so
+    /// that the caller can queue what comes next behind it while its tail finishes.
     pub async fn fetch_in_order(
         self: &Arc<Self>,
         file: &FileRef,
         chunks: &[u64],
         keep_going: impl Fn() -> bool,
         fetched: impl Fn(u64, u64) + Clone + Send + 'static,
-    ) {
+    ) -> InFlight {
         let cs = self.store.chunk_size();
         let run_len = run_length(self.run_chunks, self.origin.link(), cs).max(1);
         let mut requests = tokio::task::JoinSet::new();
@@ -503,7 +504,7 @@ impl ChunkFetcher {
                 }
             });
         }
-        while requests.join_next().await.is_some() {}
+        InFlight(requests)
     }
 
     pub fn store(&self) -> &Arc<dyn ChunkStore> {
@@ -1087,6 +1088,18 @@ impl ReadAhead {
         }
         self.issued_to = last;
         first..last
+    }
+}
+
+/// The requests of a [`ChunkFetcher::fetch_in_order`] still running once all were issued.
+/// Dropping it cancels them (their chunks are fetched again by whoever needs them).
+#[must_use = "dropping it cancels the requests; await `finished`"]
+pub struct InFlight(tokio::task::JoinSet<()>);
+
+impl InFlight {
+    /// Every request has finished (stored its chunks, or failed and said so at debug).
+    pub async fn finished(mut self) {
+        while self.0.join_next().await.is_some() {}
     }
 }
 

@@ -6,11 +6,11 @@
 //! (parsed from the header bytes in the store, off the FUSE threads) and the tensor data its
 //! reads have covered ([`Walk`]). When the reads have walked the data, the file's plan runs:
 //! its chunks are fetched in the loader's order through the read-ahead permits, so inside
-//! `--max-connections` and the read-ahead memory bound, with demand reads first. A safetensors
-//! shard of a sharded checkpoint then starts the next shard the checkpoint's index lists, one
-//! shard ahead of the loader. A plan stops issuing requests when none of the files it serves
-//! is open any more; what it fetched that no read asked for is counted then, in
-//! `modelfs_plan_unread_bytes_total`.
+//! `--max-connections` and the read-ahead memory bound, with demand reads first. A shard of a
+//! sharded checkpoint (a safetensors shard its index lists, a split GGUF's file) then starts
+//! the next shard, one shard ahead of the loader. A plan stops issuing requests when none of
+//! the files it serves is open any more; what it fetched that no read asked for is counted
+//! then, in `modelfs_plan_unread_bytes_total`.
 //!
 //! A header that does not parse is a debug line and no plan: a reader never sees an error
 //! from here, and the generic read-ahead in `fetch.rs` serves it as any other file.
@@ -30,6 +30,8 @@ use crate::fs::snapshot::Snapshot;
 use crate::manifest::ContentId;
 use crate::plan::{LoadPlan, PlanFormat, Walk};
 use crate::store::{chunk_len, ChunkStore};
+
+mod checkpoint;
 
 /// An ONNX model file is parsed for its external data references only up to this size: one
 /// that names external data holds the graph alone (kilobytes to a few MiB); a larger one
@@ -483,12 +485,20 @@ impl Loads {
         let this = self.clone();
         rt.spawn(async move {
             let Some(file) = place.file() else { return };
-            if plan.format == PlanFormat::Safetensors {
+            // ONNX external data is one file; the other formats come in shards.
+            let sharded = plan.format != PlanFormat::OnnxData;
+            if sharded {
                 this.keep_alive_with_checkpoint(&place).await;
             }
-            this.run_plan(&file, &plan, why).await;
-            if plan.format == PlanFormat::Safetensors {
-                this.next_shard(&place).await;
+            let requests = this.run_plan(&file, &plan, why).await;
+            if sharded {
+                // Every request of this shard is issued: the next shard's header fetch and
+                // plan start now, and its requests queue behind this one's last (permits are
+                // taken in order), so the connections this shard's tail frees go to the next
+                // shard instead of waiting idle for the tail to finish.
+                tokio::join!(requests.finished(), this.next_shard(&place));
+            } else {
+                requests.finished().await;
             }
             this.finished(&file.content());
         });
@@ -505,7 +515,13 @@ impl Loads {
         });
     }
 
-    async fn run_plan(self: &Arc<Self>, file: &FileRef, plan: &LoadPlan, why: &str) {
+    /// Issue every request of `file`'s `plan`; what is still on the wire is returned.
+    async fn run_plan(
+        self: &Arc<Self>,
+        file: &FileRef,
+        plan: &LoadPlan,
+        why: &str,
+    ) -> crate::fetch::InFlight {
         let chunks = plan.chunks(self.store.chunk_size());
         crate::metrics::get().plan_started(plan.format);
         tracing::debug!(
@@ -547,7 +563,7 @@ impl Loads {
                     }
                 },
             )
-            .await;
+            .await
     }
 
     /// The plan of `place`'s file ended: if the load it served is over, count what it left
@@ -564,35 +580,7 @@ impl Loads {
         }
     }
 
-    /// The shards of the checkpoint `place`'s file belongs to, from the
-    /// `*.safetensors.index.json` next to it that lists it; sorted, as loaders take them.
-    async fn checkpoint_of(self: &Arc<Self>, place: &Place) -> Option<Vec<String>> {
-        let path = place.path().to_owned();
-        let dir = parent(&path);
-        let name = &path[if dir.is_empty() { 0 } else { dir.len() + 1 }..];
-        let indexes =
-            place.snap.manifest.files.iter().enumerate().filter(|(_, f)| {
-                f.path.ends_with(".safetensors.index.json") && parent(&f.path) == dir
-            });
-        for (index, entry) in indexes {
-            let Some(file) = place.snap.file_ref(index) else { continue };
-            let Some(bytes) = self.whole(&file).await else { continue };
-            match formats::shards::parse_index(&bytes) {
-                Ok(shards) if shards.iter().any(|s| s == name) => {
-                    let join =
-                        |s: &String| if dir.is_empty() { s.clone() } else { format!("{dir}/{s}") };
-                    return Some(shards.iter().map(join).collect());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(path = %entry.path, error = %e, "checkpoint index not read")
-                }
-            }
-        }
-        None
-    }
-
-    /// A safetensors plan serves the checkpoint's loader: it goes on while any shard is open.
+    /// A shard's plan serves the checkpoint's loader: it goes on while any shard is open.
     async fn keep_alive_with_checkpoint(self: &Arc<Self>, place: &Place) {
         let Some(shards) = self.checkpoint_of(place).await else { return };
         let contents: Arc<[ContentId]> =
@@ -629,7 +617,13 @@ impl Loads {
             load.running = true;
             load.keepalive = keepalive;
         }
-        let plan = match self.plan_fetching_header(&file).await {
+        // A split GGUF's next split is a GGUF; whatever an index names is read as safetensors,
+        // as the index says it is.
+        let format = match Kind::of(&next) {
+            Some(Kind::Gguf) => Format::Gguf,
+            _ => Format::Safetensors,
+        };
+        let plan = match self.plan_fetching_header(&file, format).await {
             Ok(plan) => Arc::new(plan),
             Err(why) => {
                 tracing::debug!(path = %file.remote.path, why = %why, "next shard not planned");
@@ -645,23 +639,25 @@ impl Loads {
             load.walk.planned(&plan);
             load.stage = Stage::Planned { plan: plan.clone(), started: true, chained: false };
         }
-        self.run_plan(&file, &plan, "the loader is one shard behind").await;
+        self.run_plan(&file, &plan, "the loader is one shard behind").await.finished().await;
         self.finished(&content);
     }
 
-    /// The plan of a safetensors `file` no reader has opened yet: its header parsed from the
-    /// store as for any file, the chunk after the stored prefix fetched until it parses
-    /// (stored chunks cost nothing).
-    async fn plan_fetching_header(self: &Arc<Self>, file: &FileRef) -> Result<LoadPlan, NoPlan> {
+    /// The plan of a shard `file` no reader has opened yet: its header parsed from the store
+    /// as for any file, the chunk after the stored prefix fetched until it parses (stored
+    /// chunks cost nothing).
+    async fn plan_fetching_header(
+        self: &Arc<Self>,
+        file: &FileRef,
+        format: Format,
+    ) -> Result<LoadPlan, NoPlan> {
         let cs = self.store.chunk_size();
         let mut fetched_after = None;
         loop {
             let (this, f) = (self.clone(), file.clone());
-            let parsed = tokio::task::spawn_blocking(move || {
-                this.header_from_store(&f, Format::Safetensors)
-            })
-            .await
-            .map_err(NoPlan::ParseTask)?;
+            let parsed = tokio::task::spawn_blocking(move || this.header_from_store(&f, format))
+                .await
+                .map_err(NoPlan::ParseTask)?;
             match parsed {
                 Parsed::Plan(plan) => return Ok(plan),
                 Parsed::Never(why) => return Err(why),

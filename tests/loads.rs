@@ -1,9 +1,9 @@
 //! Load plans on a real mount (doc/SEMANTICS.md, "Cold start"): a program that reads a model
 //! file's header and then walks its tensors gets the rest fetched ahead of it, in the order
 //! it reads (sorted names for safetensors, file order for GGUF, reference order for ONNX
-//! external data), and the next shard of a sharded checkpoint before it opens it; a program
-//! that reads the header and one tensor pays for those alone. Every byte read is compared
-//! with the file; what the plans did is read from `/metrics`.
+//! external data), and the next shard of a sharded checkpoint (or split of a split GGUF)
+//! before it opens it; a program that reads the header and one tensor pays for those alone.
+//! Every byte read is compared with the file; what the plans did is read from `/metrics`.
 //!
 //! The mock CDN answers each request after 20 ms and paces each connection, as a real one
 //! does: a reader fetching tensor by tensor on demand pays that per request, a plan pays it
@@ -288,7 +288,16 @@ fn a_shard_stored_before_it_was_opened_is_pushed_at_its_first_read() {
     }
     let through = served(&addr) - before;
     eprintln!("the mapped walk of the pushed shard ({size} bytes) had {through} served by reads");
-    assert!(through <= header_chunks as f64, "{through} bytes through reads:\n{}", m.log());
+    // The header's chunk was read, not pushed: its pages come through reads. Beyond it, at most
+    // one kernel read-around of a fault (128 KiB) may reach pages the kernel no longer holds
+    // (pushed pages are kept only as the kernel keeps them; seen once in a full-suite run,
+    // 80 KiB). Without the pushes, the whole shard (24 MiB) would come through reads.
+    let slack = 128 << 10;
+    assert!(
+        through <= (header_chunks + slack) as f64,
+        "{through} bytes through reads:\n{}",
+        m.log()
+    );
     drop(map);
     drop((f, g));
     m.stop();
@@ -309,6 +318,31 @@ fn a_gguf_reader_gets_the_file_fetched_ahead_in_file_order() {
     // File order is sequential: read-ahead fetches ahead until the plan takes over.
     let (plan, demand) = shares(&addr);
     assert!(plan > 0.0 && demand < 0.5, "plan {plan:.2}, demand {demand:.2}:\n{}", m.log());
+    m.stop();
+}
+
+#[test]
+fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
+    // Two splits as `gguf-split` writes them: each a GGUF of its own, named by its number.
+    let names = ["model-Q8_0-00001-of-00002.gguf", "model-Q8_0-00002-of-00002.gguf"];
+    let (one, one_ranges) = models::gguf(&layers(8, 2 * MIB, 110));
+    let second: Vec<T> = (8..16)
+        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(110 + i as u64, 2 * MIB)))
+        .collect();
+    let (two, _) = models::gguf(&second);
+    let hub = hub(vec![MockFile::lfs(names[0], one.clone()), MockFile::lfs(names[1], two.clone())]);
+    let store = temp_dir("plans-gguf-split");
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path(&format!("plans/model/all/{}", names[0]))).unwrap();
+    let order: Vec<usize> = (0..one_ranges.len()).collect();
+    walk(&f, &one, one_ranges[0].start, &one_ranges, &order);
+    // The first split is still open; the second has not been opened.
+    let next = m.path(&format!("plans/model/all/{}", names[1]));
+    wait_for("the second split stored", SETTLE, || cached(&next) == two.len() as u64);
+    assert_eq!(plans(&addr, "gguf"), 2.0, "{}", m.log());
+    drop(f);
+    assert!(std::fs::read(&next).unwrap() == two);
     m.stop();
 }
 

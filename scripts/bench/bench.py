@@ -324,7 +324,8 @@ def report(path):
 
 
 # What each load is (doc/BENCHMARKS.md says how it reads).
-LOADER_WHAT = {"safetensors": "sharded safetensors", "gguf": "GGUF", "onnx": "ONNX + external data"}
+LOADER_WHAT = {"safetensors": "sharded safetensors", "gguf": "GGUF", "gguf-split": "GGUF in 3 splits",
+               "onnx": "ONNX + external data"}
 
 
 def loader_tables(vals, meta, med, row, table, cap, after_other):

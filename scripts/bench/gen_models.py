@@ -3,11 +3,13 @@
 
     gen_models.py FILES_DIR SEED SCALE      SCALE: full | small (about 1/8 of the sizes)
 
-writes, under FILES_DIR (the mock Hub's --dir, nginx's /files/), three repos:
+writes, under FILES_DIR (the mock Hub's --dir, nginx's /files/), four repos:
 
     bench/loader-safetensors/  model-0000K-of-0000N.safetensors, model.safetensors.index.json,
                                config.json: a sharded LLM-shaped checkpoint (>= 1 GiB at full)
     bench/loader-gguf/         model-Q8_0.gguf (>= 256 MiB at full, ~200 tensors)
+    bench/loader-gguf-split/   model-Q8_0-0000K-of-00003.gguf: a GGUF of the same shape in
+                               three splits, as `gguf-split` writes them
     bench/loader-onnx/         model.onnx + model.onnx_data (>= 256 MiB of initializers)
 
 Deterministic from SEED (the same bytes on every machine and run); numpy, plus the `gguf` and
@@ -162,13 +164,20 @@ def q8_0_raw(rng, rows, cols):
     return blocks.reshape(rows, cols // Q8_0_BLOCK * Q8_0_BYTES)
 
 
-def gen_gguf(repo, rng, d):
+# The split GGUF's files: three, as a multi-file download of a large quant comes.
+GGUF_SPLITS = 3
+
+
+def gen_gguf(repo, rng, d, splits=1):
     import gguf
 
     os.makedirs(repo, exist_ok=True)
     h, i, v, n_layers = d["hidden"], d["inter"], d["vocab"], d["layers"]
     path = os.path.join(repo, "model-Q8_0.gguf")
-    w = gguf.GGUFWriter(path, arch="llama")
+    # The embedding, the output norm and head, and nine tensors a layer; gguf's writer names
+    # the splits model-Q8_0-0000K-of-0000N.gguf and gives each the split.* keys llama.cpp reads.
+    per_split = -(-(3 + 9 * n_layers) // splits) if splits > 1 else 0
+    w = gguf.GGUFWriter(path, arch="llama", split_max_tensors=per_split)
     w.add_name("loader-bench")
     w.add_context_length(4096)
     w.add_embedding_length(h)
@@ -201,7 +210,12 @@ def gen_gguf(repo, rng, d):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return count, os.path.getsize(path)
+    size = sum(os.path.getsize(os.path.join(repo, f)) for f in os.listdir(repo) if f.endswith(".gguf"))
+    return count, size
+
+
+def gen_gguf_split(repo, rng, d):
+    return gen_gguf(repo, rng, d, GGUF_SPLITS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +276,7 @@ def main(argv):
         ("st", gen_safetensors, "loader-safetensors"),
         ("gguf", gen_gguf, "loader-gguf"),
         ("onnx", gen_onnx, "loader-onnx"),
+        ("gguf", gen_gguf_split, "loader-gguf-split"),
     )):
         rng = np.random.default_rng([seed, k])
         n, size = gen(os.path.join(files, "bench", repo), rng, scale[fmt])

@@ -5,6 +5,9 @@
                                      sorted order: safe_open(shard, "numpy"), get_tensor of
                                      every key in sorted order (as vLLM does)
     load_models.py gguf FILE         GGUFReader(FILE), then every tensor's data in file order
+    load_models.py gguf-split FIRST  a split GGUF (FIRST is <name>-00001-of-0000N.gguf) as
+                                     llama.cpp loads one: every split's header, then each
+                                     split's tensor data in split order, each in file order
     load_models.py onnx FILE         onnxruntime.InferenceSession(FILE) and one inference
     load_models.py peek FILE DISK CHUNK
                                      the safetensors header and one small tensor, nothing else;
@@ -26,6 +29,7 @@ can check that the mount and the disk gave the same bytes.
 
 import json
 import os
+import re
 import struct
 import sys
 import time
@@ -90,6 +94,27 @@ def load_gguf(path):
     for t in sorted(r.tensors, key=lambda t: int(t.data_offset)):
         ck.add(t.name, t.data)
     return ck, {"tensors": len(r.tensors)}
+
+
+def gguf_splits(first):
+    """The files of the split GGUF whose first split is FIRST, in split order."""
+    m = re.fullmatch(r"(.*)-00001-of-(\d{5})\.gguf", first)
+    if not m:
+        raise SystemExit(f"{first}: not the first split of a split GGUF (<name>-00001-of-0000N.gguf)")
+    return [f"{m[1]}-{k:05d}-of-{m[2]}.gguf" for k in range(1, int(m[2]) + 1)]
+
+
+def load_gguf_split(path):
+    from gguf import GGUFReader
+
+    ck = Checksum()
+    # As llama.cpp loads a split model: every split's header first, then the splits' tensor
+    # data one split after another, each in file order.
+    readers = [GGUFReader(p) for p in gguf_splits(path)]
+    for r in readers:
+        for t in sorted(r.tensors, key=lambda t: int(t.data_offset)):
+            ck.add(t.name, t.data)
+    return ck, {"tensors": sum(len(r.tensors) for r in readers)}
 
 
 def load_onnx(path):
@@ -180,6 +205,10 @@ def main(argv):
         import gguf  # noqa: F401
 
         fn = load_gguf
+    elif cmd == "gguf-split":
+        import gguf  # noqa: F401
+
+        fn = load_gguf_split
     elif cmd == "onnx":
         import onnxruntime  # noqa: F401
 

@@ -14,12 +14,20 @@ LOADER_SCALE=${BENCH_LOADER_SCALE:-full}
 case "$LOADER_SCALE" in full | small) ;; *) die "BENCH_LOADER_SCALE is full or small, not '$LOADER_SCALE'" ;; esac
 LOADERS="$ROOT/scripts/bench/load_models.py"
 # Bump when gen_models.py changes what it writes.
-LOADER_GEN_VERSION=1
+LOADER_GEN_VERSION=2
 LOADER_STAMP="$DATA/.stamp-loaders"
-LOADER_FMTS=(safetensors gguf onnx)
-declare -A LOADER_REPO=([safetensors]=bench/loader-safetensors [gguf]=bench/loader-gguf [onnx]=bench/loader-onnx)
+LOADER_FMTS=(safetensors gguf gguf-split onnx)
+# The formats the rounds load (BENCH_LOADER_FORMATS, e.g. "gguf onnx" for an A/B of two
+# binaries on the rows a change touches); the data is always generated for all three.
+read -r -a LOADER_RUN_FMTS <<<"${BENCH_LOADER_FORMATS:-${LOADER_FMTS[*]}}"
+for fmt in "${LOADER_RUN_FMTS[@]}"; do
+    [[ " ${LOADER_FMTS[*]} " == *" $fmt "* ]] || die "BENCH_LOADER_FORMATS: '$fmt' is not one of ${LOADER_FMTS[*]}"
+done
+declare -A LOADER_REPO=([safetensors]=bench/loader-safetensors [gguf]=bench/loader-gguf
+    [gguf-split]=bench/loader-gguf-split [onnx]=bench/loader-onnx)
 # What the loader is given, relative to the repo root.
-declare -A LOADER_ARG=([safetensors]=. [gguf]=model-Q8_0.gguf [onnx]=model.onnx)
+declare -A LOADER_ARG=([safetensors]=. [gguf]=model-Q8_0.gguf
+    [gguf-split]=model-Q8_0-00001-of-00003.gguf [onnx]=model.onnx)
 PEEK_SHARD=model-00001-of-00003.safetensors
 # The chunk size the mount uses (for the peek's bound): modelfs's default unless MODELFS_ARGS
 # sets another.
@@ -32,6 +40,7 @@ loader_files() { # FMT -> paths relative to the repo root
     case "$1" in
     safetensors) (cd "$DATA/files/${LOADER_REPO[$1]}" && echo model.safetensors.index.json && ls model-*.safetensors | sort) ;;
     gguf) echo model-Q8_0.gguf ;;
+    gguf-split) (cd "$DATA/files/${LOADER_REPO[$1]}" && ls model-Q8_0-*-of-*.gguf | sort) ;;
     onnx) printf '%s\n' model.onnx model.onnx_data ;;
     esac
 }
@@ -130,7 +139,7 @@ drop_mount() {
 load_round() {
     local cond=$1 ep=$2 fmt repo m key cache="$W/hf-cache-run" files
     warm_loader_origin
-    for fmt in "${LOADER_FMTS[@]}"; do
+    for fmt in "${LOADER_RUN_FMTS[@]}"; do
         repo=${LOADER_REPO[$fmt]}
         m="$MNT/$repo/all"
         # A skipped (slow) row does not pay for a mount it will not use.

@@ -3,6 +3,10 @@
 //! read this index first, then open the distinct shards in sorted order; [`parse_index`] gives
 //! that list so the planner can fetch each shard's header (and then its tensors) in the order
 //! the loader will want them.
+//!
+//! A split GGUF has no index: its files are named `<prefix>-00001-of-00003.gguf` and so on
+//! (the names `gguf-split` writes and llama.cpp derives from the first split's), and llama.cpp
+//! maps them in split order. [`GgufSplit`] reads that name.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -42,6 +46,48 @@ pub fn parse_index(json: &[u8]) -> Result<Vec<String>, FormatError> {
         return Err(malformed(format!("shard {bad:?} is not a relative path inside the repo")));
     }
     Ok(shards.into_iter().collect())
+}
+
+/// One file of a split GGUF, from its name: `<prefix>-<no>-of-<count>.gguf`, both numbers
+/// five digits (llama.cpp's `%05d`), `1 <= no <= count`, `count >= 2` (a "split" of one file
+/// is a plain GGUF: nothing comes after it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgufSplit<'a> {
+    pub prefix: &'a str,
+    pub no: u32,
+    pub count: u32,
+}
+
+impl<'a> GgufSplit<'a> {
+    /// Digits in each number of a split's name.
+    const DIGITS: usize = 5;
+
+    /// The split `name` (a file name, no directory) is, if it names one.
+    pub fn parse(name: &'a str) -> Option<Self> {
+        let stem = name.strip_suffix(".gguf")?;
+        // "<prefix>-NNNNN-of-MMMMM": the fixed tail is 5 + 4 + 5 bytes after the prefix's dash.
+        let tail = Self::DIGITS + "-of-".len() + Self::DIGITS;
+        let split_at = stem.len().checked_sub(tail + 1)?;
+        let (prefix, rest) = (stem.get(..split_at)?, stem.get(split_at..)?);
+        let rest = rest.strip_prefix('-')?;
+        let (no, count) = rest.split_once("-of-")?;
+        let number = |s: &str| {
+            (s.len() == Self::DIGITS && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u32>().ok())
+                .flatten()
+        };
+        let (no, count) = (number(no)?, number(count)?);
+        (!prefix.is_empty() && count >= 2 && (1..=count).contains(&no)).then_some(GgufSplit {
+            prefix,
+            no,
+            count,
+        })
+    }
+
+    /// The name of split `no` (1-based) of the same file.
+    pub fn name(&self, no: u32) -> String {
+        format!("{}-{no:05}-of-{:05}.gguf", self.prefix, self.count)
+    }
 }
 
 #[cfg(test)]
@@ -93,6 +139,54 @@ mod tests {
                 prop_assert!(shards.iter().all(|s| relative_inside(s)));
             }
         }
+    }
+
+    proptest! {
+        #[test]
+        fn a_split_s_name_reads_back_as_itself(
+            prefix in "[A-Za-z0-9._-]{1,24}",
+            count in 2u32..100_000,
+            at in any::<u32>(),
+        ) {
+            let no = 1 + at % count;
+            let split = GgufSplit { prefix: &prefix, no: 1, count };
+            let name = split.name(no);
+            prop_assert_eq!(GgufSplit::parse(&name), Some(GgufSplit { prefix: &prefix, no, count }));
+        }
+
+        #[test]
+        fn any_name_parses_without_panicking_into_a_split_that_names_itself(
+            name in "[a-z0-9-]{0,12}(-[0-9]{4,6}-of-[0-9]{4,6})?(\\.gguf)?",
+        ) {
+            if let Some(split) = GgufSplit::parse(&name) {
+                prop_assert_eq!(split.name(split.no), name);
+            }
+        }
+    }
+
+    #[test]
+    fn gguf_split_names() {
+        let split = GgufSplit::parse("Qwen2.5-7B-Instruct-Q4_K_M-00002-of-00003.gguf").unwrap();
+        assert_eq!(split, GgufSplit { prefix: "Qwen2.5-7B-Instruct-Q4_K_M", no: 2, count: 3 });
+        assert_eq!(split.name(1), "Qwen2.5-7B-Instruct-Q4_K_M-00001-of-00003.gguf");
+        for name in [
+            "model.gguf",
+            "model-00001-of-00001.gguf",
+            "model-00000-of-00003.gguf",
+            "model-00004-of-00003.gguf",
+            "model-0001-of-00003.gguf",
+            "model-00001-of-000003.gguf",
+            "model-00001-of-00003.safetensors",
+            "-00001-of-00003.gguf",
+            "00001-of-00003.gguf",
+            "model-0000a-of-00003.gguf",
+            "model-00001_of-00003.gguf",
+            "é00001-of-00003.gguf",
+        ] {
+            assert_eq!(GgufSplit::parse(name), None, "{name}");
+        }
+        let split = GgufSplit::parse("é-00003-of-00003.gguf");
+        assert_eq!(split, Some(GgufSplit { prefix: "é", no: 3, count: 3 }));
     }
 
     #[test]
