@@ -32,6 +32,7 @@ use crate::plan::{LoadPlan, PlanFormat, Walk};
 use crate::store::{chunk_len, ChunkStore};
 
 mod checkpoint;
+use checkpoint::Checkpoint;
 
 /// An ONNX model file is parsed for its external data references only up to this size: one
 /// that names external data holds the graph alone (kilobytes to a few MiB); a larger one
@@ -485,20 +486,25 @@ impl Loads {
         let this = self.clone();
         rt.spawn(async move {
             let Some(file) = place.file() else { return };
-            // ONNX external data is one file; the other formats come in shards.
-            let sharded = plan.format != PlanFormat::OnnxData;
-            if sharded {
-                this.keep_alive_with_checkpoint(&place).await;
+            // ONNX external data is one file; the other formats come in shards. Looked up
+            // once: the keep-alive and the next shard both come from it.
+            let checkpoint = match plan.format {
+                PlanFormat::OnnxData => None,
+                _ => this.checkpoint_of(&place).await,
+            };
+            if let Some(checkpoint) = &checkpoint {
+                this.keep_alive_with(&place, checkpoint);
             }
             let requests = this.run_plan(&file, &plan, why).await;
-            if sharded {
+            match &checkpoint {
                 // Every request of this shard is issued: the next shard's header fetch and
                 // plan start now, and its requests queue behind this one's last (permits are
                 // taken in order), so the connections this shard's tail frees go to the next
                 // shard instead of waiting idle for the tail to finish.
-                tokio::join!(requests.finished(), this.next_shard(&place));
-            } else {
-                requests.finished().await;
+                Some(checkpoint) => {
+                    tokio::join!(requests.finished(), this.next_shard(&place, checkpoint));
+                }
+                None => requests.finished().await,
             }
             this.finished(&file.content());
         });
@@ -508,7 +514,9 @@ impl Loads {
         let Some(rt) = &self.runtime else { return };
         let this = self.clone();
         rt.spawn(async move {
-            this.next_shard(&place).await;
+            if let Some(checkpoint) = this.checkpoint_of(&place).await {
+                this.next_shard(&place, &checkpoint).await;
+            }
             if let Some(file) = place.file() {
                 this.finished(&file.content());
             }
@@ -581,26 +589,22 @@ impl Loads {
     }
 
     /// A shard's plan serves the checkpoint's loader: it goes on while any shard is open.
-    async fn keep_alive_with_checkpoint(self: &Arc<Self>, place: &Place) {
-        let Some(shards) = self.checkpoint_of(place).await else { return };
-        let contents: Arc<[ContentId]> =
-            shards.iter().filter_map(|p| place.sibling(p)?.file()).map(|f| f.content()).collect();
+    fn keep_alive_with(&self, place: &Place, checkpoint: &Checkpoint) {
         let Some(file) = place.file() else { return };
         if let Some(load) = lock(&self.inner).files.get_mut(&file.content()) {
-            load.keepalive = contents;
+            load.keepalive = checkpoint.contents.clone();
         }
     }
 
     /// Start the plan of the shard after `place`'s in its checkpoint, fetching its header
     /// first: the loader will open it next.
-    async fn next_shard(self: &Arc<Self>, place: &Place) {
-        let Some(shards) = self.checkpoint_of(place).await else { return };
+    async fn next_shard(self: &Arc<Self>, place: &Place, checkpoint: &Checkpoint) {
+        let shards = &checkpoint.shards;
         let Some(at) = shards.iter().position(|s| s == place.path()) else { return };
         let Some(next) = shards.get(at + 1).and_then(|p| place.sibling(p)) else { return };
         let Some(file) = next.file() else { return };
         let content = file.content();
-        let keepalive: Arc<[ContentId]> =
-            shards.iter().filter_map(|p| place.sibling(p)?.file()).map(|f| f.content()).collect();
+        let keepalive = checkpoint.contents.clone();
         {
             let mut inner = lock(&self.inner);
             if !inner.alive(&keepalive) {

@@ -90,10 +90,14 @@ def load_gguf(path):
 
     ck = Checksum()
     r = GGUFReader(path)
+    add_gguf_tensors(ck, r)
+    return ck, {"tensors": len(r.tensors)}
+
+
+def add_gguf_tensors(ck, r):
     # Tensor data in file order (llama.cpp's loader walks the tensor index in that order).
     for t in sorted(r.tensors, key=lambda t: int(t.data_offset)):
         ck.add(t.name, t.data)
-    return ck, {"tensors": len(r.tensors)}
 
 
 def gguf_splits(first):
@@ -112,8 +116,7 @@ def load_gguf_split(path):
     # data one split after another, each in file order.
     readers = [GGUFReader(p) for p in gguf_splits(path)]
     for r in readers:
-        for t in sorted(r.tensors, key=lambda t: int(t.data_offset)):
-            ck.add(t.name, t.data)
+        add_gguf_tensors(ck, r)
     return ck, {"tensors": sum(len(r.tensors) for r in readers)}
 
 

@@ -18,7 +18,7 @@ LOADER_GEN_VERSION=2
 LOADER_STAMP="$DATA/.stamp-loaders"
 LOADER_FMTS=(safetensors gguf gguf-split onnx)
 # The formats the rounds load (BENCH_LOADER_FORMATS, e.g. "gguf onnx" for an A/B of two
-# binaries on the rows a change touches); the data is always generated for all three.
+# binaries on the rows a change touches); the data is always generated for all four.
 read -r -a LOADER_RUN_FMTS <<<"${BENCH_LOADER_FORMATS:-${LOADER_FMTS[*]}}"
 for fmt in "${LOADER_RUN_FMTS[@]}"; do
     [[ " ${LOADER_FMTS[*]} " == *" $fmt "* ]] || die "BENCH_LOADER_FORMATS: '$fmt' is not one of ${LOADER_FMTS[*]}"

@@ -7,18 +7,30 @@ use std::sync::Arc;
 
 use super::{parent, Kind, Loads, Place};
 use crate::formats;
+use crate::manifest::ContentId;
+
+/// The shards of a checkpoint, as a loader takes them.
+pub(super) struct Checkpoint {
+    /// Their paths in the snapshot, in the loader's order.
+    pub(super) shards: Vec<String>,
+    /// Their contents: a plan for any shard goes on while one of them is open.
+    pub(super) contents: Arc<[ContentId]>,
+}
 
 impl Loads {
     /// The shards of the checkpoint `place`'s file is one of, in the order a loader takes
     /// them: a safetensors shard's from the `*.safetensors.index.json` next to it that lists
     /// it (sorted, as transformers and vLLM open them), a split GGUF's from its name (split
     /// order, as llama.cpp maps them).
-    pub(super) async fn checkpoint_of(self: &Arc<Self>, place: &Place) -> Option<Vec<String>> {
-        match Kind::of(place)? {
-            Kind::Safetensors => self.indexed_shards(place).await,
-            Kind::Gguf => gguf_splits(place),
-            Kind::MaybeOnnxData => None,
-        }
+    pub(super) async fn checkpoint_of(self: &Arc<Self>, place: &Place) -> Option<Checkpoint> {
+        let shards = match Kind::of(place)? {
+            Kind::Safetensors => self.indexed_shards(place).await?,
+            Kind::Gguf => gguf_splits(place)?,
+            Kind::MaybeOnnxData => return None,
+        };
+        let contents =
+            shards.iter().filter_map(|p| place.sibling(p)?.file()).map(|f| f.content()).collect();
+        Some(Checkpoint { shards, contents })
     }
 
     /// The shards the `*.safetensors.index.json` next to `place`'s file that lists it names.
