@@ -233,14 +233,15 @@ impl InOrder {
                 slot.prefix = Some(prefix);
                 return Ok(Prefixed::Pending);
             }
-            files.remove(&content);
             break;
         }
-        Ok(if decide(store, &content, prefix.hasher)? {
-            Prefixed::Verified
-        } else {
-            Prefixed::Failed
-        })
+        // The slot stays, its prefix taken, until the verdict is stored: a concurrent call
+        // meanwhile returns `Pending`. Removed before it, such a call found no slot, took the
+        // file for untracked and, the state still `Complete`, verified it a second time (two
+        // verifications counted for one file).
+        let verdict = decide(store, &content, prefix.hasher);
+        lock(&self.files).remove(&content);
+        Ok(if verdict? { Prefixed::Verified } else { Prefixed::Failed })
     }
 }
 
