@@ -82,6 +82,15 @@ enum Caller {
     Demand,
 }
 
+/// Whom a [`ChunkFetcher::chunk`] call's fetch is for, which says which counter it adds to.
+#[derive(Clone, Copy, Debug)]
+enum Need {
+    /// A reader waiting for the bytes (`modelfs_demand_fetched_bytes_total`).
+    Read,
+    /// A load plan reading ahead of every reader (`modelfs_plan_fetched_bytes_total`).
+    Plan,
+}
+
 /// One chunk's fetch, awaited by every reader of that chunk until it is stored. A `Shared`
 /// future is driven by whoever polls it; if all of them give up, the next caller drives it on.
 type Flight = Shared<BoxFuture<'static, Result<Bytes, FetchError>>>;
@@ -520,8 +529,29 @@ impl ChunkFetcher {
     }
 
     /// The whole of chunk `index` of `file`, from the store or, once for all concurrent
-    /// callers, from the Hub.
+    /// callers, from the Hub; a fetch this call starts counts as a demand fetch.
     pub async fn chunk(self: &Arc<Self>, file: &FileRef, index: u64) -> Result<Bytes, FetchError> {
+        self.chunk_for(file, index, Need::Read).await
+    }
+
+    /// [`Self::chunk`] for a load plan that must read a file no reader has asked for yet (the
+    /// header of a checkpoint's next shard, its index): what this call fetches counts as the
+    /// plan's bytes, not a reader's wait. It still borrows free permits as a demand read does,
+    /// since the plan it gates waits on it.
+    pub async fn chunk_for_plan(
+        self: &Arc<Self>,
+        file: &FileRef,
+        index: u64,
+    ) -> Result<Bytes, FetchError> {
+        self.chunk_for(file, index, Need::Plan).await
+    }
+
+    async fn chunk_for(
+        self: &Arc<Self>,
+        file: &FileRef,
+        index: u64,
+        need: Need,
+    ) -> Result<Bytes, FetchError> {
         let content = file.content();
         let cs = self.store.chunk_size();
         let len = chunk_len(file.remote.size, cs, index) as usize;
@@ -532,18 +562,22 @@ impl ChunkFetcher {
             return Ok(kept);
         }
         let claimed = self.claim(file, &[index], Caller::Demand).pop();
-        // Nobody was fetching it: this caller started the fetch, on demand.
-        let on_demand = claimed.is_some();
+        // Nobody was fetching it: this caller started the fetch, and counts its bytes.
+        let started = claimed.is_some();
         let flight = match claimed {
             Some((_, mut flights)) => flights.pop().map(|(_, f)| f),
             None => lock(&self.in_flight).get(&(content, index)).cloned(),
         };
         // Retired between our miss and the lookup: it is stored now, or failed and worth a
         // fresh attempt; either way the next call settles it.
-        let Some(flight) = flight else { return Box::pin(self.chunk(file, index)).await };
+        let Some(flight) = flight else { return Box::pin(self.chunk_for(file, index, need)).await };
         let result = flight.clone().await;
-        if let (true, Ok(bytes)) = (on_demand, &result) {
-            crate::metrics::get().demand_fetched(bytes.len() as u64);
+        if let (true, Ok(bytes)) = (started, &result) {
+            let len = bytes.len() as u64;
+            match need {
+                Need::Read => crate::metrics::get().demand_fetched(len),
+                Need::Plan => crate::metrics::get().plan_fetched(len),
+            }
         }
         // Whoever gets here first retires the flight; later callers find the chunk stored (or,
         // after an error, start a fresh attempt instead of inheriting a stale failure).

@@ -95,6 +95,16 @@ impl Kind {
         });
         has_model.then_some(Kind::MaybeOnnxData)
     }
+
+    /// The format of a file whose plan comes from its own header (ONNX data has none: its
+    /// plan comes from the model that names it).
+    fn header_format(self) -> Option<Format> {
+        match self {
+            Kind::Safetensors => Some(Format::Safetensors),
+            Kind::Gguf => Some(Format::Gguf),
+            Kind::MaybeOnnxData => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -397,10 +407,11 @@ impl Loads {
     /// The plan of `file` from the bytes the store holds, without fetching anything.
     fn plan_from_store(&self, place: &Place, file: &FileRef) -> Parsed {
         match Kind::of(place) {
-            Some(Kind::Safetensors) => self.header_from_store(file, Format::Safetensors),
-            Some(Kind::Gguf) => self.header_from_store(file, Format::Gguf),
             Some(Kind::MaybeOnnxData) => self.onnx_plan(place, file),
-            None => Parsed::Never(NoPlan::NotAModelFile),
+            kind => match kind.and_then(Kind::header_format) {
+                Some(format) => self.header_from_store(file, format),
+                None => Parsed::Never(NoPlan::NotAModelFile),
+            },
         }
     }
 
@@ -623,10 +634,7 @@ impl Loads {
         }
         // A split GGUF's next split is a GGUF; whatever an index names is read as safetensors,
         // as the index says it is.
-        let format = match Kind::of(&next) {
-            Some(Kind::Gguf) => Format::Gguf,
-            _ => Format::Safetensors,
-        };
+        let format = Kind::of(&next).and_then(Kind::header_format).unwrap_or(Format::Safetensors);
         let plan = match self.plan_fetching_header(&file, format).await {
             Ok(plan) => Arc::new(plan),
             Err(why) => {
@@ -671,7 +679,7 @@ impl Loads {
                         return Err(NoPlan::HeaderNotStored);
                     }
                     fetched_after = Some(had);
-                    self.fetcher.chunk(file, had / cs).await.map_err(NoPlan::Fetch)?;
+                    self.fetcher.chunk_for_plan(file, had / cs).await.map_err(NoPlan::Fetch)?;
                 }
             }
         }
@@ -682,7 +690,7 @@ impl Loads {
         let cs = self.store.chunk_size();
         let mut out = Vec::new();
         for index in 0..crate::store::chunk_count(file.remote.size, cs) {
-            out.extend_from_slice(&self.fetcher.chunk(file, index).await.ok()?);
+            out.extend_from_slice(&self.fetcher.chunk_for_plan(file, index).await.ok()?);
         }
         Some(out)
     }

@@ -321,16 +321,27 @@ fn a_gguf_reader_gets_the_file_fetched_ahead_in_file_order() {
     m.stop();
 }
 
-#[test]
-fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
-    // Two splits as `gguf-split` writes them: each a GGUF of its own, named by its number.
-    let names = ["model-Q8_0-00001-of-00002.gguf", "model-Q8_0-00002-of-00002.gguf"];
-    let (one, one_ranges) = models::gguf(&layers(8, 2 * MIB, 110));
+/// The split names `gguf-split` writes, in order.
+const SPLITS: [&str; 2] = ["model-Q8_0-00001-of-00002.gguf", "model-Q8_0-00002-of-00002.gguf"];
+
+/// A GGUF in two splits as `gguf-split` writes them (each a GGUF of its own, named by its
+/// number), eight 2 MiB tensors each, on a Hub of their own: the first split, its tensors'
+/// ranges, and the second split.
+fn two_splits(seed: u64) -> (MockHub, Vec<u8>, Vec<Range<u64>>, Vec<u8>) {
+    let (one, one_ranges) = models::gguf(&layers(8, 2 * MIB, seed));
     let second: Vec<T> = (8..16)
-        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(110 + i as u64, 2 * MIB)))
+        .map(|i| T::new(&format!("model.layers.{i}.weight"), bytes(seed + i as u64, 2 * MIB)))
         .collect();
     let (two, _) = models::gguf(&second);
-    let hub = hub(vec![MockFile::lfs(names[0], one.clone()), MockFile::lfs(names[1], two.clone())]);
+    let hub =
+        hub(vec![MockFile::lfs(SPLITS[0], one.clone()), MockFile::lfs(SPLITS[1], two.clone())]);
+    (hub, one, one_ranges, two)
+}
+
+#[test]
+fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
+    let (hub, one, one_ranges, two) = two_splits(110);
+    let names = SPLITS;
     let store = temp_dir("plans-gguf-split");
     let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
     let addr = metrics_addr(&m);
@@ -343,6 +354,42 @@ fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
     assert_eq!(plans(&addr, "gguf"), 2.0, "{}", m.log());
     drop(f);
     assert!(std::fs::read(&next).unwrap() == two);
+    m.stop();
+}
+
+/// The next split's header is fetched for its plan, ahead of any reader: plan bytes, not a
+/// read's wait. The first split is stored but for its header chunk, by an earlier mount, so
+/// the one chunk fetched on demand is known exactly.
+#[test]
+fn a_next_split_s_header_counts_as_plan_bytes_not_demand() {
+    let (hub, one, one_ranges, two) = two_splits(120);
+    let names = SPLITS;
+    let store = temp_dir("plans-split-header");
+    let (first, next) =
+        (format!("plans/model/all/{}", names[0]), format!("plans/model/all/{}", names[1]));
+    // Without plans, everything of the first split after its first chunk, and nothing else.
+    let mut args = ARGS.to_vec();
+    args.push("--no-load-plans");
+    let m = Mounted::start(&hub.endpoint(), &store, &args);
+    let f = File::open(m.path(&first)).unwrap();
+    read_range(&f, MIB as u64..one.len() as u64, &one, "the first split");
+    drop(f);
+    assert_eq!(cached(&m.path(&next)), 0);
+    m.stop();
+
+    let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
+    let addr = metrics_addr(&m);
+    let f = File::open(m.path(&first)).unwrap();
+    let order: Vec<usize> = (0..one_ranges.len()).collect();
+    walk(&f, &one, one_ranges[0].start, &one_ranges, &order);
+    wait_for("the second split stored", SETTLE, || cached(&m.path(&next)) == two.len() as u64);
+    let (plan, demand) = (
+        sample(&addr, "modelfs_plan_fetched_bytes_total"),
+        sample(&addr, "modelfs_demand_fetched_bytes_total"),
+    );
+    assert_eq!(demand, MIB as f64, "only the first split's header chunk:\n{}", m.log());
+    assert_eq!(plan, two.len() as f64, "all of the second split:\n{}", m.log());
+    drop(f);
     m.stop();
 }
 

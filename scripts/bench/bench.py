@@ -327,6 +327,13 @@ def report(path):
 LOADER_WHAT = {"safetensors": "sharded safetensors", "gguf": "GGUF", "gguf-split": "GGUF in 3 splits",
                "onnx": "ONNX + external data"}
 
+# Loaders that read every byte before any of their own work (ONNX Runtime reads each
+# initializer, then prepacks and runs). Nothing a mount does can end such a load before the
+# bytes' arrival (a `dd` of them) plus that work, so their "within 1.2×" target is taken
+# against `dd` + the load from memory; their ratio to `dd` alone is printed beside it, without
+# a target (doc/BENCHMARKS.md, "Cold model loads": why).
+READS_BEFORE_WORK = {"onnx"}
+
 
 def loader_tables(vals, meta, med, row, table, cap, after_other):
     """The rows of scripts/bench/loaders.sh: cold loads through modelfs against
@@ -349,19 +356,21 @@ def loader_tables(vals, meta, med, row, table, cap, after_other):
             row(f"{head}: `dd` its files, cold mount", dd, None, None, nbytes, into=body)
             row(f"{head}: **modelfs** load, cold mount", mfs, hf, "snapshot_download + load",
                 nbytes, 3 if cond == "c" else None, into=body)
-            # "Within 1.2× of dd": dd's time / ours ≥ 1 / 1.2.
+            # "Within 1.2×": the reference's time / ours ≥ 1 / 1.2. The reference is `dd` for
+            # a loader whose work overlaps its reads, `dd` + the load from memory for one
+            # that reads everything first (READS_BEFORE_WORK).
+            within = 1 / 1.2
+            reads_first = fmt in READS_BEFORE_WORK
             row(f"{head}: **modelfs** load, cold mount", mfs, dd, "`dd`, cold mount", nbytes,
-                1 / 1.2, into=body, target_label="0.83")
-            # A loader that reads all its bytes before its own work (ONNX Runtime: every
-            # initializer, then prepacking and the run) cannot take less than the bytes'
-            # arrival plus that work: `dd`'s median plus the load from memory.
+                None if reads_first else within, into=body, target_label="0.83")
             mem, floor = f"load.{fmt}.memory.{cond}", f"load.{fmt}.floor.{cond}"
             (d, _), (w, _) = med(dd), med(mem)
             if d is not None and w is not None:
                 vals[floor] = [d + w]
             row(f"{head}: the same load, its files in memory", mem, None, None, nbytes, into=body)
             row(f"{head}: **modelfs** load, cold mount", mfs, floor,
-                "`dd` + the load from memory", nbytes, into=body)
+                "`dd` + the load from memory", nbytes, within if reads_first else None,
+                into=body, target_label="0.83")
         row(f"peek (header + 1 small tensor) at a cold safetensors shard, {label}: **modelfs**",
             f"peek.safetensors.modelfs_cold.{cond}", None, None, into=body)
     out = [""] if after_other else []
