@@ -82,7 +82,8 @@ enum Caller {
     Demand,
 }
 
-/// Whom a [`ChunkFetcher::chunk`] call's fetch is for, which says which counter it adds to.
+/// Whom a fetch started by [`ChunkFetcher::chunk`] or [`ChunkFetcher::chunk_for_plan`] is
+/// for, which says which counter its bytes add to.
 #[derive(Clone, Copy, Debug)]
 enum Need {
     /// A reader waiting for the bytes (`modelfs_demand_fetched_bytes_total`).
