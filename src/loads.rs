@@ -406,12 +406,10 @@ impl Loads {
 
     /// The plan of `file` from the bytes the store holds, without fetching anything.
     fn plan_from_store(&self, place: &Place, file: &FileRef) -> Parsed {
-        match Kind::of(place) {
-            Some(Kind::MaybeOnnxData) => self.onnx_plan(place, file),
-            kind => match kind.and_then(Kind::header_format) {
-                Some(format) => self.header_from_store(file, format),
-                None => Parsed::Never(NoPlan::NotAModelFile),
-            },
+        let Some(kind) = Kind::of(place) else { return Parsed::Never(NoPlan::NotAModelFile) };
+        match kind.header_format() {
+            Some(format) => self.header_from_store(file, format),
+            None => self.onnx_plan(place, file),
         }
     }
 

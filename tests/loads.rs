@@ -341,15 +341,14 @@ fn two_splits(seed: u64) -> (MockHub, Vec<u8>, Vec<Range<u64>>, Vec<u8>) {
 #[test]
 fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
     let (hub, one, one_ranges, two) = two_splits(110);
-    let names = SPLITS;
     let store = temp_dir("plans-gguf-split");
     let m = Mounted::start(&hub.endpoint(), &store, &ARGS);
     let addr = metrics_addr(&m);
-    let f = File::open(m.path(&format!("plans/model/all/{}", names[0]))).unwrap();
+    let f = File::open(m.path(&format!("plans/model/all/{}", SPLITS[0]))).unwrap();
     let order: Vec<usize> = (0..one_ranges.len()).collect();
     walk(&f, &one, one_ranges[0].start, &one_ranges, &order);
     // The first split is still open; the second has not been opened.
-    let next = m.path(&format!("plans/model/all/{}", names[1]));
+    let next = m.path(&format!("plans/model/all/{}", SPLITS[1]));
     wait_for("the second split stored", SETTLE, || cached(&next) == two.len() as u64);
     assert_eq!(plans(&addr, "gguf"), 2.0, "{}", m.log());
     drop(f);
@@ -363,10 +362,9 @@ fn a_split_gguf_s_next_split_is_fetched_before_the_loader_maps_it() {
 #[test]
 fn a_next_split_s_header_counts_as_plan_bytes_not_demand() {
     let (hub, one, one_ranges, two) = two_splits(120);
-    let names = SPLITS;
     let store = temp_dir("plans-split-header");
     let (first, next) =
-        (format!("plans/model/all/{}", names[0]), format!("plans/model/all/{}", names[1]));
+        (format!("plans/model/all/{}", SPLITS[0]), format!("plans/model/all/{}", SPLITS[1]));
     // Without plans, everything of the first split after its first chunk, and nothing else.
     let mut args = ARGS.to_vec();
     args.push("--no-load-plans");

@@ -333,6 +333,8 @@ LOADER_WHAT = {"safetensors": "sharded safetensors", "gguf": "GGUF", "gguf-split
 # against `dd` + the load from memory; their ratio to `dd` alone is printed beside it, without
 # a target (doc/BENCHMARKS.md, "Cold model loads": why).
 READS_BEFORE_WORK = {"onnx"}
+# "Within 1.2×": the reference's time / ours ≥ 1 / 1.2.
+WITHIN = 1 / 1.2
 
 
 def loader_tables(vals, meta, med, row, table, cap, after_other):
@@ -356,20 +358,18 @@ def loader_tables(vals, meta, med, row, table, cap, after_other):
             row(f"{head}: `dd` its files, cold mount", dd, None, None, nbytes, into=body)
             row(f"{head}: **modelfs** load, cold mount", mfs, hf, "snapshot_download + load",
                 nbytes, 3 if cond == "c" else None, into=body)
-            # "Within 1.2×": the reference's time / ours ≥ 1 / 1.2. The reference is `dd` for
-            # a loader whose work overlaps its reads, `dd` + the load from memory for one
-            # that reads everything first (READS_BEFORE_WORK).
-            within = 1 / 1.2
+            # WITHIN's reference is `dd` for a loader whose work overlaps its reads, `dd` + the
+            # load from memory for one that reads everything first (READS_BEFORE_WORK).
             reads_first = fmt in READS_BEFORE_WORK
             row(f"{head}: **modelfs** load, cold mount", mfs, dd, "`dd`, cold mount", nbytes,
-                None if reads_first else within, into=body, target_label="0.83")
+                None if reads_first else WITHIN, into=body, target_label="0.83")
             mem, floor = f"load.{fmt}.memory.{cond}", f"load.{fmt}.floor.{cond}"
             (d, _), (w, _) = med(dd), med(mem)
             if d is not None and w is not None:
                 vals[floor] = [d + w]
             row(f"{head}: the same load, its files in memory", mem, None, None, nbytes, into=body)
             row(f"{head}: **modelfs** load, cold mount", mfs, floor,
-                "`dd` + the load from memory", nbytes, within if reads_first else None,
+                "`dd` + the load from memory", nbytes, WITHIN if reads_first else None,
                 into=body, target_label="0.83")
         row(f"peek (header + 1 small tensor) at a cold safetensors shard, {label}: **modelfs**",
             f"peek.safetensors.modelfs_cold.{cond}", None, None, into=body)
